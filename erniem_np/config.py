@@ -132,9 +132,10 @@ class ErnieMConfig:
         d["flavor"] = flavor
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
+        label2id = d.pop("label2id", None)  # derived from id2label when saving
         extra = {k: v for k, v in d.items() if k not in names and k not in _BOOKKEEPING}
-        if "label2id" in extra and "id2label" not in known:
-            known["id2label"] = {v: k for k, v in extra["label2id"].items()}
+        if label2id and "id2label" not in known:
+            known["id2label"] = {v: k for k, v in label2id.items()}
         return cls(**known, extra=extra)
 
     @classmethod

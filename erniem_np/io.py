@@ -56,3 +56,11 @@ def save_state_dict(state_dict: dict[str, np.ndarray], path: str) -> None:
     """Write contiguous arrays with ``{"format": "pt"}`` metadata, which transformers requires."""
     tensors = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
     save_file(tensors, path, metadata={"format": "pt"})
+    _default_permissions(path)
+
+
+def _default_permissions(path: str) -> None:
+    """safetensors creates files readable by the owner only; give them the usual mode (0666 less umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

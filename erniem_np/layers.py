@@ -242,9 +242,9 @@ def pooler(x, dense):
 
 
 # ----------------------------------------------------------------------------------------- losses
-def cross_entropy(logits, labels, ignore_index=-100):
+def cross_entropy(logits, labels, ignore_index=-100, all_ignored=float("nan")):
     """torch.nn.CrossEntropyLoss(reduction="mean"): logits [N, C], labels [N] int; mean over the labels that
-    are not ``ignore_index`` (NaN when every label is ignored, as torch)."""
+    are not ``ignore_index``. When every label is ignored torch gives NaN and Paddle 0 (``all_ignored``)."""
     keep = labels != ignore_index
     n_classes = logits.shape[-1]
     bad = keep & ((labels < 0) | (labels >= n_classes))
@@ -256,8 +256,9 @@ def cross_entropy(logits, labels, ignore_index=-100):
     log_z = (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))[:, 0]  # logsumexp, [N]
     picked = np.take_along_axis(logits, np.where(keep, labels, 0)[:, None], axis=-1)[:, 0]
     nll = (log_z - picked)[keep]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return nll.sum() / logits.dtype.type(keep.sum())
+    if not keep.any():
+        return logits.dtype.type(all_ignored)
+    return nll.sum() / logits.dtype.type(keep.sum())
 
 
 def mse(pred, target):

@@ -367,8 +367,6 @@ class ErnieMPreTrainedModel:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path} is not a directory (expected config.json + model.safetensors)")
         config = ErnieMConfig.from_pretrained(path, flavor=flavor)
-        if flavor is None and "flavor" not in config.extra and config.flavor != "hf":
-            pass  # a Paddle config.json: the flavor stays "paddle"
         state_dict = load_state_dict(path)
         state_dict, config = cls._adapt_state_dict(state_dict, config)
         return cls(config, state_dict, dtype=dtype)
@@ -382,14 +380,14 @@ class ErnieMPreTrainedModel:
             sd = {("ernie_m." + k if k.startswith(("embeddings.", "encoder.", "pooler.")) else k): v
                   for k, v in sd.items()}  # fmt: skip
         elif not cls.base_prefix and prefixed:
-            sd = {k[len("ernie_m."):]: v for k, v in sd.items() if k.startswith("ernie_m.")}
+            sd = {k.removeprefix("ernie_m."): v for k, v in sd.items()}  # head weights keep their names
         w1 = sd.get(cls.base_prefix + "encoder.layers.0.linear1.weight")
         if w1 is not None and np.ndim(w1) == 2 and w1.shape[0] != config.intermediate_size:
             config = config.replace(intermediate_size=int(w1.shape[0]))
         probe = cls.__new__(cls)
         probe.config = config
         expected = probe.parameter_shapes()
-        unused = [k for k in sd if k not in expected and (k.endswith(_DROPPABLE) or not cls.base_prefix)]
+        unused = [k for k in sd if k not in expected and k.endswith(_DROPPABLE)]
         if unused:
             warnings.warn(f"{cls.__name__} does not use these weights of the checkpoint: {', '.join(unused)}",
                           stacklevel=3)  # fmt: skip
@@ -475,6 +473,10 @@ class _Head(ErnieMPreTrainedModel):
     def _head_linear(self, x, name):
         return layers.linear(x, **self.params[name])
 
+    def _cross_entropy(self, logits, labels, ignore_index=-100):
+        # QUIRK: with every label ignored torch's mean is NaN, Paddle's is 0
+        return layers.cross_entropy(logits, labels, ignore_index, 0.0 if self.config.flavor == "paddle" else np.nan)
+
 
 class ErnieMForSequenceClassification(_Head):
     """logits = classifier(pooler_output): [B, N]. Loss by problem_type as HF computes it."""
@@ -510,7 +512,7 @@ class ErnieMForSequenceClassification(_Head):
             labels = _int_labels("labels", labels)
             if labels.size != logits.shape[0]:
                 raise ValueError(f"labels must hold one class per sequence ({logits.shape[0]}), got {labels.shape}")
-            return layers.cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
+            return self._cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
         return layers.bce_with_logits(logits, _same_shape("labels", labels.astype(self.dtype), logits.shape))
 
 
@@ -551,7 +553,7 @@ class ErnieMForMultipleChoice(_Head):
         loss = None
         if labels is not None:
             labels = _int_labels("labels", labels).reshape(-1)
-            loss = layers.cross_entropy(logits, labels)
+            loss = self._cross_entropy(logits, labels)
         return MultipleChoiceModelOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -572,7 +574,7 @@ class ErnieMForTokenClassification(_Head):
             labels = _int_labels("labels", labels)
             if labels.shape != logits.shape[:2]:
                 raise ValueError(f"labels must have shape {logits.shape[:2]}, got {labels.shape}")
-            loss = layers.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+            loss = self._cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return TokenClassifierOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -596,8 +598,8 @@ class ErnieMForQuestionAnswering(_Head):
             # HF: squeeze a trailing axis, clamp to [0, L], and ignore index L (positions past the input)
             s = np.clip(_squeeze_last(_int_labels("start_positions", start_positions)), 0, L)
             e = np.clip(_squeeze_last(_int_labels("end_positions", end_positions)), 0, L)
-            loss = (layers.cross_entropy(start_logits, s, ignore_index=L)
-                    + layers.cross_entropy(end_logits, e, ignore_index=L)) / 2  # fmt: skip
+            loss = (self._cross_entropy(start_logits, s, ignore_index=L)
+                    + self._cross_entropy(end_logits, e, ignore_index=L)) / 2  # fmt: skip
         return QuestionAnsweringModelOutput(loss, start_logits, end_logits, out.hidden_states, out.attentions)
 
 

@@ -44,36 +44,26 @@ def param_specs(config, ffn_size: int | None = None) -> list[tuple[str, tuple[in
     ``ffn_size`` overrides ``intermediate_size`` (Paddle builds its FFN as 4 * hidden_size whatever the
     config says, so the Paddle golden script passes it).
     """
-    H = int(_get(config, "hidden_size"))
-    V = int(_get(config, "vocab_size"))
-    P = int(_get(config, "max_position_embeddings"))
-    F = int(ffn_size if ffn_size is not None else _get(config, "intermediate_size"))
-    n_layers = int(_get(config, "num_hidden_layers"))
-    specs: list[tuple[str, tuple[int, ...], str]] = [
-        ("embeddings.word_embeddings.weight", (V, H), "embedding"),
-        ("embeddings.position_embeddings.weight", (P, H), "embedding"),
-        ("embeddings.layer_norm.weight", (H,), "ln_weight"),
-        ("embeddings.layer_norm.bias", (H,), "bias"),
-    ]
-    for i in range(n_layers):
-        p = f"encoder.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            kind = "linear_qk" if proj != "v_proj" else "linear"
-            specs.append((f"{p}self_attn.self_attn.{proj}.weight", (H, H), kind))
-            specs.append((f"{p}self_attn.self_attn.{proj}.bias", (H,), "bias"))
-        specs += [
-            (f"{p}self_attn.out_proj.weight", (H, H), "linear"),
-            (f"{p}self_attn.out_proj.bias", (H,), "bias"),
-            (f"{p}linear1.weight", (F, H), "linear"),
-            (f"{p}linear1.bias", (F,), "bias"),
-            (f"{p}linear2.weight", (H, F), "linear"),
-            (f"{p}linear2.bias", (H,), "bias"),
-            (f"{p}norm1.weight", (H,), "ln_weight"),
-            (f"{p}norm1.bias", (H,), "bias"),
-            (f"{p}norm2.weight", (H,), "ln_weight"),
-            (f"{p}norm2.bias", (H,), "bias"),
-        ]
-    specs += [("pooler.dense.weight", (H, H), "linear"), ("pooler.dense.bias", (H,), "bias")]
+    from .config import ErnieMConfig
+    from .model import base_parameter_shapes
+
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings")  # fmt: skip
+    cfg = ErnieMConfig(**{k: int(_get(config, k)) for k in keys})
+    if ffn_size is not None:
+        cfg = cfg.replace(intermediate_size=int(ffn_size))
+    specs = []
+    for name, shape in base_parameter_shapes(cfg).items():
+        if name.startswith("embeddings.") and name.endswith("embeddings.weight"):
+            kind = "embedding"
+        elif name.endswith(("norm.weight", "norm1.weight", "norm2.weight")):
+            kind = "ln_weight"
+        elif name.endswith(".bias"):
+            kind = "bias"
+        else:
+            kind = "linear_qk" if name.endswith(("q_proj.weight", "k_proj.weight")) else "linear"
+        specs.append((name, shape, kind))
+    H = cfg.hidden_size
     for head, n in HEAD_LABELS.items():
         names = HEAD_PARAM[head]
         for name in names if isinstance(names, tuple) else (names,):

@@ -1,0 +1,42 @@
+"""The README's two commands are the ones that are run: CI runs the test command itself."""
+
+from __future__ import annotations
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme_commands():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    return [line.strip() for line in section.splitlines() if line.startswith("    python3 -m venv")]
+
+
+def test_readme_has_exactly_two_commands():
+    cmds = _readme_commands()
+    assert len(cmds) == 2, cmds
+    assert cmds[0].endswith("erniem-np demo")
+    assert "pytest" in cmds[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    lines = [line.strip() for line in ci.splitlines() if line.strip() and not line.startswith("#")]
+    assert _readme_commands()[1] in lines, "'.ci/run' must run the README's test command verbatim"
+
+
+def test_demo_command_works_from_the_package():
+    from erniem_np.cli import main
+
+    assert main(["demo"]) == 0
+
+
+def test_cli_errors_are_one_line(capsys):
+    from erniem_np.cli import main
+
+    assert main(["demo", "--ids", "0 5 999"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "outside the vocabulary" in err and "Traceback" not in err
+    assert re.search(r"erniem-np: error: ", err)
