@@ -1,5 +1,6 @@
 """erniem-np: ErnieM (ERNIE-M) in plain NumPy, faithful to HF transformers 4.46.3 and PaddleNLP 2.8.1."""
 
+from .backend import set_num_threads, warmup
 from .config import ErnieMConfig
 from .model import (
     ErnieMForInformationExtraction,
@@ -20,5 +21,7 @@ __all__ = [
     "ErnieMForTokenClassification",
     "ErnieMForQuestionAnswering",
     "ErnieMForInformationExtraction",
+    "set_num_threads",
+    "warmup",
     "__version__",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import backend as backends
 from . import layers
 from .config import ErnieMConfig
 from .io import load_state_dict, save_state_dict
@@ -281,7 +282,10 @@ class ErnieMPreTrainedModel:
     base_prefix = ""  # "ernie_m." for the heads (HF base_model_prefix)
 
     def __init__(self, config: ErnieMConfig, state_dict: dict[str, np.ndarray] | None = None,
-                 dtype=np.float32, seed: int = 0):  # fmt: skip
+                 dtype=np.float32, seed: int = 0, backend: str = "numba"):  # fmt: skip
+        """``state_dict``: HF names and layout (None: HF's random init from ``seed``). ``backend``: "numba"
+        (the fused kernels) or "numpy" (the reference layers); both give the same numbers to fp32 precision."""
+        self.backend = backends.check_backend(backend)
         if not isinstance(config, ErnieMConfig):
             raise TypeError(f"config must be an ErnieMConfig, got {type(config).__name__}")
         if np.dtype(dtype) not in [np.dtype(t) for t in _DTYPES]:
@@ -356,7 +360,8 @@ class ErnieMPreTrainedModel:
 
     # ---------------------------------------------------------------- files
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, flavor: str | None = None, dtype=np.float32):
+    def from_pretrained(cls, path: str | os.PathLike, flavor: str | None = None, dtype=np.float32,
+                        backend: str = "numba"):  # fmt: skip
         """Load a directory holding config.json and model.safetensors (or a sharded index).
 
         ``flavor`` overrides the reference behaviour recorded in the config ("hf" or "paddle").
@@ -369,7 +374,7 @@ class ErnieMPreTrainedModel:
         config = ErnieMConfig.from_pretrained(path, flavor=flavor)
         state_dict = load_state_dict(path)
         state_dict, config = cls._adapt_state_dict(state_dict, config)
-        return cls(config, state_dict, dtype=dtype)
+        return cls(config, state_dict, dtype=dtype, backend=backend)
 
     @classmethod
     def _adapt_state_dict(cls, sd: dict[str, np.ndarray], config: ErnieMConfig):
@@ -421,12 +426,14 @@ class ErnieMPreTrainedModel:
         x = layers.embeddings(inp.input_ids, inp.position_ids, **p["embeddings"], eps=cfg.layer_norm_eps,
                               inputs_embeds=inp.inputs_embeds)  # fmt: skip
         hidden_states, attentions, presents = [x], [], []
+        fast = self.backend == "numba"
+        extra = {"need_probs": bool(output_attentions)} if fast else {}
         for i, layer in enumerate(p["encoder"]["layers"]):  # post-LN Transformer layers, [B, L, H] each
-            x, probs, cache = layers.encoder_layer(
+            x, probs, cache = (backends.encoder_layer if fast else layers.encoder_layer)(
                 x, **layer, n_heads=cfg.num_attention_heads, activation=cfg.hidden_act, eps=cfg.layer_norm_eps,
                 mask=inp.mask, flavor=cfg.flavor,
                 head_mask=None if inp.head_mask is None else inp.head_mask[i],
-                past=None if inp.past is None else inp.past[i],
+                past=None if inp.past is None else inp.past[i], **extra,
             )  # fmt: skip
             hidden_states.append(x)
             attentions.append(probs)

@@ -86,9 +86,9 @@ class Golden:
     def recipe_digest(self) -> str:
         return weights_digest(random_weights(self.config_dict, int(self.meta["seed"]), int(self.meta["ffn_size"])))
 
-    def model(self, head: str, dtype=np.float32):
+    def model(self, head: str, dtype=np.float32, backend="numpy"):
         return MODEL_CLASS[head](self.config(head), split_head(self.weights(), None if head == "base" else head),
-                                 dtype=dtype)
+                                 dtype=dtype, backend=backend)
 
     def inputs(self, case: dict) -> dict:
         kw = {}

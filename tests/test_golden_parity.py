@@ -79,17 +79,18 @@ def _compare_case(g, case, inputs, out, label=""):
     return failures
 
 
-def _run(path, case_name, dtype):
+def _run(path, case_name, dtype, backend="numpy"):
     g = _golden(path)
     case = next(c for c in g.cases if c["name"] == case_name)
-    model = g.model(case["model"], dtype=dtype)
+    model = g.model(case["model"], dtype=dtype, backend=backend)
     inputs = g.inputs(case)
     return g, case, inputs, model(**inputs)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize(("path", "case_name"), list(_cases()))
-def test_golden_fp32(path, case_name):
-    g, case, inputs, out = _run(path, case_name, np.float32)
+def test_golden_fp32(path, case_name, backend):
+    g, case, inputs, out = _run(path, case_name, np.float32, backend)
     for name in case["outputs"]:
         dtype = np.asarray(output_by_name(out, name)).dtype
         assert dtype == np.float32, f"{name} is {dtype}, expected float32"

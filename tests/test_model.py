@@ -29,11 +29,11 @@ HEADS = {
 }  # fmt: skip
 
 
-def make(cls=ErnieMModel, head=None, flavor="hf", dtype=np.float32, **cfg):
+def make(cls=ErnieMModel, head=None, flavor="hf", dtype=np.float32, backend="numpy", **cfg):
     d = {**CFG, **cfg}
     n_labels = {"seq_cls": 3, "token_cls": 5, "qa": 2, "mc": 1, "ie": 1}.get(head, 2)
     config = ErnieMConfig.from_dict({**d, "num_labels": n_labels}, flavor=flavor)
-    return cls(config, split_head(random_weights(d, seed=3), head), dtype=dtype)
+    return cls(config, split_head(random_weights(d, seed=3), head), dtype=dtype, backend=backend)
 
 
 def ids_batch(lengths, L, V=CFG["vocab_size"], seed=0):
@@ -379,3 +379,39 @@ def test_missing_files_are_named(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     with pytest.raises(ValueError, match="cannot read safetensors"):
         ErnieMModel.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ backends
+def test_backends_agree_and_are_checked():
+    ids, mask = ids_batch([7, 4], 7)
+    outs = {b: make(ErnieMForTokenClassification, "token_cls", backend=b)(input_ids=ids, attention_mask=mask,
+                                                                           output_attentions=True)
+            for b in ("numpy", "numba")}  # fmt: skip
+    np.testing.assert_allclose(outs["numba"].logits, outs["numpy"].logits, atol=2e-5)
+    for a, b in zip(outs["numba"].attentions, outs["numpy"].attentions):
+        np.testing.assert_allclose(a, b, atol=1e-5)  # the fp32 profile for probabilities
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make(backend="torch")
+
+
+def test_model_calls_from_several_python_threads():
+    import concurrent.futures
+
+    model = make(backend="numba")
+    ids, mask = ids_batch([7, 4], 7)
+    expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: model(input_ids=ids, attention_mask=mask).last_hidden_state, range(12)))
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+def test_nothing_compiles_at_import_and_warmup_compiles():
+    import subprocess
+    import sys
+
+    code = ("import erniem_np, erniem_np.kernels.gemm as g, erniem_np.kernels.attention as a;"
+            "assert not g._gemm.signatures and not a._attention.signatures, 'compiled at import';"
+            "erniem_np.warmup(); assert g._gemm.signatures and a._attention.signatures; print('ok')")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -1,0 +1,146 @@
+"""LayerNorm with a fused residual add, and GELU: NumPy twins first, then the Numba kernels.
+
+Dimension legend: M rows (B * L), H features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+from scipy.special import erf
+
+from .settings import JIT, PARALLEL_JIT
+
+
+# ================================================================================================ NumPy twins
+def layer_norm_ref(x, weight, bias, eps, residual=None):
+    """LN(x + residual) over the last axis, biased variance: [M, H] -> [M, H]."""
+    if residual is not None:
+        x = x + residual
+    mean = x.mean(axis=-1, keepdims=True)
+    var = np.square(x - mean).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * weight + bias
+
+
+def gelu_ref(x):
+    """Exact GELU 0.5 x (1 + erf(x / sqrt 2)), the references' ``gelu``."""
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+# ================================================================================================ Numba kernels
+@njit(**PARALLEL_JIT)
+def _layer_norm(x, residual, weight, bias, eps, out, has_residual):
+    """out[m] = (y - mean(y)) / sqrt(var(y) + eps) * weight + bias with y = x[m] (+ residual[m]).
+
+    Two passes per row like the twin (mean, then the mean of squared deviations), accumulated in float64 so a
+    row of 4096 float32 values keeps its precision; each pass is a contiguous, vectorised loop.
+    """
+    M, H = x.shape
+    for m in prange(M):
+        row = out[m]
+        if has_residual:
+            for j in range(H):
+                row[j] = x[m, j] + residual[m, j]
+        else:
+            for j in range(H):
+                row[j] = x[m, j]
+        s = 0.0
+        for j in range(H):
+            s += row[j]
+        mean = s / H
+        v = 0.0
+        for j in range(H):
+            d = row[j] - mean
+            v += d * d
+        inv = 1.0 / math.sqrt(v / H + eps)
+        for j in range(H):
+            row[j] = (row[j] - mean) * inv * weight[j] + bias[j]
+
+
+def layer_norm(x, weight, bias, eps, residual=None):
+    """Numba LayerNorm(x + residual): x [..., H] -> [..., H], same dtype as x."""
+    shape = x.shape
+    x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])
+    r2 = x2 if residual is None else np.ascontiguousarray(residual, dtype=x.dtype).reshape(x2.shape)
+    out = np.empty_like(x2)
+    _layer_norm(x2, r2, weight, bias, eps, out, residual is not None)
+    return out.reshape(shape)
+
+
+# Exact-GELU through a rational approximation of erf that vectorises (scalar math.erf does not, and costs
+# 8-16 ns per element). erf(z) ~ z P(z^2) / Q(z^2) on |z| <= 4 (Eigen's float erf coefficients), evaluated in
+# float64; beyond 4, erf is +-1 to float32 precision. Measured against float64 exact GELU over every float32
+# in [-10, 10] and a wide sample outside (tests/test_kernels.py): max abs error below 1e-6.
+_A = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+      -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)  # fmt: skip
+_B = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+      -1.42647390514189e-02)  # fmt: skip
+
+
+@njit(**JIT)
+def erf_approx(z):
+    a = abs(z)
+    c = a if a < 4.0 else 4.0
+    z2 = c * c
+    p = _A[0]
+    p = p * z2 + _A[1]
+    p = p * z2 + _A[2]
+    p = p * z2 + _A[3]
+    p = p * z2 + _A[4]
+    p = p * z2 + _A[5]
+    p = p * z2 + _A[6]
+    q = _B[0]
+    q = q * z2 + _B[1]
+    q = q * z2 + _B[2]
+    q = q * z2 + _B[3]
+    q = q * z2 + _B[4]
+    r = c * p / q
+    r = r if a < 4.0 else 1.0  # |z| >= 4: erf is 1 to float32 precision (and inf stays exact)
+    return r if z >= 0 else -r
+
+
+@njit(**JIT)
+def gelu_scalar(x):
+    xd = np.float64(x)
+    return 0.5 * xd * (1.0 + erf_approx(xd * 0.7071067811865476))
+
+
+@njit(**PARALLEL_JIT)
+def _gelu_rows(y):
+    """In place, row-parallel: y = GELU(y), [M, N]."""
+    M, N = y.shape
+    for m in prange(M):
+        row = y[m]
+        for j in range(N):
+            v = row[j]
+            g = gelu_scalar(v)
+            row[j] = v if v != v else g  # NaN stays NaN (the clamp inside erf_approx would hide it)
+
+
+@njit(**PARALLEL_JIT)
+def _gelu_rows_exact(y):
+    """In place, row-parallel, with libm's erf: the float64 path, where the approximation's ~1e-9 would show."""
+    M, N = y.shape
+    for m in prange(M):
+        row = y[m]
+        for j in range(N):
+            v = row[j]
+            row[j] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+
+
+def gelu_inplace(y):
+    """GELU in place on a C-contiguous 2-D array: the rational erf in float32, libm's erf in float64."""
+    if y.dtype == np.float64:
+        _gelu_rows_exact(y)
+    else:
+        _gelu_rows(y)
+    return y
+
+
+def gelu(x):
+    """Numba GELU on a copy: [..., N] -> [..., N]."""
+    y = np.array(x, copy=True, order="C")
+    gelu_inplace(y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1))
+    return y

@@ -1,0 +1,202 @@
+"""Every Numba kernel against its NumPy twin, over awkward shapes, both float dtypes and non-finite inputs.
+
+These tests also run with NUMBA_DISABLE_JIT=1 (test_kernels_pass_without_jit does that in a subprocess).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from erniem_np.kernels import attention, gemm, norm, settings as ksettings
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+dtypes = st.sampled_from([np.float32, np.float64])
+
+
+def _close(actual, expected, dtype, what):
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype}, expected {np.dtype(dtype)}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    np.testing.assert_allclose(actual, expected, err_msg=what, **TOL[dtype])
+
+
+# ------------------------------------------------------------------------------------------------ GEMM
+@SETTINGS
+@given(M=st.integers(0, 21), K=st.integers(0, 40), N=st.integers(1, 14), dtype=dtypes, seed=st.integers(0, 99),
+       epilogue=st.sampled_from(["bias", "gelu", "residual"]))  # fmt: skip
+def test_linear_matches_twin(M, K, N, dtype, seed, epilogue):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((N, K)).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype)
+    kw = {"gelu": {"activation": "gelu"}, "residual": {"residual": rng.standard_normal((M, N)).astype(dtype)},
+          "bias": {}}[epilogue]  # fmt: skip
+    tol_scale = max(1.0, np.sqrt(K))
+    out = gemm.linear(x, w, b, **kw)
+    ref = gemm.linear_ref(x, w, b, **kw)
+    assert out.shape == (M, N) and out.dtype == dtype, f"shape {(M, K, N)}: {out.shape} {out.dtype}"
+    np.testing.assert_allclose(out, ref, rtol=TOL[dtype]["rtol"] * tol_scale, atol=TOL[dtype]["atol"] * tol_scale,
+                               err_msg=f"linear {epilogue} M={M} K={K} N={N} {np.dtype(dtype)}")
+
+
+@pytest.mark.parametrize("shape", [(128, 768, 768), (130, 770, 771), (4, 3072, 769), (1, 1024, 1025)])
+def test_linear_on_model_shapes_and_tile_remainders(shape):
+    M, K, N = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    w = rng.standard_normal((N, K), dtype=np.float32) / np.sqrt(K)
+    b = rng.standard_normal(N, dtype=np.float32)
+    ref = gemm.linear_ref(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(gemm.linear(x, w, b), ref, atol=5e-5, rtol=1e-5, err_msg=f"shape {shape}")
+
+
+def test_linear_non_finite_inputs_agree_with_twin():
+    x = np.array([[1.0, np.nan, 2.0], [np.inf, 1.0, 0.5], [1.0, 2.0, 3.0], [-np.inf, 1.0, 1.0], [1, 1, 1]],
+                 np.float32)  # fmt: skip
+    w = np.array([[1.0, 0.0, 1.0], [2.0, 1.0, -1.0], [0.5, 0.5, 0.5], [1.0, 2.0, 3.0]], np.float32)
+    b = np.zeros(4, np.float32)
+    out, ref = gemm.linear(x, w, b), gemm.linear_ref(x, w, b)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(out[fin], ref[fin], rtol=1e-6)
+
+
+def test_linear_leading_axes_and_errors():
+    x = np.ones((2, 3, 5), np.float32)
+    w = np.ones((4, 5), np.float32)
+    assert gemm.linear(x, w, np.zeros(4, np.float32)).shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="not both"):
+        gemm.linear(x, w, None, activation="gelu", residual=np.ones((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="must be 'gelu'"):
+        gemm.linear(x, w, None, activation="relu")
+
+
+# ------------------------------------------------------------------------------------------------ norm, GELU
+@SETTINGS
+@given(M=st.integers(0, 9), H=st.integers(1, 70), dtype=dtypes, seed=st.integers(0, 99), residual=st.booleans())
+def test_layer_norm_matches_twin(M, H, dtype, seed, residual):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((M, H)) * 3 + 1).astype(dtype)
+    r = rng.standard_normal((M, H)).astype(dtype) if residual else None
+    w, b = rng.standard_normal(H).astype(dtype), rng.standard_normal(H).astype(dtype)
+    _close(norm.layer_norm(x, w, b, 1e-5, r), norm.layer_norm_ref(x, w, b, 1e-5, r), dtype, f"layer_norm {M}x{H}")
+
+
+def test_layer_norm_non_finite_rows():
+    x = np.array([[1.0, np.nan, 2.0], [np.inf, 1.0, 0.5], [1.0, 2.0, 3.0]], np.float32)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    out, ref = norm.layer_norm(x, w, b, 1e-5), norm.layer_norm_ref(x, w, b, 1e-5)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out[2], ref[2], rtol=1e-6)
+
+
+def test_gelu_within_1e6_of_exact_gelu_over_float32():
+    # every 64th float32 in [0, 10] and its negative (20 million values), plus the extremes
+    pos = np.arange(0, np.float32(10).view(np.int32) + 1, 64, dtype=np.int32).view(np.float32)
+    x = np.concatenate([pos, -pos, np.float32([5.5, -5.5, 1e30, -1e30, 3.4e38, -3.4e38, 1e-30, -1e-30])])
+    with np.errstate(all="ignore"):
+        exact = norm.gelu_ref(x.astype(np.float64))
+    err = np.abs(norm.gelu(x).astype(np.float64) - exact)
+    worst = int(err.argmax())
+    assert err.max() < 1e-6, f"GELU max abs error {err.max():.3g} at x = {x[worst]!r}"
+
+
+def test_gelu_non_finite_and_float64():
+    x = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0])
+    with np.errstate(invalid="ignore"):
+        ref = norm.gelu_ref(x)
+    np.testing.assert_array_equal(norm.gelu(x), ref)  # nan, inf, nan (-inf * 0), 0, -0
+    x64 = np.linspace(-8, 8, 1001)
+    np.testing.assert_allclose(norm.gelu(x64), norm.gelu_ref(x64), rtol=1e-14, atol=1e-15)  # libm erf
+
+
+# ------------------------------------------------------------------------------------------------ attention
+@SETTINGS
+@given(B=st.integers(0, 3), L=st.integers(1, 9), P=st.integers(0, 4), nh=st.integers(1, 3), d=st.integers(1, 9),
+       dtype=dtypes, seed=st.integers(0, 99), mask_kind=st.sampled_from(["none", "2d", "4d", "hf_full_row"]),
+       scaling=st.sampled_from(["hf", "paddle"]), head_mask=st.booleans(), need_probs=st.booleans())  # fmt: skip
+def test_attention_matches_twin(B, L, P, nh, d, dtype, seed, mask_kind, scaling, head_mask, need_probs):
+    rng = np.random.default_rng(seed)
+    Lk, H = P + L, nh * d
+    q, k, v = (rng.standard_normal((B, n, H)).astype(dtype) * 2 for n in (L, Lk, Lk))
+    mask = None
+    if mask_kind == "2d":
+        mask = np.where(rng.random((B, 1, 1, Lk)) < 0.3, -1e4, 0.0).astype(dtype)
+    elif mask_kind == "4d":
+        mask = np.where(rng.random((B, nh, L, Lk)) < 0.3, -1e9, 0.0).astype(dtype)
+    elif mask_kind == "hf_full_row":  # HF's float32-min fill on every key: uniform rows
+        mask = np.full((B, 1, 1, Lk), np.finfo(np.float32).min, dtype)
+    hm = rng.random(nh).astype(dtype) if head_mask else None
+    ctx, probs = attention.attention(q, k, v, nh, mask, hm, scaling, need_probs)
+    ctx_r, probs_r = attention.attention_ref(q, k, v, nh, mask, hm, scaling, need_probs)
+    what = f"attention B={B} L={L} Lk={Lk} nh={nh} d={d} {mask_kind} {scaling} {np.dtype(dtype)}"
+    _close(ctx, ctx_r, dtype, what + " context")
+    if need_probs:
+        _close(probs, probs_r, dtype, what + " probs")
+    else:
+        assert probs is None
+
+
+def test_attention_nan_row_stays_nan():
+    q = np.ones((1, 2, 4), np.float32)
+    k = np.ones((1, 3, 4), np.float32)
+    k[0, 1, 0] = np.nan
+    ctx, probs = attention.attention(q, k, k, 2, need_probs=True)
+    ctx_r, probs_r = attention.attention_ref(q, k, k, 2, need_probs=True)
+    np.testing.assert_array_equal(np.isnan(probs), np.isnan(probs_r))
+    np.testing.assert_array_equal(np.isnan(ctx), np.isnan(ctx_r))
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def test_threading_layer_is_thread_safe_or_serialised():
+    assert ksettings.THREADING_LAYER in ("omp", "tbb", "workqueue", "threadsafe", "safe", "forksafe", "default")
+    if ksettings.THREADING_LAYER == "workqueue":
+        assert not ksettings.THREAD_SAFE  # then the model serialises calls with kernel_lock
+
+
+def test_concurrent_calls_from_python_threads():
+    # the default workqueue layer aborts the process here; omp/tbb run, or the lock serialises
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 96), dtype=np.float32)
+    w = rng.standard_normal((80, 96), dtype=np.float32)
+    b = np.zeros(80, np.float32)
+    expected = gemm.linear(x, w, b)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: gemm.linear(x, w, b), range(16)))
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+def test_cache_dir_falls_back_when_the_package_is_read_only(monkeypatch, tmp_path):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(ksettings.os, "access", lambda path, mode: str(path).startswith(str(tmp_path)))
+    assert ksettings._choose_cache_dir() == os.path.join(str(tmp_path), "erniem-np", "numba")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/somewhere")
+    assert ksettings._choose_cache_dir() is None  # the user's choice wins
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(ValueError, match="thread count"):
+        ksettings.set_num_threads(0)
+    ksettings.set_num_threads(1)
+    assert ksettings.get_num_threads() == 1
+    ksettings.set_num_threads(ksettings.numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without JIT")
+def test_kernels_pass_without_jit():
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                        "-k", "not model_shapes and not 1e6 and not concurrent"],
+                       env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
