@@ -10,6 +10,7 @@ from .model import (
     ErnieMForTokenClassification,
     ErnieMModel,
 )
+from .tokenizer import ErnieMTokenizer
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "ErnieMForTokenClassification",
     "ErnieMForQuestionAnswering",
     "ErnieMForInformationExtraction",
+    "ErnieMTokenizer",
     "set_num_threads",
     "warmup",
     "__version__",
