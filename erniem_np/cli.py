@@ -71,6 +71,116 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Progress:
+    """Progress of a long checkpoint step on stderr; silent for anything that finishes within half a second."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+        self.last_shown = 0.0
+        self.open_line = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        finished = done >= total
+        if now - self.start < 0.5 or (now - self.last_shown < 0.2 and not finished):
+            return
+        self.last_shown = now
+        if total > 1 << 20:
+            text = f"{what}: {done / total:4.0%} ({done / 1e6:,.0f} / {total / 1e6:,.0f} MB)"
+        else:
+            text = f"{what}: {done}/{total}"
+        tty = self.stream.isatty()
+        self.stream.write(("\r" if tty else "") + text + ("" if tty and not finished else "\n"))
+        self.open_line = tty and not finished
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.open_line:
+            self.stream.write("\n")
+            self.open_line = False
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n:,} bytes"
+
+
+def _checkpoint_options(args: argparse.Namespace) -> dict:
+    return {"config": args.config, "flavor": args.flavor, "download": args.download, "revision": args.revision}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert_checkpoint
+
+    progress = None if args.quiet else _Progress()
+    try:
+        out = convert_checkpoint(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,
+                                 verify=not args.no_verify, progress=progress, **_checkpoint_options(args))
+    except FileExistsError as e:
+        raise ValueError(str(e)) from None
+    finally:
+        if progress is not None:
+            progress.close()
+    print(f"wrote {args.dst}: {out.architecture}, {out.num_parameters:,} parameters, {args.dtype}, "
+          f"{_megabytes(out.size_on_disk)}, flavor {out.flavor}")
+    tokenizer = sorted(out.tokenizer_files)
+    print(f"  tokenizer files copied: {', '.join(tokenizer) if tokenizer else 'none found beside the source'}")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoints import inspect_checkpoint
+
+    progress = None if args.json else _Progress()
+    try:
+        info = inspect_checkpoint(args.path, progress=progress, **_checkpoint_options(args))
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return EXIT_OK
+    c = info["config"]
+    files = ", ".join(f"{f['name']} ({_megabytes(f['bytes'])})" for f in info["files"])
+    where = f"{info['path']}" + (f" (hub {info['hub_id']})" if info["hub_id"] else "")
+    flavor_why = {"argument": "as requested", "config": "recorded in the config",
+                  "weights format": "from the weights format"}[info["flavor_source"]]  # fmt: skip
+    rows = [
+        ("checkpoint", where),
+        ("format", f"{info['format']}: {files}"),
+        ("size on disk", _megabytes(info["size_on_disk"])),
+        ("config", info["config_file"] or "none in the checkpoint (given, or from the named checkpoint)"),
+        ("model", (f"{c['num_hidden_layers']} layers, hidden {c['hidden_size']}, {c['num_attention_heads']} "
+                   f"heads, FFN {c['intermediate_size']}, vocabulary {c['vocab_size']}, positions "
+                   f"{c['max_position_embeddings']}, {c['hidden_act']}")),
+        ("head", f"{info['architecture']}" + (f" ({c['num_labels']} labels)" if info["head"] in
+                                              ("seq_cls", "token_cls") else "")
+         + (" -- a guess: the config does not name the class, and a 'classifier' head may also be token "
+            "classification or multiple choice" if info["head_source"] == "guess" else "")),
+        ("parameters", f"{info['parameters']:,} in {info['tensors']} tensors"),
+        ("dtype", ", ".join(f"{k} ({v} tensors)" for k, v in sorted(info["dtypes"].items()))),
+        ("flavor", f"{info['flavor']} ({flavor_why})"),
+        ("tokenizer", (", ".join(info["tokenizer_files"]) or "no tokenizer files")
+         + (f"; missing: {', '.join(info['tokenizer_missing'])}" if info["tokenizer_missing"] else "")),
+    ]  # fmt: skip
+    rows += [("note", n) for n in info["notes"]]
+    for label, value in rows:
+        print(f"{label + ':':<14}{value}")
+    return EXIT_OK
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config.json to use instead of the checkpoint's (needed for a bare weights "
+                   "file whose shapes match no named checkpoint)")  # fmt: skip
+    p.add_argument("--flavor", choices=("hf", "paddle"), help="reference behaviour to record (default: a "
+                   "recorded flavor, else paddle for .pdparams and hf for the HF formats)")  # fmt: skip
+    p.add_argument("--download", action="store_true", help="fetch a hub id that is not in the local cache "
+                   "(needs huggingface_hub)")  # fmt: skip
+    p.add_argument("--revision", help="hub revision (branch, tag or commit)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="erniem-np", description="ErnieM (ERNIE-M) in plain NumPy.")
     p.add_argument("--version", action="version", version=f"erniem-np {__version__}")
@@ -85,6 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
     demo.add_argument("--ids", help='token ids of one sequence, e.g. "0 5 17 42 2"')
     demo.set_defaults(func=cmd_demo)
+
+    convert = sub.add_parser(
+        "convert",
+        help="convert a checkpoint (HF .safetensors/.bin, sharded, Paddle .pdparams) to the native layout",
+        description="Read SRC (a directory in HF or PaddleNLP layout, a single weights file, or a hub id in "
+        "the local cache) without torch or paddle, and write DST/model.safetensors (HF names and layout, "
+        "memory-mapped on load) and DST/config.json (flavor and architecture recorded), copying the tokenizer "
+        "files. The written file is read back and compared.",
+    )
+    convert.add_argument("src", metavar="SRC")
+    convert.add_argument("dst", metavar="DST")
+    convert.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                         help="stored float type (default float32: loads without a copy)")  # fmt: skip
+    convert.add_argument("--overwrite", action="store_true", help="replace DST's config.json and weights")
+    convert.add_argument("--no-verify", action="store_true", help="skip reading the result back")
+    convert.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_checkpoint_options(convert)
+    convert.set_defaults(func=cmd_convert)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="describe a checkpoint: config, head, parameters, dtype, size, flavor, tokenizer files",
+        description="Describe a checkpoint in any supported layout without loading its weights.",
+    )
+    inspect.add_argument("path", metavar="PATH")
+    inspect.add_argument("--json", action="store_true", help="print the description as JSON")
+    _add_checkpoint_options(inspect)
+    inspect.set_defaults(func=cmd_inspect)
     return p
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from . import backend as backends
 from . import layers
 from .config import ErnieMConfig
-from .io import load_state_dict, save_state_dict
+from .io import save_state_dict
 
 _DTYPES = (np.float32, np.float64)
 
@@ -360,21 +360,33 @@ class ErnieMPreTrainedModel:
 
     # ---------------------------------------------------------------- files
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, flavor: str | None = None, dtype=np.float32,
-                        backend: str = "numba"):  # fmt: skip
-        """Load a directory holding config.json and model.safetensors (or a sharded index).
+    def from_pretrained(cls, path_or_name: str | os.PathLike, flavor: str | None = None, dtype=np.float32,
+                        backend: str = "numba", *, config: ErnieMConfig | dict | str | None = None,
+                        download: bool = False, revision: str | None = None, cache_dir: str | None = None,
+                        mmap: bool = True):  # fmt: skip
+        """Load any ErnieM checkpoint; the formats and the name map live in ``erniem_np.checkpoints``.
 
-        ``flavor`` overrides the reference behaviour recorded in the config ("hf" or "paddle").
+        ``path_or_name``: a directory in HF layout (``model.safetensors``, ``pytorch_model.bin``, or either
+        sharded with its ``*.index.json``) or PaddleNLP layout (``model_state.pdparams`` with ``config.json``
+        or legacy ``model_config.json``); a single weights file; or a hub id (``org/name``) found in the local
+        HF cache. ``download=True`` fetches a hub id that is not cached, with ``huggingface_hub`` (imported
+        only then); offline, the error lists the files to fetch and where to put them.
+        ``flavor`` ("hf"/"paddle") overrides the reference behaviour; by default the flavor recorded in the
+        config, else "paddle" for ``.pdparams`` weights and "hf" for the HF formats. ``config`` replaces the
+        checkpoint's (needed for a bare weights file whose shapes match no named checkpoint). With ``mmap``
+        float32 weights stay views of the memory-mapped file (no copy; pages load on first use).
         A checkpoint of another model class loads as long as the weights this class needs are there:
         the ``ernie_m.`` prefix is added or stripped, an unused pooler or head is dropped with a warning.
         """
-        path = os.fspath(path)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"{path} is not a directory (expected config.json + model.safetensors)")
-        config = ErnieMConfig.from_pretrained(path, flavor=flavor)
-        state_dict = load_state_dict(path)
-        state_dict, config = cls._adapt_state_dict(state_dict, config)
-        return cls(config, state_dict, dtype=dtype, backend=backend)
+        from .checkpoints import open_checkpoint  # the loader is imported on use: the model never needs it
+
+        ckpt = open_checkpoint(path_or_name, config=config, flavor=flavor, target=cls.architecture,
+                               download=download, revision=revision, cache_dir=cache_dir, use_mmap=mmap)  # fmt: skip
+        state_dict, config = cls._adapt_state_dict(ckpt.state_dict(dtype), ckpt.config)
+        try:
+            return cls(config, state_dict, dtype=dtype, backend=backend)
+        except (ValueError, TypeError) as e:  # name the files: the model's message names the keys
+            raise type(e)(f"{ckpt.describe()}: {e}") from None
 
     @classmethod
     def _adapt_state_dict(cls, sd: dict[str, np.ndarray], config: ErnieMConfig):

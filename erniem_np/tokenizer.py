@@ -539,11 +539,16 @@ class ErnieMTokenizer:
         # Pass 1: PaddleNLP's search; None where it would raise.
         found: list[tuple[int, int] | None] = []
         cursor = 0
+        norm_sigma = norm.replace("ς", "σ") if "ς" in norm else None
         for tok in tokens:
             t = tok[1:] if tok[:1] == SPIECE_UNDERLINE else tok
             s = norm.find(t, cursor) if t else -1
-            if s < 0 and "ς" in norm and t:  # final sigma: "ΟΔΟΣ".lower() ends in "ς", the tokens hold "σ"
-                s = norm.replace("ς", "σ").find(t.replace("ς", "σ"), cursor)
+            if norm_sigma is not None and t:
+                # final sigma: "ΟΔΟΣ".lower() ends in "ς" where the tokens hold "σ"; a nearer match there wins
+                # over a later plain one ("AΣ0Σ" lowers to "aς0σ": the first "σ" token is the "ς")
+                s2 = norm_sigma.find(t.replace("ς", "σ"), cursor)
+                if s2 >= 0 and (s < 0 or s2 < s):
+                    s = s2
             if s < 0:
                 found.append(None)
                 continue

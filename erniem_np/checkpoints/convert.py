@@ -1,0 +1,114 @@
+"""Convert any supported checkpoint to the native layout, and describe a checkpoint (``erniem-np convert`` /
+``erniem-np inspect``). The native layout is HF's: ``config.json`` (with ``flavor`` and ``architectures``
+recorded) + ``model.safetensors`` (HF names, torch layout), plus the tokenizer files copied. It loads in
+transformers 4.46.3, and here it maps without a copy, which makes later loads fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckpointError
+from .hub import TOKENIZER_FILES
+from .loader import Checkpoint, open_checkpoint
+from .safetensors_file import write_safetensors
+
+ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
+SUMMARY_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "max_position_embeddings", "hidden_act", "layer_norm_eps", "pad_token_id", "num_labels")
+
+
+def convert_checkpoint(src, dst, *, dtype: str = "float32", flavor: str | None = None, config=None,
+                       download: bool = False, revision: str | None = None, cache_dir: str | None = None,
+                       overwrite: bool = False, verify: bool = True,
+                       progress: ProgressFn | None = None) -> Checkpoint:  # fmt: skip
+    """Write ``src`` (any supported layout, a file, a cached hub id...) to the directory ``dst`` natively.
+
+    ``dtype``: the stored float type ("float32", the fast-loading default; "float16" or "bfloat16" halve
+    the file). The flavor decided for ``src`` (or given) is recorded in ``dst/config.json``. With ``verify``,
+    the written file is read back and compared tensor by tensor. Returns the opened ``dst``.
+    """
+    ckpt = open_checkpoint(src, config=config, flavor=flavor, download=download, revision=revision,
+                           cache_dir=cache_dir, progress=progress)  # fmt: skip
+    dst = os.fspath(dst)
+    if os.path.isdir(dst) and os.path.abspath(dst) == os.path.abspath(ckpt.path):
+        raise CheckpointError(f"{dst}: the destination is the source directory; choose another directory")
+    weights_path = os.path.join(dst, "model.safetensors")
+    clobbered = [n for n in ("config.json", "model.safetensors") if os.path.exists(os.path.join(dst, n))]
+    if clobbered and not overwrite:
+        raise FileExistsError(f"{dst} already holds {', '.join(clobbered)} (pass overwrite=True / --overwrite)")
+    os.makedirs(dst, exist_ok=True)
+
+    arrays = ckpt.state_dict(np.float32)  # views of the source's mapping where possible
+    metadata = {"format": "pt", "erniem_np.source_format": ckpt.format,
+                "erniem_np.source": os.path.basename(os.path.normpath(ckpt.source))}  # fmt: skip
+    write_safetensors(weights_path, arrays, metadata=metadata, dtype=dtype,
+                      progress=None if progress is None else lambda d, t: progress("writing model.safetensors",
+                                                                                    d, t))  # fmt: skip
+    config = ckpt.config.to_dict()  # records flavor
+    config["architectures"] = [ckpt.architecture]
+    config["torch_dtype"] = dtype
+    with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    for name, path in ckpt.tokenizer_files.items():
+        if os.path.abspath(path) != os.path.abspath(os.path.join(dst, name)):
+            shutil.copyfile(path, os.path.join(dst, name))
+
+    out = open_checkpoint(dst)
+    if verify:
+        _verify(arrays, out, dtype, progress)
+    return out
+
+
+def _verify(expected: dict[str, np.ndarray], written: Checkpoint, dtype: str, progress) -> None:
+    if set(expected) != set(written.tensors):
+        raise CheckpointError(f"{written.describe()}: written names differ from the source's: "
+                              f"{sorted(set(expected) ^ set(written.tensors))[:5]}")  # fmt: skip
+    total = sum(a.nbytes for a in expected.values())
+    done = 0
+    for name, a in expected.items():
+        b = written.tensors[name].array(np.float32)
+        if dtype == "float16":
+            a = a.astype(np.float16).astype(np.float32)
+        elif dtype == "bfloat16":
+            from .tensors import bfloat16_to_float32, float32_to_bfloat16
+
+            a = bfloat16_to_float32(float32_to_bfloat16(a))
+        if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+            raise CheckpointError(f"{written.describe()}: {name} does not read back as written")
+        done += a.nbytes
+        if progress is not None:
+            progress("verifying", done, total)
+
+
+def inspect_checkpoint(path_or_name, **open_kwargs) -> dict[str, Any]:
+    """A plain-data description of a checkpoint (nothing but the headers/pickles is read)."""
+    ckpt = open_checkpoint(path_or_name, **open_kwargs)
+    cfg = ckpt.config
+    return {
+        "path": ckpt.path,
+        "hub_id": ckpt.hub_id,
+        "format": ckpt.format,
+        "files": [{"name": os.path.basename(f), "bytes": os.path.getsize(f)} for f in ckpt.files],
+        "size_on_disk": ckpt.size_on_disk,
+        "config_file": ckpt.config_file,
+        "config": {k: getattr(cfg, k) for k in SUMMARY_FIELDS},
+        "flavor": ckpt.flavor,
+        "flavor_source": ckpt.flavor_source,
+        "architecture": ckpt.architecture,
+        "head": ckpt.head,
+        "head_source": ckpt.head_source,
+        "parameters": ckpt.num_parameters,
+        "tensors": len(ckpt.tensors),
+        "dtypes": ckpt.dtypes(),
+        "tokenizer_files": sorted(ckpt.tokenizer_files),
+        "tokenizer_missing": [n for n in TOKENIZER_FILES[:4] if n not in ckpt.tokenizer_files],
+        "notes": list(ckpt.notes),
+    }

@@ -1,0 +1,85 @@
+"""StoredTensor: one tensor of a checkpoint file, described without reading it.
+
+Every reader returns ``{name: StoredTensor}``. A StoredTensor knows its file, its name there, its storage dtype
+and shape, and how to produce its data: for memory-mapped files that is a view of the mapping, so listing a
+checkpoint (``erniem-np inspect``) or loading a float32 one reads no weight bytes until they are used.
+
+The name map (names.py) may mark a tensor ``transposed`` (Paddle stores Linear weights [in, out]); the data is
+then returned as a transposed view, and ``shape`` is the shape after the transpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+# Storage dtype names, as torch and the safetensors format spell them.
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+NUMPY_DTYPES = {
+    "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype("<u2"),  # NumPy has no bfloat16: the raw bits are read as uint16 and widened (below)
+    "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "int16": np.dtype("<i2"), "int8": np.dtype("i1"),
+    "uint64": np.dtype("<u8"), "uint32": np.dtype("<u4"), "uint16": np.dtype("<u2"), "uint8": np.dtype("u1"),
+    "bool": np.dtype("?"),
+}  # fmt: skip
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32: widen the uint16 bit patterns by << 16 (exact, no rounding)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even as torch does; NaN stays NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    file: str  # the file holding the data
+    key: str  # the tensor's name in that file
+    dtype: str  # storage dtype name (NUMPY_DTYPES)
+    shape: tuple[int, ...]  # shape as returned by array() (after any transpose)
+    load: Callable[[], np.ndarray]  # the stored array: a view of the file's mapping where possible
+    transposed: bool = False
+    release: Callable[[np.ndarray], None] | None = None  # drop a mapped source's pages once copied
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * NUMPY_DTYPES[self.dtype].itemsize
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    def transpose(self) -> StoredTensor:
+        if len(self.shape) != 2:
+            raise ValueError(f"{self.file}: {self.key} has shape {self.shape}; only 2-D weights are transposed")
+        return replace(self, shape=self.shape[::-1], transposed=not self.transposed)
+
+    def array(self, dtype=None) -> np.ndarray:
+        """The data as a C-contiguous, aligned array, floating types converted to ``dtype``.
+
+        float32 data stored contiguously stays a view of the mapped file (no copy, no resident memory until
+        used). Anything that must be copied (a transpose, a dtype change, an unaligned or strided source) is
+        copied once, and the source's pages of the mapping are then released, so the copy is not paid twice.
+        """
+        source = self.load()
+        a = bfloat16_to_float32(source) if self.dtype == "bfloat16" else source
+        if dtype is not None and self.is_float and a.dtype != np.dtype(dtype):
+            a = a.astype(dtype)
+        if self.transposed:
+            a = a.T
+        if not (a.flags.c_contiguous and a.flags.aligned):
+            a = np.array(a, order="C", copy=True)
+        if a is not source and self.release is not None and not np.may_share_memory(a, source):
+            self.release(source)
+        return a
