@@ -344,8 +344,9 @@ class ErnieMPreTrainedModel:
                 sd[name] = np.zeros(shape)
             else:
                 sd[name] = rng.normal(0.0, std, shape)
-                if "embeddings." in name:
+                if "embeddings." in name and self.config.pad_token_id < shape[0]:
                     sd[name][self.config.pad_token_id] = 0.0  # padding_idx=pad_token_id on both tables
+                    # (HF refuses a pad id beyond the position table at construction; with weights it is harmless)
         return sd
 
     def state_dict(self) -> dict[str, np.ndarray]:

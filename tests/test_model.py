@@ -415,3 +415,10 @@ def test_nothing_compiles_at_import_and_warmup_compiles():
             "erniem_np.warmup(); assert g._gemm.signatures and a._attention.signatures; print('ok')")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_random_init_with_a_pad_id_beyond_the_position_table():
+    cfg = ErnieMConfig(vocab_size=20, hidden_size=4, num_hidden_layers=1, num_attention_heads=1,
+                       intermediate_size=8, max_position_embeddings=5, pad_token_id=7)  # fmt: skip
+    model = ErnieMModel(cfg, backend="numpy")
+    assert (model.state_dict()["embeddings.word_embeddings.weight"][7] == 0).all()
