@@ -73,13 +73,20 @@ def set_num_threads(n: int) -> None:
 
 
 def warmup(dtypes=(np.float32,)) -> None:
-    """Compile (or load from the cache) every kernel the first forward pass would, for each dtype."""
+    """Compile (or load from the cache) every kernel a forward pass may use, for each dtype: the parallel
+    kernels and their serial twins (used below ``SERIAL_BELOW_FLOPS``)."""
     from .config import ErnieMConfig
+    from .kernels import norm
     from .model import ErnieMModel
 
-    config = ErnieMConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                          intermediate_size=8, max_position_embeddings=8)  # fmt: skip
+    config = ErnieMConfig(vocab_size=16, hidden_size=256, num_hidden_layers=1, num_attention_heads=4,
+                          intermediate_size=2048, max_position_embeddings=130)  # fmt: skip
     for dtype in dtypes:
         model = ErnieMModel(config, dtype=dtype, backend="numba")
-        model(input_ids=[[0, 5, 2]], attention_mask=[[1, 1, 1]], output_attentions=True)
-        model(input_ids=[[0, 5, 2]])
+        for L in (3, 64):  # serial and parallel sizes
+            ids = np.full((1, L), 5)
+            model(input_ids=ids, attention_mask=np.ones_like(ids), output_attentions=True)
+            model(input_ids=ids)
+        x = np.ones((1024, 400), dtype)
+        norm.layer_norm(x, x[0], x[0], 1e-5)
+        norm.layer_norm(x, x[0], x[0], 1e-5, residual=x)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .settings import PARALLEL_JIT
+from .settings import locked, PARALLEL_JIT, SERIAL_BELOW_FLOPS, serial_twin
 
 
 # ================================================================================================ NumPy twin
@@ -108,6 +108,11 @@ def _attention(q, kt, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pr
                 crow[t] += pj * vr[t]
 
 
+_transpose_keys_serial = serial_twin(_transpose_keys, "_transpose_keys_serial")
+_attention_serial = serial_twin(_attention, "_attention_serial")
+
+
+@locked
 def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False):
     """Numba twin of ``attention_ref``: same arguments, same results up to summation order."""
     B, L, H = q.shape
@@ -121,12 +126,14 @@ def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_pr
     probs = np.empty((B, n_heads, L, Lk) if need_probs else (1, 1, 1, 1), dtype=dtype)
     if B * L == 0:
         return ctx, (probs if need_probs else None)
-    _transpose_keys(np.ascontiguousarray(k, dtype=dtype), n_heads, kt)
+    small = 4 * B * L * Lk * H < SERIAL_BELOW_FLOPS
+    (_transpose_keys_serial if small else _transpose_keys)(np.ascontiguousarray(k, dtype=dtype), n_heads, kt)
     if mask is None:
         m4 = np.zeros((1, 1, 1, Lk), dtype=dtype)
     else:
         m4 = np.asarray(mask, dtype=dtype)
         m4 = np.ascontiguousarray(m4.reshape((1,) * (4 - m4.ndim) + m4.shape))
     hm = np.ones(n_heads, dtype=dtype) if head_mask is None else np.ascontiguousarray(head_mask, dtype=dtype).reshape(n_heads)
-    _attention(q, kt, v, m4, hm, n_heads, scaling == "hf", mask is not None, need_probs, ctx, probs)
+    (_attention_serial if small else _attention)(q, kt, v, m4, hm, n_heads, scaling == "hf", mask is not None,
+                                                 need_probs, ctx, probs)  # fmt: skip
     return ctx, (probs if need_probs else None)

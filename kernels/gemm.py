@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .norm import gelu_inplace, gelu_ref
-from .settings import PARALLEL_JIT
+from .settings import locked, PARALLEL_JIT, SERIAL_BELOW_FLOPS, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL = 0, 1, 2
 
@@ -143,6 +143,10 @@ def _gemm(x, w, b, residual, out, epilogue):
                             out[i, j] = v
 
 
+_gemm_serial = serial_twin(_gemm, "_gemm_serial")
+
+
+@locked
 def linear(x, weight, bias=None, activation=None, residual=None):
     """Numba x [..., K] @ weight[N, K]^T + bias [N] -> [..., N]; activation "gelu" or a residual [..., N] fused.
 
@@ -171,7 +175,8 @@ def linear(x, weight, bias=None, activation=None, residual=None):
         if residual is not None:
             out += r2
     else:
-        _gemm(x2, np.ascontiguousarray(weight), bias, r2, out, epilogue)
+        kernel = _gemm if 2 * x2.shape[0] * K * N >= SERIAL_BELOW_FLOPS else _gemm_serial
+        kernel(x2, np.ascontiguousarray(weight), bias, r2, out, epilogue)
     if activation == "gelu":
         gelu_inplace(out)
     return out.reshape(lead + (N,))

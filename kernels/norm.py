@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 from scipy.special import erf
 
-from .settings import JIT, PARALLEL_JIT
+from .settings import locked, JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, serial_twin
 
 
 # ================================================================================================ NumPy twins
@@ -59,13 +59,18 @@ def _layer_norm(x, residual, weight, bias, eps, out, has_residual):
             row[j] = (row[j] - mean) * inv * weight[j] + bias[j]
 
 
+_layer_norm_serial = serial_twin(_layer_norm, "_layer_norm_serial")
+
+
+@locked
 def layer_norm(x, weight, bias, eps, residual=None):
     """Numba LayerNorm(x + residual): x [..., H] -> [..., H], same dtype as x."""
     shape = x.shape
     x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])
     r2 = x2 if residual is None else np.ascontiguousarray(residual, dtype=x.dtype).reshape(x2.shape)
     out = np.empty_like(x2)
-    _layer_norm(x2, r2, weight, bias, eps, out, residual is not None)
+    kernel = _layer_norm if 10 * x2.size >= SERIAL_BELOW_FLOPS else _layer_norm_serial
+    kernel(x2, r2, weight, bias, eps, out, residual is not None)
     return out.reshape(shape)
 
 
@@ -130,12 +135,18 @@ def _gelu_rows_exact(y):
             row[j] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
 
 
+_gelu_rows_serial = serial_twin(_gelu_rows, "_gelu_rows_serial")
+_gelu_rows_exact_serial = serial_twin(_gelu_rows_exact, "_gelu_rows_exact_serial")
+
+
+@locked
 def gelu_inplace(y):
     """GELU in place on a C-contiguous 2-D array: the rational erf in float32, libm's erf in float64."""
+    small = 40 * y.size < SERIAL_BELOW_FLOPS
     if y.dtype == np.float64:
-        _gelu_rows_exact(y)
+        (_gelu_rows_exact_serial if small else _gelu_rows_exact)(y)
     else:
-        _gelu_rows(y)
+        (_gelu_rows_serial if small else _gelu_rows)(y)
     return y
 
 

@@ -79,7 +79,19 @@ else:
     THREADING_LAYER = next((n for n in ("omp", "tbb") if _layer_loadable(n)), "workqueue")
     numba.config.THREADING_LAYER = THREADING_LAYER
 THREAD_SAFE = THREADING_LAYER in ("omp", "tbb", "threadsafe", "safe")
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: linear() calls the locked GELU
+
+
+def locked(fn):
+    """Decorator for the public kernel wrappers: hold ``kernel_lock`` while the kernel runs."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with kernel_lock():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager
@@ -98,6 +110,23 @@ def kernel_lock():
 FASTMATH = {"reassoc", "contract", "nsz"}
 JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 PARALLEL_JIT = dict(JIT, parallel=True)
+
+
+# Below this much work a parallel launch costs more than it saves (waking the pool is ~10-50 us, more on a
+# busy machine), so each parallel kernel also has a serial twin compiled from the same source.
+SERIAL_BELOW_FLOPS = 4_000_000
+
+
+def serial_twin(dispatcher, name: str):
+    """The same kernel source compiled without ``parallel`` (prange runs as range), under its own name so
+    its cache entries never mix with the parallel one's."""
+    import types
+
+    f = getattr(dispatcher, "py_func", dispatcher)  # NUMBA_DISABLE_JIT=1: njit returns the function
+    twin = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    twin.__qualname__ = name
+    twin.__doc__ = f.__doc__
+    return numba.njit(**JIT)(twin)
 
 
 def set_num_threads(n: int) -> None:

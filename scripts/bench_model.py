@@ -1,0 +1,320 @@
+"""Benchmark an ErnieM-base forward pass: erniem-np (numba, numpy) against HF transformers (torch eager) and
+ONNX Runtime (the model exported from HF), in one run, same weights, fp32, same thread count.
+
+    .venv/bin/pip install -e ".[bench]"        # onnx, onnxruntime, matplotlib (+ the reference extra for torch)
+    .venv/bin/python scripts/bench_model.py --threads 2 --out bench-results
+
+Each implementation runs in its own subprocess (so peak RSS is its own and thread pools do not mix), on the
+same random ErnieM-base-shaped weights (seeded, full 250,002-token vocabulary, 1.11 GB) written once to a
+temporary safetensors checkpoint. Workloads: B=1 L=128, B=8 L=128, B=1 L=512, and 64 texts of mixed length
+(token counts of lines of the multilingual fixture corpus); erniem-np sorts and buckets those by length, the
+frameworks pad the batch to its longest text. Reported: median latency, throughput, effective GFLOP/s (useful
+FLOPs, padding not counted), the percentage of the OpenBLAS sgemm rate measured in the same run, peak RSS.
+Writes results.json, results.md and results.png into --out. Timings are wall-clock medians; machines here are
+shared, so compare the ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKLOADS = ["B1_L128", "B8_L128", "B1_L512", "mixed64"]
+IMPLS = ["erniem-np numba", "erniem-np numpy", "torch eager", "onnxruntime"]
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def mixed_lengths(n=64, seed=0, max_len=512):
+    """Token counts (with [CLS]/[SEP]) of n short passages (1-4 consecutive lines) of the multilingual fixture
+    corpus, tokenised by the fixture tokenizer when it is there; else a seeded log-normal."""
+    rng = np.random.default_rng(seed)
+    corpus = os.path.join(ROOT, "tests", "fixtures", "tokenizer", "corpus.txt.gz")
+    try:
+        from erniem_np import ErnieMTokenizer
+
+        tok = ErnieMTokenizer.from_pretrained(os.path.join(ROOT, "tests", "fixtures", "tokenizer", "unigram"))
+        with gzip.open(corpus, "rt", encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        lengths = []
+        for _ in range(n):
+            start = int(rng.integers(0, len(lines) - 8))
+            text = " ".join(lines[start : start + int(rng.integers(1, 5))])
+            lengths.append(min(max_len, len(tok.tokenize(text)) + 2))
+        return np.array(lengths), "fixture corpus, fixture unigram tokenizer"
+    except Exception:  # noqa: BLE001 - the tokenizer or corpus is not there yet
+        return np.clip(rng.lognormal(np.log(30), 0.8, n).astype(int), 4, max_len), "seeded log-normal"
+
+
+def make_batch(B, L, lengths=None, seed=0, vocab=250002):
+    rng = np.random.default_rng(seed)
+    lengths = np.full(B, L) if lengths is None else np.asarray(lengths)
+    ids = np.ones((B, int(lengths.max())), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = np.concatenate([[0], rng.integers(5, vocab, n - 2), [2]])
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def flops(lengths, H=768, F=3072, layers=12):
+    """Useful FLOPs of the encoder: Linear layers 2 L (4 H^2 + 2 H F) + attention 4 L^2 H, per layer."""
+    return sum(layers * (2 * n * (4 * H * H + 2 * H * F) + 4 * n * n * H) for n in lengths)
+
+
+# ------------------------------------------------------------------------------------------------ worker
+def worker(impl, ckpt, threads, reps, out_path):
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    results = {}
+    t0 = time.perf_counter()
+    lengths, _ = mixed_lengths()
+    if impl.startswith("erniem-np"):
+        import erniem_np
+        from erniem_np import ErnieMModel
+
+        backend = impl.split()[-1]
+        model = ErnieMModel.from_pretrained(ckpt, backend=backend)
+        if backend == "numba":
+            erniem_np.warmup()
+
+        def run(ids, mask):
+            return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+        def run_mixed(ids_list):  # sort by length and bucket: batches of 8 similar-length texts
+            order = np.argsort([len(x) for x in ids_list])
+            for s in range(0, len(order), 8):
+                group = [ids_list[i] for i in order[s : s + 8]]
+                n = max(len(g) for g in group)
+                ids = np.ones((len(group), n), np.int64)
+                mask = np.zeros_like(ids)
+                for r, g in enumerate(group):
+                    ids[r, : len(g)] = g
+                    mask[r, : len(g)] = 1
+                run(ids, mask)
+    elif impl == "torch eager":
+        import torch
+        from transformers import ErnieMModel as HFModel
+
+        torch.set_num_threads(threads)
+        model = HFModel.from_pretrained(ckpt).eval()
+
+        def run(ids, mask):
+            with torch.inference_mode():
+                return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))[0]
+
+        run_mixed = None
+    else:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(os.path.join(ckpt, "model.onnx"), so, providers=["CPUExecutionProvider"])
+
+        def run(ids, mask):
+            return sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+        run_mixed = None
+    results["load_s"] = time.perf_counter() - t0
+
+    for name in WORKLOADS:
+        if name == "mixed64":
+            ids, mask = make_batch(len(lengths), 0, lengths)
+            ids_list = [ids[i, :n] for i, n in enumerate(lengths)]
+            fn = (lambda: run_mixed(ids_list)) if run_mixed else (lambda: run(ids, mask))
+            useful = flops(lengths)
+            n_seq = len(lengths)
+        else:
+            B, L = (int(x[1:]) for x in name.split("_"))
+            ids, mask = make_batch(B, L)
+            fn = lambda ids=ids, mask=mask: run(ids, mask)  # noqa: E731
+            useful = flops([L] * B)
+            n_seq = B
+        if name != "mixed64":
+            fn()  # warm (mixed64 runs after the others, on warm code paths; it is the slowest workload)
+        times = []
+        for _ in range(reps if name != "mixed64" else max(1, min(reps, 3))):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        med = float(np.median(times))
+        results[name] = {"median_s": med, "times_s": times, "seq_per_s": n_seq / med, "gflops": useful / med / 1e9}
+    results["peak_rss_mb"] = peak_rss_mb()
+    with open(out_path, "w") as f:
+        json.dump(results, f)
+
+
+def peak_rss_mb():
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across exec from the parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def sgemm_rate(threads):
+    code = ("import numpy as np, time; a=np.random.rand(1024,768).astype(np.float32);"
+            "b=np.random.rand(768,3072).astype(np.float32); a@b; ts=[]\n"
+            "for _ in range(20):\n t=time.perf_counter(); a@b; ts.append(time.perf_counter()-t)\n"
+            "print(2*1024*768*3072/min(ts)/1e9)")  # fmt: skip
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)  # fmt: skip
+
+
+def prepare_checkpoint(directory):
+    from erniem_np import ErnieMConfig, ErnieMModel
+
+    model = ErnieMModel(ErnieMConfig(), seed=0, backend="numpy")  # HF init, ErnieM-base shape
+    model.save_pretrained(directory)
+    weight_bytes = sum(a.nbytes for a in model.state_dict().values())
+    onnx_ok = False
+    try:
+        import torch
+        from transformers import ErnieMModel as HFModel
+
+        hf = HFModel.from_pretrained(directory).eval()
+        ids, mask = make_batch(2, 16)
+        torch.onnx.export(hf, (torch.from_numpy(ids), torch.from_numpy(mask)), os.path.join(directory, "model.onnx"),
+                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"}},
+                          opset_version=17, dynamo=False)  # fmt: skip
+        onnx_ok = True
+    except Exception as e:  # noqa: BLE001
+        print(f"  (no ONNX export: {type(e).__name__}: {e})")
+    return weight_bytes, onnx_ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default="bench-results")
+    ap.add_argument("--impl", help=argparse.SUPPRESS)
+    ap.add_argument("--ckpt", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--prepare", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.impl:
+        return worker(args.impl, args.ckpt, args.threads, args.reps, args.result)
+    if args.prepare:  # in its own process, so the driver stays small
+        weight_bytes, onnx_ok = prepare_checkpoint(args.prepare)
+        with open(os.path.join(args.prepare, "prepared.json"), "w") as f:
+            json.dump({"weight_bytes": weight_bytes, "onnx": onnx_ok}, f)
+        return None
+
+    os.makedirs(args.out, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "ernie-m-base-random")
+        print("writing the random ErnieM-base checkpoint ...", flush=True)
+        subprocess.run([sys.executable, __file__, "--prepare", ckpt], check=True)
+        with open(os.path.join(ckpt, "prepared.json")) as f:
+            prepared = json.load(f)
+        weight_bytes, onnx_ok = prepared["weight_bytes"], prepared["onnx"]
+        rate = sgemm_rate(args.threads)
+        print(f"OpenBLAS sgemm 1024x768x3072 on {args.threads} threads: {rate:.0f} GFLOP/s", flush=True)
+        results = {}
+        for impl in IMPLS:
+            if impl == "torch eager" and not _has("torch"):
+                continue
+            if impl == "onnxruntime" and not (onnx_ok and _has("onnxruntime")):
+                continue
+            path = os.path.join(tmp, "r.json")
+            print(f"running {impl} ...", flush=True)
+            r = subprocess.run([sys.executable, __file__, "--impl", impl, "--ckpt", ckpt, "--threads",
+                                str(args.threads), "--reps", str(args.reps), "--result", path])  # fmt: skip
+            if r.returncode == 0:
+                with open(path) as f:
+                    results[impl] = json.load(f)
+            else:
+                print(f"  {impl} failed (exit {r.returncode})")
+    lengths, source = mixed_lengths()
+    meta = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "cpu": _cpu_name(), "threads": args.threads, "sgemm_gflops": rate, "weight_bytes": weight_bytes,
+        "mixed_lengths": {"source": source, "n": len(lengths), "median": float(np.median(lengths)),
+                          "max": int(lengths.max()), "total_tokens": int(lengths.sum())},
+        "python": sys.version.split()[0], "numpy": np.__version__,
+    }  # fmt: skip
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    md = table(meta, results)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    chart(results, os.path.join(args.out, "results.png"))
+
+
+def _has(mod):
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def table(meta, results):
+    base = results.get("torch eager")
+    ort = results.get("onnxruntime")
+    lines = [
+        f"ErnieM-base, fp32, {meta['threads']} threads, {meta['cpu']}; OpenBLAS sgemm {meta['sgemm_gflops']:.0f} "
+        f"GFLOP/s in the same run; weights {meta['weight_bytes'] / 1e9:.2f} GB. mixed64 = 64 texts, "
+        f"{meta['mixed_lengths']['total_tokens']} tokens, median {meta['mixed_lengths']['median']:.0f}, "
+        f"longest {meta['mixed_lengths']['max']} ({meta['mixed_lengths']['source']}).",
+        "",
+        "| implementation | workload | median ms | seq/s | GFLOP/s | % of sgemm | vs torch | vs ORT | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for impl, r in results.items():
+        for w in WORKLOADS:
+            x = r[w]
+            vs_t = f"{base[w]['median_s'] / x['median_s']:.2f}x" if base else "-"
+            vs_o = f"{ort[w]['median_s'] / x['median_s']:.2f}x" if ort else "-"
+            lines.append(f"| {impl} | {w} | {x['median_s'] * 1e3:.1f} | {x['seq_per_s']:.1f} | {x['gflops']:.0f} | "
+                         f"{100 * x['gflops'] / meta['sgemm_gflops']:.0f}% | {vs_t} | {vs_o} | "
+                         f"{r['peak_rss_mb']:.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def chart(results, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no chart)")
+        return
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(results))
+    for k, (impl, r) in enumerate(results.items()):
+        ax.bar(np.arange(len(WORKLOADS)) + k * width, [r[w]["gflops"] for w in WORKLOADS], width, label=impl)
+    ax.set_xticks(np.arange(len(WORKLOADS)) + width * (len(results) - 1) / 2, WORKLOADS)
+    ax.set_ylabel("effective GFLOP/s (higher is better)")
+    ax.set_title("ErnieM-base forward, fp32")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
