@@ -58,6 +58,20 @@ def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, acti
     return x, probs, (_to_heads(k, n_heads), _to_heads(v, n_heads))
 
 
+def linear(x, weight, bias=None):
+    """layers.linear on the Numba GEMM (its serial twin for small shapes). Used for the pooler and the heads,
+    so the numba backend makes no BLAS call at all: OpenBLAS threads spin for a while after each call and
+    would take the cores from the next kernels."""
+    from .kernels import gemm
+
+    return gemm.linear(x, weight, bias)
+
+
+def pooler(x, dense):
+    """layers.pooler on the Numba GEMM: tanh(dense(x[:, 0])), [B, L, H] -> [B, H]."""
+    return np.tanh(linear(x[:, 0], **dense))
+
+
 def layer_norm(x, weight, bias, eps):
     from .kernels import norm
 

@@ -451,7 +451,8 @@ class ErnieMPreTrainedModel:
             hidden_states.append(x)
             attentions.append(probs)
             presents.append(cache)
-        pooled = layers.pooler(x, **p["pooler"]) if self.has_pooler else None  # [B, L, H] -> [B, H]
+        pooler = backends.pooler if fast else layers.pooler
+        pooled = pooler(x, **p["pooler"]) if self.has_pooler else None  # [B, L, H] -> [B, H]
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=x,
             pooler_output=pooled,
@@ -491,7 +492,8 @@ class _Head(ErnieMPreTrainedModel):
         return shapes
 
     def _head_linear(self, x, name):
-        return layers.linear(x, **self.params[name])
+        linear = backends.linear if self.backend == "numba" else layers.linear
+        return linear(x, **self.params[name])
 
     def _cross_entropy(self, logits, labels, ignore_index=-100):
         # QUIRK: with every label ignored torch's mean is NaN, Paddle's is 0

@@ -53,9 +53,10 @@ def _gemm(x, w, b, residual, out, epilogue):
       the extra passes and partial-sum traffic cost more than the misses they save.)
     * parallelism: one level, over the column strips of a block (never BLAS inside).
     Remainder rows (M % 4) and columns (N % 3) take a vectorised dot-product path.
-    Measured fraction of OpenBLAS sgemm (scripts/bench_kernels.py --threads 2, 2-core AMD EPYC with AVX2,
-    best of 7, 2026-11-24): M = 128: 65-82%; M = 1024: 65-94%; M = 4096: 66-81%; K = 4096 (ErnieM-large's FFN
-    down) is the weakest at 65-67%. The goal of 90% is met only at 1024 x 768 x 768.
+    Measured fraction of OpenBLAS sgemm (scripts/bench_kernels.py --threads 2 --reps 7, 2-core AMD EPYC with
+    AVX2, 2026-11-24): M = 128: 78-95%; M = 1024: 61-76%; M = 4096: 66-77%. The goal of 90% is met only at
+    some M = 128 shapes; K = 4096 (ErnieM-large's FFN down) is the weakest. The register tile is limited by
+    its 7 loads per 12 FMAs; packing W into panels for a broadcast-form tile is the known next step.
     """
     M, K = x.shape
     N = w.shape[0]
