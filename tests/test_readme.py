@@ -40,3 +40,10 @@ def test_cli_errors_are_one_line(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "outside the vocabulary" in err and "Traceback" not in err
     assert re.search(r"erniem-np: error: ", err)
+
+
+def test_readme_python_example_runs():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("## Use it from Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
