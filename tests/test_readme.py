@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _readme_commands():
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
     section = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
     return [line.strip() for line in section.splitlines() if line.startswith("    python3 -m venv")]
 
@@ -22,7 +23,8 @@ def test_readme_has_exactly_two_commands():
 
 
 def test_ci_runs_the_readme_test_command():
-    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        ci = f.read()
     lines = [line.strip() for line in ci.splitlines() if line.strip() and not line.startswith("#")]
     assert _readme_commands()[1] in lines, "'.ci/run' must run the README's test command verbatim"
 
@@ -43,7 +45,8 @@ def test_cli_errors_are_one_line(capsys):
 
 
 def test_readme_python_example_runs():
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
     section = text.split("## Use it from Python", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "README.md", "exec"), {})
