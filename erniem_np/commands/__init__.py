@@ -1,0 +1,1 @@
+"""The ``erniem-np`` subcommands, one module each (see ``_common`` for what they share)."""
