@@ -7,8 +7,8 @@ Run from the repository root inside the HF reference environment:
 For each model class (ErnieMModel and the five heads) the weights of erniem_np.testing.random_weights are
 loaded (strict) into transformers' class, saved with ``save_pretrained`` (safetensors, the default, and
 ``safe_serialization=False`` for pytorch_model.bin), loaded back with ``from_pretrained`` and run on fixed
-inputs; the outputs go to ``reference_outputs.safetensors`` beside the files. Also: sharded saves
-(``max_shard_size="20KB"``) in both formats, a float16 safetensors save, a bfloat16 .bin save (outputs from
+inputs; the outputs go to ``reference_outputs.safetensors`` beside the files. Also, for every class: sharded
+saves (``max_shard_size="20KB"``) in both formats; and a float16 safetensors save, a bfloat16 .bin save (outputs from
 the float32 model transformers loads from them), and a legacy-format ``torch.save`` (non-zip).
 """
 
@@ -97,11 +97,10 @@ def main() -> None:
         save(f"hf-{head}-safetensors", head, "save_pretrained(d)", lambda m, d: m.save_pretrained(d))
         save(f"hf-{head}-bin", head, "save_pretrained(d, safe_serialization=False)",
              lambda m, d: m.save_pretrained(d, safe_serialization=False))  # fmt: skip
-    save("hf-seq_cls-sharded-safetensors", "seq_cls", 'save_pretrained(d, max_shard_size="20KB")',
-         lambda m, d: m.save_pretrained(d, max_shard_size="20KB"))  # fmt: skip
-    save("hf-token_cls-sharded-bin", "token_cls", 'save_pretrained(d, max_shard_size="20KB", '
-         "safe_serialization=False)", lambda m, d: m.save_pretrained(d, max_shard_size="20KB",
-                                                                      safe_serialization=False))  # fmt: skip
+        save(f"hf-{head}-sharded-safetensors", head, 'save_pretrained(d, max_shard_size="20KB")',
+             lambda m, d: m.save_pretrained(d, max_shard_size="20KB"))  # fmt: skip
+        save(f"hf-{head}-sharded-bin", head, 'save_pretrained(d, max_shard_size="20KB", safe_serialization=False)',
+             lambda m, d: m.save_pretrained(d, max_shard_size="20KB", safe_serialization=False))  # fmt: skip
     save("hf-mc-float16-safetensors", "mc", "model.half().save_pretrained(d)",
          lambda m, d: m.half().save_pretrained(d), {"torch_dtype": torch.float32})  # fmt: skip
     save("hf-ie-bfloat16-bin", "ie", "model.to(torch.bfloat16).save_pretrained(d, safe_serialization=False)",
