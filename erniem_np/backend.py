@@ -36,8 +36,13 @@ def _from_heads(t):
 
 
 def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, activation, eps, mask, flavor,
-                  head_mask=None, past=None, need_probs=True):  # fmt: skip
-    """layers.encoder_layer on the Numba kernels: [B, L, H] -> ([B, L, H], probs or None, (k, v))."""
+                  head_mask=None, past=None, need_probs=True, probes=None):  # fmt: skip
+    """layers.encoder_layer on the Numba kernels: [B, L, H] -> ([B, L, H], probs or None, (k, v)).
+
+    ``probes``: None, or a dict that receives what the fused kernels expose: ``attn.q``/``attn.k``/``attn.v``
+    (split into heads), ``attn.probs`` (computed when probes are asked for), ``attn.context``, ``norm1.out``
+    and ``out``. The kernels fuse the scores into the softmax, out_proj into the residual and linear1 into
+    GELU, so ``attn.scores``, ``attn.out`` and ``ffn.*`` exist only on the numpy backend."""
     from .kernels import attention, gemm, norm
 
     qkv = self_attn["self_attn"]
@@ -48,13 +53,20 @@ def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, acti
         k = np.concatenate([_from_heads(past[0]), k], axis=1)
         v = np.concatenate([_from_heads(past[1]), v], axis=1)
     hm = None if head_mask is None else np.asarray(head_mask).reshape(n_heads)
+    need_probs = need_probs or probes is not None
     ctx, probs = attention.attention(q, k, v, n_heads, mask, hm, scaling=flavor, need_probs=need_probs)
     x = norm.layer_norm(gemm.linear(ctx, **self_attn["out_proj"], residual=x), norm1["weight"], norm1["bias"], eps)
+    if probes is not None:
+        probes.update({"attn.q": _to_heads(q, n_heads), "attn.k": _to_heads(k, n_heads),
+                       "attn.v": _to_heads(v, n_heads), "attn.probs": probs, "attn.context": ctx,
+                       "norm1.out": x})  # fmt: skip
     if activation == "gelu":  # exact GELU fused into the GEMM (rational erf, within 1e-6 of erf GELU)
         h = gemm.linear(x, **linear1, activation="gelu")  # [B, L, H] -> [B, L, F]
     else:
         h = layers.ACTIVATIONS[activation](gemm.linear(x, **linear1))
     x = norm.layer_norm(gemm.linear(h, **linear2, residual=x), norm2["weight"], norm2["bias"], eps)
+    if probes is not None:
+        probes["out"] = x
     return x, probs, (_to_heads(k, n_heads), _to_heads(v, n_heads))
 
 

@@ -196,11 +196,13 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, L, nh * d)
 
 
-def self_attention(x, self_attn, out_proj, n_heads, mask, flavor, head_mask=None, past=None):
+def self_attention(x, self_attn, out_proj, n_heads, mask, flavor, head_mask=None, past=None, probes=None):
     """Multi-head self-attention: x [B, L, H] -> (out [B, L, H], probs [B, nh, L, Lk], (k, v) [B, nh, Lk, d]).
 
     ``self_attn`` holds q_proj/k_proj/v_proj (QUIRK: HF nests them as ``self_attn.self_attn.*`` while
     ``out_proj`` sits one level up; Paddle has all four under ``self_attn``).
+    ``probes``: None, or a dict that receives the intermediates by their parity-bundle names (``attn.q`` ...);
+    recording stores references to arrays computed anyway, so it changes no number.
     """
     d = x.shape[-1] // n_heads
     q = split_heads(linear(x, **self_attn["q_proj"]), n_heads)  # [B, L, H] -> [B, nh, L, d]
@@ -213,27 +215,38 @@ def self_attention(x, self_attn, out_proj, n_heads, mask, flavor, head_mask=None
         scores = (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(d)  # [B, nh, L, Lk]
     else:  # Paddle scales q first: (q * d^-0.5) k^T (identical when d is a power of 4, e.g. 64)
         scores = (q * d**-0.5) @ k.transpose(0, 1, 3, 2)
+    if probes is not None:  # scores before the mask: the same in both mask conventions
+        probes.update({"attn.q": q, "attn.k": k, "attn.v": v, "attn.scores": scores})
     if mask is not None:
         scores = scores + mask
     probs = softmax(scores, axis=-1)  # dropout would go here: identity at inference
     if head_mask is not None:  # HF only: scales each head's probabilities (and the returned ones)
         probs = probs * head_mask
     context = merge_heads(probs @ v)  # [B, nh, L, Lk] @ [B, nh, Lk, d] -> [B, nh, L, d] -> [B, L, H]
-    return linear(context, **out_proj), probs, (k, v)
+    out = linear(context, **out_proj)  # [B, L, H]
+    if probes is not None:
+        probes.update({"attn.probs": probs, "attn.context": context, "attn.out": out})
+    return out, probs, (k, v)
 
 
 # ----------------------------------------------------------------------------------------- encoder
 def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, activation, eps, mask, flavor,
-                  head_mask=None, past=None):  # fmt: skip
+                  head_mask=None, past=None, probes=None):  # fmt: skip
     """One post-LN Transformer layer (HF ErnieMEncoderLayer = Paddle TransformerEncoderLayer with
-    normalize_before=False): [B, L, H] -> [B, L, H]. Dropouts are identity at inference."""
+    normalize_before=False): [B, L, H] -> [B, L, H]. Dropouts are identity at inference.
+    ``probes``: None, or a dict that receives every intermediate by its parity-bundle name (``attn.*``,
+    ``norm1.out``, ``ffn.up``, ``ffn.act``, ``ffn.down``, ``out``)."""
     attn, probs, cache = self_attention(
-        x, self_attn["self_attn"], self_attn["out_proj"], n_heads, mask, flavor, head_mask, past
+        x, self_attn["self_attn"], self_attn["out_proj"], n_heads, mask, flavor, head_mask, past, probes
     )
     x = layer_norm(x + attn, norm1["weight"], norm1["bias"], eps)  # post-LN: residual, then norm
-    h = ACTIVATIONS[activation](linear(x, **linear1))  # [B, L, H] -> [B, L, F]
-    x = layer_norm(x + linear(h, **linear2), norm2["weight"], norm2["bias"], eps)  # [B, L, F] -> [B, L, H]
-    return x, probs, cache
+    up = linear(x, **linear1)  # [B, L, H] -> [B, L, F]
+    h = ACTIVATIONS[activation](up)
+    down = linear(h, **linear2)  # [B, L, F] -> [B, L, H]
+    out = layer_norm(x + down, norm2["weight"], norm2["bias"], eps)
+    if probes is not None:
+        probes.update({"norm1.out": x, "ffn.up": up, "ffn.act": h, "ffn.down": down, "out": out})
+    return out, probs, cache
 
 
 def pooler(x, dense):

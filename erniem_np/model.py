@@ -248,7 +248,7 @@ def _check_mask_shape(shape, B, L, P, nh):
             raise ValueError(f"a 3-D attention_mask must be [batch, query, key] = ({B}, {L}, {Lk}), got {shape}")
     elif len(shape) == 4:
         want = (B, nh, L, Lk)
-        if any(s not in (1, w) for s, w in zip(shape, want)) or shape[2:] != (L, Lk) and 1 not in shape[2:]:
+        if any(s not in (1, w) for s, w in zip(shape, want, strict=True)) or shape[2:] != (L, Lk) and 1 not in shape[2:]:
             raise ValueError(f"a 4-D attention_mask must broadcast to {want}, got {shape}")
     else:
         raise ValueError(f"attention_mask must be 2-D, 3-D or 4-D, got shape {shape}")
@@ -430,29 +430,40 @@ class ErnieMPreTrainedModel:
 
     def _encode(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
-                output_hidden_states=False) -> BaseModelOutputWithPoolingAndCrossAttentions:  # fmt: skip
-        """The encoder, top to bottom: embeddings -> layers -> pooler."""
+                output_hidden_states=False, probes=None) -> BaseModelOutputWithPoolingAndCrossAttentions:  # fmt: skip
+        """The encoder, top to bottom: embeddings -> layers -> pooler.
+
+        ``probes``: None (nothing recorded, nothing paid), or a dict that receives every intermediate by its
+        parity-bundle name (erniem_np.parity): ``emb.out``, ``layer.NN.attn.q`` ... ``layer.NN.out``,
+        ``pooler.out``. The numba backend records only what its fused kernels expose (see backend.py)."""
         cfg, p = self.config, self._base_params()
         inp = prepare_inputs(cfg, self.dtype, input_ids, attention_mask, position_ids, head_mask,
                              inputs_embeds, past_key_values)  # fmt: skip
         # embeddings: word + position (+2 offset) -> LayerNorm      [B, L] -> [B, L, H]
         x = layers.embeddings(inp.input_ids, inp.position_ids, **p["embeddings"], eps=cfg.layer_norm_eps,
                               inputs_embeds=inp.inputs_embeds)  # fmt: skip
+        if probes is not None:
+            probes["emb.out"] = x
         hidden_states, attentions, presents = [x], [], []
         fast = self.backend == "numba"
         extra = {"need_probs": bool(output_attentions)} if fast else {}
         for i, layer in enumerate(p["encoder"]["layers"]):  # post-LN Transformer layers, [B, L, H] each
+            layer_probes = None if probes is None else {}
             x, probs, cache = (backends.encoder_layer if fast else layers.encoder_layer)(
                 x, **layer, n_heads=cfg.num_attention_heads, activation=cfg.hidden_act, eps=cfg.layer_norm_eps,
                 mask=inp.mask, flavor=cfg.flavor,
                 head_mask=None if inp.head_mask is None else inp.head_mask[i],
-                past=None if inp.past is None else inp.past[i], **extra,
+                past=None if inp.past is None else inp.past[i], probes=layer_probes, **extra,
             )  # fmt: skip
+            if probes is not None:  # "attn.probs" -> "layer.03.attn.probs"
+                probes.update({f"layer.{i:02d}.{name}": value for name, value in layer_probes.items()})
             hidden_states.append(x)
             attentions.append(probs)
             presents.append(cache)
         pooler = backends.pooler if fast else layers.pooler
         pooled = pooler(x, **p["pooler"]) if self.has_pooler else None  # [B, L, H] -> [B, H]
+        if probes is not None and pooled is not None:
+            probes["pooler.out"] = pooled
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=x,
             pooler_output=pooled,
@@ -472,9 +483,9 @@ class ErnieMModel(ErnieMPreTrainedModel):
 
     def forward(self, input_ids=None, *, attention_mask=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, past_key_values=None, use_cache=False, output_attentions=False,
-                output_hidden_states=False) -> BaseModelOutputWithPoolingAndCrossAttentions:  # fmt: skip
+                output_hidden_states=False, probes=None) -> BaseModelOutputWithPoolingAndCrossAttentions:  # fmt: skip
         return self._encode(input_ids, attention_mask, position_ids, head_mask, inputs_embeds,
-                            past_key_values, use_cache, output_attentions, output_hidden_states)  # fmt: skip
+                            past_key_values, use_cache, output_attentions, output_hidden_states, probes)  # fmt: skip
 
 
 class _Head(ErnieMPreTrainedModel):
@@ -507,10 +518,12 @@ class ErnieMForSequenceClassification(_Head):
 
     def forward(self, input_ids=None, *, attention_mask=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, past_key_values=None, output_attentions=False, output_hidden_states=False,
-                labels=None) -> SequenceClassifierOutput:  # fmt: skip
+                labels=None, probes=None) -> SequenceClassifierOutput:  # fmt: skip
         out = self._encode(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, past_key_values,
-                           False, output_attentions, output_hidden_states)  # fmt: skip
+                           False, output_attentions, output_hidden_states, probes)  # fmt: skip
         logits = self._head_linear(out.pooler_output, "classifier")  # dropout is identity: [B, H] -> [B, N]
+        if probes is not None:
+            probes["head.seq_cls.logits"] = logits
         loss = None if labels is None else self._loss(logits, labels)
         return SequenceClassifierOutput(loss, logits, out.hidden_states, out.attentions)
 
@@ -546,7 +559,7 @@ class ErnieMForMultipleChoice(_Head):
 
     def forward(self, input_ids=None, *, attention_mask=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, output_attentions=False, output_hidden_states=False,
-                labels=None) -> MultipleChoiceModelOutput:  # fmt: skip
+                labels=None, probes=None) -> MultipleChoiceModelOutput:  # fmt: skip
         source = input_ids if input_ids is not None else inputs_embeds
         if source is None:
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -569,9 +582,11 @@ class ErnieMForMultipleChoice(_Head):
             flat("input_ids", input_ids), flat("attention_mask", attention_mask),
             flat("position_ids", position_ids), head_mask,
             flat("inputs_embeds", inputs_embeds, (self.config.hidden_size,)),
-            None, False, output_attentions, output_hidden_states,
+            None, False, output_attentions, output_hidden_states, probes,
         )  # fmt: skip
         logits = self._head_linear(out.pooler_output, "classifier").reshape(B, C)  # [B*C, 1] -> [B, C]
+        if probes is not None:  # the encoder's probes are those of the flattened [B*C, L] batch
+            probes["head.mc.logits"] = logits
         loss = None
         if labels is not None:
             labels = _int_labels("labels", labels).reshape(-1)
@@ -587,10 +602,12 @@ class ErnieMForTokenClassification(_Head):
 
     def forward(self, input_ids=None, *, attention_mask=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, past_key_values=None, output_attentions=False, output_hidden_states=False,
-                labels=None) -> TokenClassifierOutput:  # fmt: skip
+                labels=None, probes=None) -> TokenClassifierOutput:  # fmt: skip
         out = self._encode(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, past_key_values,
-                           False, output_attentions, output_hidden_states)  # fmt: skip
+                           False, output_attentions, output_hidden_states, probes)  # fmt: skip
         logits = self._head_linear(out.last_hidden_state, "classifier")  # [B, L, H] -> [B, L, N]
+        if probes is not None:
+            probes["head.token_cls.logits"] = logits
         loss = None
         if labels is not None:
             labels = _int_labels("labels", labels)
@@ -609,11 +626,13 @@ class ErnieMForQuestionAnswering(_Head):
 
     def forward(self, input_ids=None, *, attention_mask=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, past_key_values=None, output_attentions=False, output_hidden_states=False,
-                start_positions=None, end_positions=None) -> QuestionAnsweringModelOutput:  # fmt: skip
+                start_positions=None, end_positions=None, probes=None) -> QuestionAnsweringModelOutput:  # fmt: skip
         out = self._encode(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, past_key_values,
-                           False, output_attentions, output_hidden_states)  # fmt: skip
+                           False, output_attentions, output_hidden_states, probes)  # fmt: skip
         logits = self._head_linear(out.last_hidden_state, "qa_outputs")  # [B, L, H] -> [B, L, 2]
         start_logits, end_logits = logits[..., 0], logits[..., 1]  # [B, L] each
+        if probes is not None:
+            probes.update({"head.qa.start_logits": start_logits, "head.qa.end_logits": end_logits})
         loss = None
         if start_positions is not None and end_positions is not None:
             L = start_logits.shape[1]
@@ -638,12 +657,14 @@ class ErnieMForInformationExtraction(_Head):
 
     def forward(self, input_ids=None, *, attention_mask=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, past_key_values=None, output_attentions=False, output_hidden_states=False,
-                start_positions=None, end_positions=None) -> InformationExtractionOutput:  # fmt: skip
+                start_positions=None, end_positions=None, probes=None) -> InformationExtractionOutput:  # fmt: skip
         out = self._encode(input_ids, attention_mask, position_ids, head_mask, inputs_embeds, past_key_values,
-                           False, output_attentions, output_hidden_states)  # fmt: skip
+                           False, output_attentions, output_hidden_states, probes)  # fmt: skip
         seq = out.last_hidden_state
         start_logits = self._head_linear(seq, "linear_start")[..., 0]  # [B, L, H] -> [B, L]
         end_logits = self._head_linear(seq, "linear_end")[..., 0]
+        if probes is not None:
+            probes.update({"head.ie.start_logits": start_logits, "head.ie.end_logits": end_logits})
         loss = None
         if start_positions is not None and end_positions is not None:
             L = start_logits.shape[1]
