@@ -37,7 +37,6 @@ import matplotlib
 
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt
-import numpy as np
 import sentencepiece as spm
 
 from erniem_np import ErnieMTokenizer
@@ -190,7 +189,7 @@ print("the flavors differ exactly by HF's kept lone '▁' tokens on these texts"
 # %%
 text = "Ｈｅｌｌｏ，世界! ERNIE-M  reads ½"
 offsets = tok.get_offset_mapping(text)
-for token, (s, e) in zip(tok.tokenize(text), offsets):
+for token, (s, e) in zip(tok.tokenize(text), offsets, strict=True):
     print(f"{token!r:8} {s:3} {e:3}  {text[s:e]!r}")
 
 
@@ -226,7 +225,7 @@ print("offsets re-derived by hand == ErnieMTokenizer.get_offset_mapping")
 
 # %%
 enc = tok("情感倾向", "这家店很好吃。", return_offsets_mapping=True)
-print(list(zip(tok.convert_ids_to_tokens(enc["input_ids"]), enc["offset_mapping"])))
+print(list(zip(tok.convert_ids_to_tokens(enc["input_ids"]), enc["offset_mapping"], strict=True)))
 assert enc["offset_mapping"][0] == (0, 0) and enc["offset_mapping"][-1] == (0, 0)
 
 # %% [markdown]
