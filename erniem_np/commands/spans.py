@@ -1,0 +1,206 @@
+"""``erniem-np tag`` and ``erniem-np qa``: the two tasks whose answers are character spans of the input.
+
+    erniem-np tag MODEL "Angela Merkel visited Paris." --aggregation simple
+    erniem-np qa MODEL --question "Who visited Paris?" --context "Angela Merkel visited Paris."
+    cat pairs.jsonl | erniem-np qa MODEL --json          # {"question": ..., "context": ...} per line
+
+Both print one block per input (or, with --json, one JSON object per input line: JSON Lines), and stream:
+a chunk of inputs is read, answered and printed before the next is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import warnings
+from collections.abc import Iterator
+
+from ._common import EXIT_OK, UserError, add_checkpoint_options, add_input_options, checkpoint_options, iter_inputs
+
+EPILOG = "exit codes: 0 success; 1 bad input or checkpoint (one line on stderr says what); 2 bad command line."
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", metavar="DIR", help="directory with sentencepiece.bpe.model and vocab.txt "
+                   "(default: the checkpoint's directory)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default: 8)")
+    p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="compute backend (default: numba)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input (JSON Lines)")
+    add_checkpoint_options(p)
+
+
+def _json_line(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+# ================================================================================================ tag
+def run_tag(args: argparse.Namespace) -> int:
+    from ..pipelines.base import iter_chunks
+    from ..pipelines.tag import Tagger
+
+    texts = iter_inputs(args)
+    first = next(texts)  # an empty input fails here, before the model loads
+    with _load_warnings():
+        tagger = Tagger(args.model, aggregation_strategy=args.aggregation, ignore_labels=args.ignore_labels,
+                        stride=args.stride, max_length=args.max_length, batch_size=args.batch_size,
+                        tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
+    for chunk in iter_chunks(_strings(_chain(first, texts), "text"), 64):
+        for text, entities in zip(chunk, tagger.tag(chunk), strict=True):
+            if args.json:
+                _json_line({"text": text, "entities": entities})
+                continue
+            print(text)
+            if not entities:
+                print("  (no entities)")
+            for e in entities:
+                label = e.get("entity_group", e.get("entity"))
+                index = f"  token {e['index']}" if "index" in e else ""
+                print(f"  {label:<12} {e['score']:.4f}  [{e['start']}:{e['end']}]  {e['word']!r}{index}")
+    return EXIT_OK
+
+
+# ================================================================================================ qa
+def run_qa(args: argparse.Namespace) -> int:
+    from ..pipelines.base import iter_chunks
+    from ..pipelines.qa import QuestionAnswerer
+
+    pairs = _qa_inputs(args)
+    first = next(pairs)  # an empty input fails here, before the model loads
+    with _load_warnings():
+        qa = QuestionAnswerer(args.model, top_k=args.top_k, max_answer_len=args.max_answer_len,
+                              max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
+                              handle_impossible_answer=args.handle_impossible_answer,
+                              align_to_words=not args.no_align_to_words, batch_size=args.batch_size,
+                              tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
+    for chunk in iter_chunks(_chain(first, pairs), 16):
+        for (question, _context), result in zip(chunk, qa.answer(chunk), strict=True):
+            answers = result if isinstance(result, list) else [result]
+            if args.json:
+                _json_line({"question": question, "answers": answers})
+                continue
+            print(f"Q: {question}")
+            for a in answers:
+                print(f"  {a['score']:.4f}  [{a['start']}:{a['end']}]  {a['answer']!r}")
+    return EXIT_OK
+
+
+def _qa_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(question, context) pairs: from --question with --context / --context-file, else JSON lines
+    (from --input FILE or stdin) with "question" and "context" keys."""
+    context = args.context
+    if args.context_file is not None:
+        if context is not None:
+            raise UserError("give --context or --context-file, not both")
+        try:
+            with open(args.context_file, encoding="utf-8") as f:
+                context = f.read()
+        except FileNotFoundError:
+            raise UserError(f"{args.context_file}: no such file") from None
+        except IsADirectoryError:
+            raise UserError(f"{args.context_file}: is a directory, not a text file") from None
+    if args.question is not None or context is not None:
+        if args.question is None or context is None:
+            raise UserError("--question needs --context (or --context-file), and the other way round")
+        if args.input:
+            raise UserError("give --question/--context or --input FILE, not both")
+        for name, value in (("question", args.question), ("context", context)):
+            if not value.strip():
+                raise UserError(f"the {name} is empty")
+        yield args.question, context
+        return
+    lines = argparse.Namespace(texts=[], input=args.input, field=None)
+    for n, item in enumerate(iter_inputs(lines), 1):
+        if isinstance(item, str):  # a line of stdin or of a .txt file: must be JSON too
+            try:
+                item = json.loads(item)
+            except json.JSONDecodeError as e:
+                raise UserError(f"input line {n}: not valid JSON ({e.msg}); each line must be an object with "
+                                '"question" and "context"') from None  # fmt: skip
+        if not isinstance(item, dict) or not {"question", "context"} <= set(item):
+            raise UserError(f'input line {n}: needs an object with "question" and "context" keys')
+        q, c = item["question"], item["context"]
+        if not isinstance(q, str) or not isinstance(c, str) or not q.strip() or not c.strip():
+            raise UserError(f'input line {n}: "question" and "context" must be non-empty strings')
+        yield q, c
+
+
+@contextlib.contextmanager
+def _load_warnings():
+    """Warnings raised while loading are shown as one line each, and only if the loading succeeds: a
+    checkpoint without the needed head gets its one-line error alone."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        print(f"erniem-np: warning: {w.message}", file=sys.stderr)
+
+
+def _chain(first, rest) -> Iterator:
+    yield first
+    yield from rest
+
+
+def _strings(items, name: str) -> Iterator[str]:
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, str):
+            raise UserError(f"input {i}: the {name} must be a string, got {type(item).__name__} (see --field)")
+        yield item
+
+
+# ================================================================================================ parsers
+def register(sub) -> None:
+    tag = sub.add_parser(
+        "tag",
+        help="token classification: a label per token, or grouped entities, with character offsets",
+        description="Tag the tokens of each text with a token-classification checkpoint "
+        "(ErnieMForTokenClassification) and print the entities with their character offsets. Decoding is HF "
+        "transformers' token-classification pipeline; offsets come from the tokenizer (PaddleNLP's "
+        "get_offset_mapping).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tag.add_argument("model", metavar="MODEL", help="checkpoint directory, weights file or cached hub id")
+    add_input_options(tag)
+    tag.add_argument("--aggregation", choices=("none", "simple", "first", "average", "max"), default="simple",
+                     help="none: one entry per token; simple: adjacent tokens of one tag grouped; first / "
+                     "average / max: one label per word first (default: simple)")  # fmt: skip
+    tag.add_argument("--ignore-labels", nargs="*", default=["O"], metavar="LABEL",
+                     help="labels left out (default: O; give the flag alone to keep every label)")  # fmt: skip
+    tag.add_argument("--stride", type=int, help="tag long texts in overlapping windows sharing this many tokens "
+                     "(default: truncate to the model's length)")  # fmt: skip
+    tag.add_argument("--max-length", type=int, help="tokens per window, [CLS] and [SEP] included (default: the "
+                     "model's limit)")  # fmt: skip
+    _add_model_options(tag)
+    tag.set_defaults(func=run_tag)
+
+    qa = sub.add_parser(
+        "qa",
+        help="extractive question answering: the span of a context that answers a question",
+        description="Answer questions with a question-answering checkpoint (ErnieMForQuestionAnswering). "
+        'Give --question and --context (or --context-file), or JSON lines with "question" and '
+        '"context" keys via --input FILE or stdin. Decoding is HF transformers\' question-answering '
+        "pipeline; contexts longer than --max-seq-len are read in overlapping windows.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    qa.add_argument("model", metavar="MODEL", help="checkpoint directory, weights file or cached hub id")
+    qa.add_argument("--question", "-q", help="the question")
+    qa.add_argument("--context", "-c", help="the text to find the answer in")
+    qa.add_argument("--context-file", metavar="FILE", help="read the context from a UTF-8 text file")
+    qa.add_argument("--input", "-i", metavar="FILE", help="a .jsonl file, one {\"question\", \"context\"} "
+                    "object per line (default without --question: the same from stdin)")  # fmt: skip
+    qa.add_argument("--top-k", type=int, default=1, help="answers per question (default: 1)")
+    qa.add_argument("--max-answer-len", type=int, default=15, help="longest answer in tokens (default: 15)")
+    qa.add_argument("--max-seq-len", type=int, help="tokens per window, question included (default: "
+                    "384 or the model's limit if smaller)")  # fmt: skip
+    qa.add_argument("--doc-stride", type=int, help="tokens shared by neighbouring windows of a long context "
+                    "(default: min(max-seq-len / 2, 128))")  # fmt: skip
+    qa.add_argument("--handle-impossible-answer", action="store_true",
+                    help="let the empty answer (no answer in the context) compete")  # fmt: skip
+    qa.add_argument("--no-align-to-words", action="store_true", help="keep answers to the tokens' own "
+                    "characters instead of widening them to whole words (better for Chinese, Japanese)")  # fmt: skip
+    _add_model_options(qa)
+    qa.set_defaults(func=run_qa)
