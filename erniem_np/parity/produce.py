@@ -1,0 +1,266 @@
+"""This implementation as a bundle producer: default cases, the weights recipe, recording every probe.
+
+``make_bundle`` runs ErnieMModel (and each head) on every case with ``probes=`` and returns the tensors and
+metadata of a bundle; ``erniem-np golden`` writes it. The reference producers (scripts/produce_bundle_hf.py,
+scripts/produce_bundle_paddle.py) write the same names through forward hooks.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import numpy as np
+
+from .. import layers
+from ..config import ErnieMConfig
+from ..testing import HEAD_LABELS, random_weights, split_head, weights_digest
+from . import schema
+
+ALL_HEADS = ("seq_cls", "token_cls", "qa", "mc", "ie")
+
+# The small configs whose bundles ship with the package (erniem_np/data/bundles/), weights included.
+# tiny: the smallest config with every feature; odd: 3 heads of 16, an FFN width that is not 4x, gelu_new
+# is NOT used here (a bundle is about ErnieM's own exact GELU), a 24-row position table.
+PARITY_CONFIGS = {
+    "tiny": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 max_position_embeddings=20, seed=0),
+    "odd": dict(vocab_size=120, hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=100,
+                max_position_embeddings=24, seed=1),
+    # ErnieM-base-shaped (weights not stored: drawn again from the seed; 1.1 GB in float32)
+    "base": dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=514, seed=2),
+}  # fmt: skip
+
+EMBEDDING_STD = 0.05  # the scale of trained ErnieM embedding tables (see parity_weights)
+
+
+def parity_config(name: str, flavor: str = "hf") -> tuple[ErnieMConfig, int]:
+    spec = dict(PARITY_CONFIGS[name])
+    seed = spec.pop("seed")
+    return ErnieMConfig(**spec, hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1, flavor=flavor), seed
+
+
+def parity_weights(config: ErnieMConfig, seed: int) -> dict[str, np.ndarray]:
+    """erniem_np.testing.random_weights with the two embedding tables scaled to std EMBEDDING_STD.
+
+    random_weights draws embeddings N(0, 1); a trained ErnieM's tables are about 20x smaller, so the
+    embeddings' LayerNorm sees a small variance and its eps (1e-5) visibly shapes the output, as in a real
+    checkpoint. With N(0, 1) tables a port using BERT's eps 1e-12 would differ by ~1e-6 and pass.
+    """
+    w = random_weights(config, seed)
+    for name in ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"):
+        w[name] = (w[name] * np.float32(EMBEDDING_STD)).astype(np.float32)
+    return w
+
+
+def default_cases(config: ErnieMConfig, seed: int = 0, long_max: int = 128) -> list[dict]:
+    """The core case set: ids drawn from ``default_rng(seed)`` in [3, V), [CLS]=0 first and [SEP]=2 last.
+
+    c00_single (B=1, no padding), c01_batch_pad (B=3, right padding with pad id 1, mask 0 on pads),
+    c02_hf_slice (ids 0..5, the HF integration test's input: id 1 is the pad id yet attended, because the
+    mask is explicit), c03_long (one sequence to the last row of the position table, at most ``long_max``).
+    """
+    rng = np.random.default_rng(seed)
+    V, pad = config.vocab_size, config.pad_token_id
+    longest = config.max_sequence_length
+
+    def sentence(n):
+        ids = rng.integers(3, V, size=n)
+        ids[0], ids[-1] = 0, 2
+        return ids
+
+    L = min(12, longest)
+    cases = []
+    cases.append(_case("c00_single", "one sequence, no padding, explicit all-ones mask", [sentence(min(8, L))]))
+    lens = [L, max(3, L - 3), max(3, L - 7)]
+    rows = [np.concatenate([sentence(n), np.full(L - n, pad)]) for n in lens]
+    mask = [np.concatenate([np.ones(n, np.int64), np.zeros(L - n, np.int64)]) for n in lens]
+    cases.append(_case("c01_batch_pad", f"three sequences of {lens} tokens, right-padded with the pad id to {L}",
+                       rows, mask))  # fmt: skip
+    if V >= 6 and longest >= 6:
+        cases.append(_case("c02_hf_slice", "ids 0..5 with an explicit all-ones mask (id 1, the pad id, attended)",
+                           [np.arange(6)]))  # fmt: skip
+    n_long = min(longest, long_max)
+    desc = "one sequence to the last row of the position table" if n_long == longest else f"{n_long} tokens"
+    cases.append(_case("c03_long", desc, [sentence(n_long)]))
+    return cases
+
+
+def _case(name, description, rows, mask=None):
+    ids = np.asarray(rows, dtype=np.int64)
+    mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int64)
+    return {"name": name, "description": description, "input_ids": ids, "attention_mask": mask}
+
+
+def text_cases(tokenizer, texts: list[str], max_length: int) -> list[dict]:
+    """One case holding the texts as a right-padded batch (the tokenizer's ids and mask)."""
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    case = _case("t00_texts", f"{len(texts)} text(s) tokenized and right-padded", enc["input_ids"],
+                 enc["attention_mask"])  # fmt: skip
+    case["texts"] = list(texts)
+    return [case]
+
+
+def cases_from_json(items: list, config: ErnieMConfig) -> list[dict]:
+    """Cases from a JSON list of ``{"name", "description"?, "input_ids", "attention_mask"?, "position_ids"?}``."""
+    if not isinstance(items, list) or not items:
+        raise ValueError("the cases file must hold a non-empty JSON list of case objects")
+    cases, seen = [], set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "input_ids" not in item:
+            raise ValueError(f"case {i}: needs at least 'input_ids' (a list of lists of ids)")
+        name = str(item.get("name") or f"c{i:02d}")
+        if "/" in name or name in seen or name == "weights":
+            raise ValueError(f"case {i}: name {name!r} is not unique or contains '/'")
+        seen.add(name)
+        ids = np.asarray(item["input_ids"])
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"case {name}: input_ids must be a rectangular list of lists of integers")
+        case = _case(name, str(item.get("description", "")), ids, item.get("attention_mask"))
+        if case["attention_mask"].shape != ids.shape:
+            raise ValueError(f"case {name}: attention_mask must have the shape of input_ids {list(ids.shape)}")
+        if item.get("position_ids") is not None:
+            case["position_ids"] = np.asarray(item["position_ids"], dtype=np.int64)
+        cases.append(case)
+    return cases
+
+
+# --------------------------------------------------------------------------------------------- recording
+def _models(config: ErnieMConfig, weights, heads, dtype, backend):
+    from ..model import MODEL_CLASSES, ErnieMModel
+
+    base_weights = split_head(weights, None)
+    cls = ErnieMModel
+    if "pooler.dense.weight" not in base_weights:  # a token-classification or QA checkpoint has no pooler
+
+        class cls(ErnieMModel):  # noqa: N801
+            has_pooler = False
+
+    models = {None: cls(config, base_weights, dtype=dtype, backend=backend)}
+    for head in heads:
+        head_config = config.replace(num_labels=head_labels(weights, head))
+        models[head] = MODEL_CLASSES[schema.HEADS[head][0]](head_config, split_head(weights, head), dtype=dtype,
+                                                            backend=backend)  # fmt: skip
+    return models
+
+
+def record_case(models: dict, input_ids, attention_mask, position_ids, tier: str = "debug") -> dict:
+    """Every probe of one case: the base model's, then each head's outputs (``models`` from _models).
+
+    The multiple-choice head takes the case's B rows as the choices of one question: inputs [1, B, L].
+    """
+    probes: dict[str, np.ndarray] = {}
+    models[None](input_ids, attention_mask=attention_mask, position_ids=position_ids, probes=probes)
+    for head, model in models.items():
+        if head is None:
+            continue
+        got: dict[str, np.ndarray] = {}
+        if head == "mc":
+            model(input_ids[None], attention_mask=None if attention_mask is None else attention_mask[None],
+                  position_ids=position_ids[None], probes=got)  # fmt: skip
+        else:
+            model(input_ids, attention_mask=attention_mask, position_ids=position_ids, probes=got)
+        probes.update({k: v for k, v in got.items() if k.startswith("head.")})
+    if tier == "core":
+        core = {p["name"] for p in schema.probe_catalogue(len(models[None].params["encoder"]["layers"]), ALL_HEADS)
+                if p["tier"] == "core"}  # fmt: skip
+        probes = {k: v for k, v in probes.items() if k in core}
+    return probes
+
+
+def producer_info(backend: str) -> dict:
+    from .. import __version__
+
+    return {"library": "erniem-np", "library_version": __version__, "framework": "numpy",
+            "framework_version": np.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "backend": backend}  # fmt: skip
+
+
+def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: list[dict], *, heads=ALL_HEADS,
+                dtype=np.float32, backend: str = "numpy", tier: str = "debug", store_weights: bool = True,
+                weights_info: dict | None = None, progress=None) -> tuple[dict, dict]:  # fmt: skip
+    """(tensors, metadata) of a reference bundle made by this implementation.
+
+    ``weights``: random_weights naming (base names plus ``<head>.<param>``); ``heads`` must all have their
+    weights in it. ``backend="numpy"`` records every probe; "numba" only the core tier (see backend.py).
+    """
+    dtype = np.dtype(dtype)
+    if tier not in ("core", "debug"):
+        raise ValueError(f"tier must be core or debug, got {tier!r}")
+    if backend == "numba" and tier == "debug":
+        raise ValueError("the numba backend's fused kernels do not expose the debug tier: use backend='numpy'")
+    heads = tuple(h for h in heads if _has_head(weights, h))
+    models = _models(config, weights, heads, dtype, backend)
+    tensors: dict[str, np.ndarray] = {}
+    case_meta = []
+    for i, case in enumerate(cases):
+        ids, mask = case["input_ids"], case["attention_mask"]
+        B, L = ids.shape
+        pos = case.get("position_ids")
+        pos = layers.default_position_ids(B, L) if pos is None else np.broadcast_to(pos, (B, L))
+        name = case["name"]
+        tensors[f"{name}/input.input_ids"] = ids.astype(np.int64)
+        tensors[f"{name}/input.attention_mask"] = mask.astype(np.int64)
+        tensors[f"{name}/input.position_ids"] = np.ascontiguousarray(pos, dtype=np.int64)
+        tensors[f"{name}/derived.additive_mask"] = layers.additive_mask(ids, mask, 0, config.flavor,
+                                                                       config.pad_token_id, dtype)  # fmt: skip
+        for probe, value in record_case(models, ids, mask, pos, tier).items():
+            tensors[f"{name}/{probe}"] = np.ascontiguousarray(value)
+        info = {"name": name, "description": case.get("description", ""), "batch": int(B), "seq_len": int(L)}
+        if "texts" in case:
+            info["texts"] = case["texts"]
+        case_meta.append(info)
+        if progress is not None:
+            progress("cases", i + 1, len(cases))
+    probes = schema.probe_catalogue(config.num_hidden_layers, heads)
+    if "pooler.dense.weight" not in weights:
+        probes = [p for p in probes if p["name"] != "pooler.out"]
+    if store_weights:
+        tensors.update({f"weights/{k}": np.asarray(v, dtype=np.float32) for k, v in weights.items()})
+    metadata = {
+        "role": "reference",
+        "config": config.to_dict(),
+        "flavor": config.flavor,
+        "producer": producer_info(backend),
+        "compute_dtype": dtype.name,
+        "cases": case_meta,
+        "probes": probes,
+        "heads": {h: {"num_labels": head_labels(weights, h)} for h in heads},
+        "tier": tier,
+        "tolerances": {"profiles": schema.PROFILES},
+        "weights": {"stored": bool(store_weights), "digest": weights_digest(weights), **(weights_info or {})},
+    }
+    return tensors, metadata
+
+
+def head_labels(weights, head) -> int:
+    """num_labels of a head: the rows of its classifier for seq_cls/token_cls; fixed for the others."""
+    if head in ("seq_cls", "token_cls"):
+        return int(np.shape(weights[f"{head}.classifier.weight"])[0])
+    return HEAD_LABELS[head]
+
+
+def _has_head(weights, head) -> bool:
+    return any(k.startswith(head + ".") for k in weights)
+
+
+def checkpoint_weights(path: str, flavor: str | None = None) -> tuple[ErnieMConfig, dict[str, np.ndarray]]:
+    """A checkpoint's config and weights in random_weights naming (its head, if any, under its short name)."""
+    from ..checkpoints import open_checkpoint
+    from ..model import MODEL_CLASSES
+
+    ckpt = open_checkpoint(path, flavor=flavor)
+    cls = MODEL_CLASSES.get(ckpt.architecture, MODEL_CLASSES["ErnieMModel"])
+    model = cls.from_pretrained(path, flavor=flavor, backend="numpy")
+    sd = model.state_dict()
+    short = {v[0]: k for k, v in schema.HEADS.items()}.get(cls.architecture)
+    weights = {}
+    for k, v in sd.items():
+        if k.startswith("ernie_m."):
+            weights[k[len("ernie_m.") :]] = v
+        elif short and not k.startswith(("embeddings.", "encoder.", "pooler.")):
+            weights[f"{short}.{k}"] = v
+        else:
+            weights[k] = v
+    return model.config, weights
