@@ -223,7 +223,8 @@ def probe_stats(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float, val
     stats["nonfinite_cand"] = int((nf_c & keep).sum())
     stats["nonfinite_disagree"] = int(disagree.sum())
     both = keep & ~nf_r & ~nf_c
-    err = np.where(both, np.abs(c - r), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where both are inf: not compared
+        err = np.where(both, np.abs(c - r), 0.0)
     bound = atol + rtol * np.abs(np.where(both, r, 0.0))
     bad = both & (err > bound)
     stats["mismatch"] = int(bad.sum()) + stats["nonfinite_disagree"]
