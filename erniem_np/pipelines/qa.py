@@ -243,8 +243,8 @@ def decode_spans(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: 
         idx_sort = idx[np.argsort(-scores_flat[idx])]
     starts, ends = np.unravel_index(idx_sort, candidates.shape)[1:]
     # QUIRK: HF tests membership in ``undesired_tokens.nonzero()`` of a [1, L] array, i.e. in the union of
-    # its row indices (all 0) and column indices, so token 0 ([CLS]) always passes this filter. Its span
-    # scores are 0 (its probabilities are zeroed before), so it only shows when top_k exceeds the real spans.
+    # its row indices (all 0) and column indices, so token 0 passes this filter even when masked. In the
+    # pipeline token 0 is [CLS], which is never masked, so it changes nothing there; kept for exactness.
     allowed = undesired_tokens.nonzero()
     desired_spans = np.isin(starts, allowed) & np.isin(ends, allowed)
     starts = starts[desired_spans]
