@@ -418,3 +418,28 @@ def test_loading_every_fixture_imports_neither_torch_nor_paddle():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_row_reader_reads_the_rows_of_the_mapped_table(tmp_path, monkeypatch):
+    """The word-embedding rows read with pread equal the mapped table's rows, also after the file is replaced;
+    no reader where the rows would not be the stored ones (another dtype, a transpose) or for small tables."""
+    from erniem_np.checkpoints import safetensors_file as stf
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((300, 7)).astype(np.float32)
+    path = str(tmp_path / "t.safetensors")
+    stf.write_safetensors(path, {"table": table, "small": table[:2]})
+    assert stf.read_safetensors(path)[0]["table"].row_reader() is None  # below ROW_READER_MIN_BYTES
+    monkeypatch.setattr(stf, "ROW_READER_MIN_BYTES", 0)
+    tensors, _ = stf.read_safetensors(path)
+    read = tensors["table"].row_reader(np.float32)
+    ids = np.array([[5, 299, 0, 5], [17, 17, 3, 298]])
+    assert np.array_equal(read(ids), table[ids]) and read(ids).dtype == np.float32
+    assert read(np.zeros((2, 0), np.int64)).shape == (2, 0, 7)
+    assert tensors["table"].row_reader(np.float64) is None
+    assert tensors["table"].transpose().row_reader() is None
+    assert stf.read_safetensors(path, use_mmap=False)[0]["table"].row_reader() is None
+    with pytest.raises(IndexError, match=r"\[0, 300\)"):
+        read(np.array([300]))
+    stf.write_safetensors(path, {"table": -table, "small": table[:2]})  # renamed over the mapped file
+    assert np.array_equal(read(ids), table[ids])  # the open descriptor still reads the old file

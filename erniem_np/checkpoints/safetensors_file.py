@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import tempfile
+import weakref
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -24,6 +25,7 @@ from .errors import CheckpointError
 from .tensors import NUMPY_DTYPES, StoredTensor, float32_to_bfloat16
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+ROW_READER_MIN_BYTES = 1 << 24  # tables of 16 MB or more are read row by row (StoredTensor.row_reader)
 ALIGNMENT = 8  # the writer pads the header so the data section starts 8-byte aligned, as safetensors does
 
 # Format dtype code -> storage dtype name (tensors.NUMPY_DTYPES), and back.
@@ -174,6 +176,34 @@ def array_at(buf, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.nd
     return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
+def row_reader(path: str, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``ids -> rows`` of the 2-D C-order array stored at ``offset`` in ``path``, read with ``os.pread``.
+
+    The file stays open (one descriptor, closed when the function is collected), so a file replaced after
+    loading (``write_safetensors`` renames over it) is still read as it was when mapped. Each distinct id is
+    read once; ids are checked against the row count. Returns a new array ``ids.shape + (row length,)``.
+    """
+    n_rows, row_len = shape
+    row_bytes = row_len * dtype.itemsize
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def read(ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        flat = ids.reshape(-1).astype(np.int64, copy=False)
+        if flat.size and (flat.min() < 0 or flat.max() >= n_rows):
+            raise IndexError(f"{path}: row ids must be in [0, {n_rows}), got {int(flat.min())}..{int(flat.max())}")
+        unique, inverse = np.unique(flat, return_inverse=True)
+        rows = np.empty((unique.size, row_len), dtype=dtype)
+        for i, r in enumerate(unique.tolist()):
+            got = os.preadv(fd, [memoryview(rows[i]).cast("B")], offset + r * row_bytes)
+            if got != row_bytes:
+                raise OSError(f"{path}: short read of row {r} ({got} of {row_bytes} bytes): truncated file?")
+        return rows[inverse].reshape(ids.shape + (row_len,))
+
+    weakref.finalize(read, os.close, fd)
+    return read
+
+
 def read_safetensors(path: str, use_mmap: bool = True) -> tuple[dict[str, StoredTensor], dict[str, str]]:
     """Every tensor of a .safetensors file, lazily (see StoredTensor), and the file's metadata."""
     path = os.fspath(path)
@@ -183,9 +213,21 @@ def read_safetensors(path: str, use_mmap: bool = True) -> tuple[dict[str, Stored
     def loader(e):
         return lambda: array_at(buf, NUMPY_DTYPES[e["dtype"]], e["shape"], e["begin"])
 
+    def rows(e):  # only for a mapped file's large 2-D tables (the word embeddings), opened on first use
+        if not use_mmap or len(e["shape"]) != 2 or e["end"] - e["begin"] < ROW_READER_MIN_BYTES:
+            return None
+        reader = []
+
+        def read(ids):
+            if not reader:
+                reader.append(row_reader(path, NUMPY_DTYPES[e["dtype"]], e["shape"], e["begin"]))
+            return reader[0](ids)
+
+        return read
+
     release = page_releaser(buf)
-    tensors = {name: StoredTensor(path, name, e["dtype"], e["shape"], loader(e), release=release)
-               for name, e in entries.items()}  # fmt: skip
+    tensors = {name: StoredTensor(path, name, e["dtype"], e["shape"], loader(e), release=release,
+                                  read_rows=rows(e)) for name, e in entries.items()}  # fmt: skip
     return tensors, metadata
 
 
