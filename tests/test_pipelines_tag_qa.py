@@ -263,6 +263,38 @@ def test_qa_batches_and_broadcasting(qa_ckpt, answerer):
         assert_same_answers(g, paddle(question=q, context=CONTEXT), "paddle flavor")
 
 
+def test_qa_windows_cover_the_context_with_the_words_of_the_whole_context(answerer):
+    """Each window's context tokens are a slice of the context's own tokens (same offsets), neighbours share
+    doc_stride tokens, the last reaches the end, and word ids follow whitespace."""
+    tok = answerer.tokenizer
+    question, context = "Who?", CONTEXT + " " + TEXTS[0]
+    full = tok(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    words = qa_mod.word_ids(context, full)
+    for k in range(1, len(full)):
+        gap = context[full[k - 1][1] : full[k][0]]
+        assert (words[k] == words[k - 1] + 1) == any(c.isspace() for c in gap), (k, gap)
+    s = answerer._settings({"max_seq_len": 20, "doc_stride": 5})
+    windows = answerer._windows(0, question, context, s)
+    assert len(windows) > 3
+    at = 0
+    for n, w in enumerate(windows):
+        ctx = [t for t, p in enumerate(w["p_mask"]) if p == 0 and t > 0]  # the context's tokens
+        assert len(w["input_ids"]) <= 20 and ctx == list(range(ctx[0], len(w["input_ids"]) - 1))
+        assert [tuple(w["offsets"][t]) for t in ctx] == [tuple(o) for o in full[at : at + len(ctx)]], n
+        assert [w["words"][t] for t in ctx] == words[at : at + len(ctx)]
+        at += len(ctx) - 5
+    assert at + 5 == len(full)
+
+
+def test_streaming_calls_match_the_batch_calls(taggers, answerer):
+    streamed = list(taggers["simple"].iter_tag(iter(TEXTS), chunk_size=3))
+    for text, got, exp in zip(TEXTS, streamed, taggers["simple"](TEXTS), strict=True):
+        assert_same_entities(got, exp, text)  # other batch partners: equal to fp32 rounding
+    pairs = [("Who?", CONTEXT), ("What?", TEXTS[0])]
+    for got, exp in zip(answerer.iter_answer(iter(pairs), chunk_size=1), answerer.answer(pairs), strict=True):
+        assert_same_answers(got, exp, "iter_answer")
+
+
 def test_qa_errors_name_the_problem(answerer, tag_ckpt):
     with pytest.raises(ValueError, match="`question` cannot be empty"):
         answerer(question="", context="x")
@@ -325,6 +357,17 @@ def test_cli_qa(qa_ckpt, answerer, capsys, monkeypatch, tmp_path):
         exp = answerer(**p, handle_impossible_answer=True, align_to_words=False)
         assert line["question"] == p["question"]
         assert_same_answers(line["answers"], exp if isinstance(exp, list) else [exp], "stdin jsonl")
+
+
+def test_cli_help_documents_exit_codes(capsys):
+    for command in ("tag", "qa"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "exit codes: 0 success; 1 bad input or checkpoint" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["qa"])
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.parametrize(
