@@ -391,3 +391,34 @@ def test_cli_user_errors_are_one_line(ckpts, capsys, tmp_path, argv, message):
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("erniem-np: error: ") and message in err, err
     assert not (tmp_path / "e.npy").exists()  # no partial output left behind
+
+
+def test_cli_encode_streams_a_file(ckpts, capsys, tmp_path, monkeypatch):
+    """erniem-np encode --input reads the file as it writes: texts read minus rows written stays within a
+    chunk, on a file of many lines."""
+    from erniem_np.commands import encode as command
+    from erniem_np.pipelines import encode as encode_module
+
+    path = tmp_path / "many.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"line {i} " + "word " * (i % 5) + "\n" for i in range(3000))
+    pulled, gaps = [0], []
+    real_iter, real_write = command._iter_inputs, encode_module.NpyWriter.write
+
+    def counting_iter(args):
+        for text in real_iter(args):
+            pulled[0] += 1
+            yield text
+
+    def write(self, block):
+        real_write(self, block)
+        gaps.append(pulled[0] - self.rows)
+
+    monkeypatch.setattr(command, "_iter_inputs", counting_iter)
+    monkeypatch.setattr(encode_module.NpyWriter, "write", write)
+    out = str(tmp_path / "many.npy")
+    code, _, _ = _run(capsys, "encode", ckpts["base"], "-i", str(path), "-o", out, "--chunk-size", "100",
+                      "--pooling", "cls", "-q")  # fmt: skip
+    assert code == 0 and pulled[0] == 3000 and len(gaps) == 30
+    assert max(gaps) <= 100, f"held up to {max(gaps)} texts (chunk size 100)"
+    assert np.load(out, mmap_mode="r").shape == (3000, 32)

@@ -51,8 +51,15 @@ def worker_encoder(path: str, options: dict[str, Any]) -> Encoder:
     return enc
 
 
-def encode_chunk_task(path: str, options: dict[str, Any], texts: list[str]):
-    """The Dask task: one chunk through the worker's cached Encoder ([n, H], or a list of [L_i, H])."""
+def encode_chunk_task(path: str, options: dict[str, Any], texts: list[str], kernel_threads: int | None = None):
+    """The Dask task: one chunk through the worker's cached Encoder ([n, H], or a list of [L_i, H]).
+    ``kernel_threads``: Numba threads for this task (a per-thread setting, capped by NUMBA_NUM_THREADS)."""
+    if kernel_threads is not None:
+        import numba
+
+        from ..backend import set_num_threads
+
+        set_num_threads(max(1, min(int(kernel_threads), numba.config.NUMBA_NUM_THREADS)))
     return worker_encoder(path, options)._encode_chunk(texts)
 
 
@@ -67,6 +74,9 @@ class DaskEncoder:
         n_workers, threads_per_worker, processes: the local cluster's shape (default: one single-threaded
             worker process per core).
         max_in_flight: chunks submitted and not yet collected (default: 2 per worker thread).
+        kernel_threads: Numba threads per task. Default: for the local cluster, the cores divided among its
+            worker threads (so workers do not oversubscribe the machine); on a given cluster, Numba's default
+            (every core of the worker's machine).
         encoder_options: ``Encoder``'s keyword arguments (pooling, tokenizer as a path, max_length, batch_size,
             chunk_size, normalize, flavor, dtype, backend).
 
@@ -75,7 +85,8 @@ class DaskEncoder:
 
     def __init__(self, model: str | os.PathLike, *, address: str | None = None, client=None,
                  n_workers: int | None = None, threads_per_worker: int = 1, processes: bool = True,
-                 max_in_flight: int | None = None, **encoder_options):  # fmt: skip
+                 max_in_flight: int | None = None, kernel_threads: int | None = None,
+                 **encoder_options):  # fmt: skip
         if not isinstance(model, (str, os.PathLike)):
             raise TypeError("DaskEncoder takes a checkpoint path (each worker loads its own model), got "
                             f"{type(model).__name__}")  # fmt: skip
@@ -106,9 +117,12 @@ class DaskEncoder:
                 self._own_cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
                                                  processes=processes, dashboard_address=None)  # fmt: skip
                 client = self._own_client = Client(self._own_cluster)
+                if kernel_threads is None:
+                    kernel_threads = max(1, (os.cpu_count() or 1) // (n * threads_per_worker))
             else:
                 client = self._own_client = Client(address)
         self.client = client
+        self.kernel_threads = kernel_threads
         if max_in_flight is None:
             threads = sum(client.nthreads().values()) or 1
             max_in_flight = 2 * threads
@@ -121,8 +135,9 @@ class DaskEncoder:
         done = 0
         chunks = iter_chunks(check_texts(texts), self.chunk_size)
         for chunk in chunks:
-            pending.append((len(chunk), self.client.submit(encode_chunk_task, self.path, self.options, chunk,
-                                                           pure=False)))  # fmt: skip
+            future = self.client.submit(encode_chunk_task, self.path, self.options, chunk, self.kernel_threads,
+                                        pure=False)  # fmt: skip
+            pending.append((len(chunk), future))
             if len(pending) >= self.max_in_flight:
                 n, fut = pending.popleft()
                 yield fut.result()
@@ -135,6 +150,8 @@ class DaskEncoder:
             done += n
             if progress is not None:
                 progress("encoding", done, None)
+        if progress is not None and done:
+            progress("encoding", done, done)
 
     def encode(self, texts: Iterable[str], progress: ProgressFn | None = None) -> np.ndarray | list[np.ndarray]:
         """All embeddings: [N, H], or a list of [L_i, H] for "last"."""

@@ -150,6 +150,8 @@ class Encoder:
             on_rows = None if progress is None else (lambda n, base=done: progress("encoding", base + n, None))
             yield self._encode_chunk(chunk, on_rows)
             done += len(chunk)
+        if progress is not None and done:
+            progress("encoding", done, done)  # the total, known now: marks the end
 
     def encode(self, texts: str | Iterable[str], progress: ProgressFn | None = None) -> np.ndarray | list[np.ndarray]:
         """Embeddings of all ``texts``: [N, H] (a single str: [H]); for "last" a list of [L_i, H] arrays."""
