@@ -181,7 +181,18 @@ def test_tag_stride_covers_long_texts_and_changes_nothing_for_short_ones(tag_ckp
         assert_same_entities(Tagger(tag_ckpt, stride=6)(text), Tagger(tag_ckpt)(text), text)
 
 
-def test_tag_errors_name_the_problem(tag_ckpt, qa_ckpt):
+def _undeclared(ckpt, out):
+    """A copy of a checkpoint whose config.json names no architecture: only the weights tell its head."""
+    shutil.copytree(ckpt, out)
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    del config["architectures"]
+    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return str(out)
+
+
+def test_tag_errors_name_the_problem(tag_ckpt, qa_ckpt, tmp_path):
     with pytest.raises(ValueError, match="aggregation_strategy must be one of"):
         Tagger(tag_ckpt, aggregation_strategy="mean")
     with pytest.raises(ValueError, match='aggregation_strategy="none" cannot be used with stride'):
@@ -191,7 +202,13 @@ def test_tag_errors_name_the_problem(tag_ckpt, qa_ckpt):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="tag needs a checkpoint with a token-classification head"):
-            Tagger(qa_ckpt)
+            Tagger(_undeclared(qa_ckpt, tmp_path / "qa"))
+    with pytest.raises(ValueError, match="needs an ErnieMForTokenClassification checkpoint; its config.json "
+                       "declares ErnieMForQuestionAnswering"):  # fmt: skip
+        Tagger(qa_ckpt)
+    seq_cls = os.path.join(HERE, "fixtures", "checkpoints", "hf-seq_cls-safetensors")  # the same "classifier" names
+    with pytest.raises(ValueError, match="config.json declares ErnieMForSequenceClassification"):
+        Tagger(seq_cls)
     with pytest.raises(TypeError, match="text 1 must be a str"):
         Tagger(tag_ckpt)(["ok", 3])
     assert Tagger(tag_ckpt)([]) == []
@@ -295,7 +312,7 @@ def test_streaming_calls_match_the_batch_calls(taggers, answerer):
         assert_same_answers(got, exp, "iter_answer")
 
 
-def test_qa_errors_name_the_problem(answerer, tag_ckpt):
+def test_qa_errors_name_the_problem(answerer, tag_ckpt, tmp_path):
     with pytest.raises(ValueError, match="`question` cannot be empty"):
         answerer(question="", context="x")
     with pytest.raises(ValueError, match="is larger than `max_seq_len`"):
@@ -315,7 +332,11 @@ def test_qa_errors_name_the_problem(answerer, tag_ckpt):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="qa needs a checkpoint with a question-answering head"):
-            QuestionAnswerer(tag_ckpt)
+            QuestionAnswerer(_undeclared(tag_ckpt, tmp_path / "tag"))
+    paddle_token_cls = os.path.join(HERE, "fixtures", "checkpoints", "paddle-token_cls")
+    with pytest.raises(ValueError, match="qa needs an ErnieMForQuestionAnswering checkpoint; its config.json "
+                       "declares ErnieMForTokenClassification"):  # fmt: skip
+        QuestionAnswerer(paddle_token_cls)
 
 
 # =================================================================================================== CLI
@@ -375,10 +396,14 @@ def test_cli_help_documents_exit_codes(capsys):
     [
         (["tag", "{tag}", "--input", "{tmp}/missing.txt"], None, "missing.txt: no such file"),
         (["tag", "{tag}"], "", "the input is empty"),
-        (["tag", "{qa}", "text"], None, "tag needs a checkpoint with a token-classification head"),
+        (
+            ["tag", "{qa}", "text"],
+            None,
+            "tag needs an ErnieMForTokenClassification checkpoint; its config.json declares ErnieMForQuestionAnswering",
+        ),
         (["tag", "{tmp}/nowhere", "text"], None, "no such checkpoint directory or file"),
         (["tag", "{tag}", "x", "--aggregation", "none", "--stride", "2"], None, "cannot be used with stride"),
-        (["qa", "{tag}", "-q", "a", "-c", "b"], None, "qa needs a checkpoint with a question-answering head"),
+        (["qa", "{tag}", "-q", "a", "-c", "b"], None, "qa needs an ErnieMForQuestionAnswering checkpoint"),
         (["qa", "{qa}", "-q", "a"], None, "--question needs --context"),
         (["qa", "{qa}", "-q", " ", "-c", "b"], None, "the question is empty"),
         (["qa", "{qa}"], "not json\n", "input line 1: not valid JSON"),
@@ -393,6 +418,13 @@ def test_cli_user_errors_are_one_line(tag_ckpt, qa_ckpt, tmp_path, capsys, monke
     assert cli(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("erniem-np: error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_cli_a_checkpoint_without_the_head_gets_one_line_and_no_warning(qa_ckpt, tmp_path, capsys):
+    """The loader warns about the QA weights a token classifier does not use; with the error, only the error."""
+    assert cli(["tag", _undeclared(qa_ckpt, tmp_path / "qa"), "text"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tag needs a checkpoint with a token-classification head" in err, err
 
 
 # =================================================================================================== HF

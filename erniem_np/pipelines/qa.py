@@ -41,6 +41,7 @@ import numpy as np
 from ..model import ErnieMForQuestionAnswering
 from ..tokenizer import ErnieMTokenizer
 from .base import iter_chunks, load_model_and_tokenizer, map_bucketed, max_tokens, pad_batch
+from .tag import check_declared_head
 
 
 class QuestionAnswerer:
@@ -83,6 +84,7 @@ class QuestionAnswerer:
         backend: str = "numba",
         **checkpoint_options: Any,
     ) -> None:
+        check_declared_head(model, ErnieMForQuestionAnswering, "qa")
         self.model, self.tokenizer = load_model_and_tokenizer(
             model, ErnieMForQuestionAnswering, task="qa", tokenizer=tokenizer, flavor=flavor, dtype=dtype,
             backend=backend, **checkpoint_options,
