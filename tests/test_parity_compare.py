@@ -182,3 +182,18 @@ def test_argmax_agreement_gates_logits(ref):
     assert s["argmax_agree"] < 1.0
     s = probe_stats(ref.array(key), cand[key], 1e-4, 0, None, None, kind="logits")
     assert s["argmax_agree"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------ layer-local mode
+def test_layer_local_candidate_passes_strict_and_localises_a_bug(ref):
+    cfg, w = ref.config(), ref.weights()
+    assert compare_bundles(ref, produce.layer_local_probes(ref, cfg, w), profile="fp32-strict").exit_code == 0
+    tanh = produce.layer_local_probes(ref, cfg.replace(hidden_act="gelu_new"), w)
+    end_to_end = CONTROLS["tanh_gelu"][0](ref)
+    local = compare_bundles(ref, tanh, profile="fp32-strict", mode="layer_local")
+    assert local.mode == "layer_local" and local.first_divergence.probe == "layer.00.ffn.act"
+    # end to end the bug spreads into layer 01's attention; fed the reference's input, layer 01's q is right
+    status = {(r.case, r.probe): r.status for r in local.rows}
+    assert status[("c00_single", "layer.01.attn.q")] == "ok" and status[("c00_single", "layer.01.ffn.act")] == "FAIL"
+    e2e = {(r.case, r.probe): r.status for r in compare_bundles(ref, end_to_end, profile="fp32-strict").rows}
+    assert e2e[("c00_single", "layer.01.attn.q")] == "FAIL"

@@ -108,7 +108,8 @@ def run_compare(args: argparse.Namespace) -> int:
     report = compare_bundles(args.reference, args.candidate, profile=args.profile, tier=args.tier,
                              cases=split(args.cases) if args.cases else None,
                              probes=split(args.probes) if args.probes else None,
-                             include_padding=args.include_padding, atol=args.atol, rtol=args.rtol)  # fmt: skip
+                             include_padding=args.include_padding, atol=args.atol, rtol=args.rtol,
+                             mode=args.mode)  # fmt: skip
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             f.write(report.to_json() + "\n")
@@ -230,6 +231,9 @@ def register(sub) -> None:
     c.add_argument("--atol", type=float, help="override every kind's absolute tolerance")
     c.add_argument("--rtol", type=float, help="override every kind's relative tolerance")
     c.add_argument("--include-padding", action="store_true", help="also compare padded positions")
+    c.add_argument("--mode", choices=("end_to_end", "layer_local"),
+                   help="how the candidate was run (default: its 'mode' metadata, else end_to_end); layer_local: "
+                   "each layer fed the reference's input (use --profile fp32-strict)")  # fmt: skip
     c.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     c.add_argument("--markdown", metavar="FILE", help="write the full report as Markdown")
     c.add_argument("--format", choices=("text", "markdown"), default="text", help="what to print (default text)")

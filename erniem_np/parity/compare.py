@@ -271,9 +271,12 @@ def _argmax_agreement(r, c, valid, axis) -> float:
 # ============================================================================================ comparison
 def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = "debug", cases=None,
                     probes=None, include_padding: bool = False, atol: float | None = None,
-                    rtol: float | None = None, mode: str = "end_to_end") -> Report:  # fmt: skip
+                    rtol: float | None = None, mode: str | None = None) -> Report:  # fmt: skip
     """Compare ``candidate`` with ``reference`` (Bundles, paths, or a dict of arrays for the candidate).
 
+    ``mode``: "end_to_end" (the candidate ran its own forward pass) or "layer_local" (each of its stages was
+    fed the reference's input; see produce.layer_local_probes); default: the candidate's ``mode`` metadata,
+    else end_to_end. It is reported; the comparison itself is the same.
     ``tier``: "core" compares only core probes; "debug" (default) also every debug probe the candidate has.
     ``cases``/``probes``: glob patterns restricting the comparison. ``atol``/``rtol`` override every kind's.
     Raises BundleError (kind "unreadable") when a file cannot be read; structural problems (missing core
@@ -281,6 +284,9 @@ def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = 
     """
     ref, cand = as_bundle(reference), as_bundle(candidate)
     prof = schema.profile(profile)
+    mode = mode or cand.metadata.get("mode") or "end_to_end"
+    if mode not in ("end_to_end", "layer_local"):
+        raise ValueError(f"mode must be end_to_end or layer_local, got {mode!r}")
     if tier not in ("core", "debug"):
         raise ValueError(f"tier must be core or debug, got {tier!r}")
     if "probes" not in ref.metadata or "config" not in ref.metadata:

@@ -274,3 +274,63 @@ def checkpoint_weights(path: str, flavor: str | None = None) -> tuple[ErnieMConf
         else:
             weights[k] = v
     return model.config, weights
+
+
+# --------------------------------------------------------------------------------------------- layer-local
+def layer_local_probes(ref, config: ErnieMConfig, weights: dict[str, np.ndarray], dtype=np.float32,
+                       tier: str = "debug") -> dict[str, np.ndarray]:  # fmt: skip
+    """A layer-local candidate: every stage fed the REFERENCE's input instead of its own previous output.
+
+    The embeddings run on the case's ids; layer NN runs on the reference's ``layer.(NN-1).out`` (layer 00 on
+    its ``emb.out``) with the reference's ``derived.additive_mask``; the pooler and the heads run on the
+    reference's last layer output and pooled output. Errors then do not compound from layer to layer, so a
+    bug shows where it is, at its own size (compare with profile fp32-strict). ``ref``: a reference Bundle.
+    """
+    from ..model import _unflatten
+
+    dtype = np.dtype(dtype)
+    base = {k: np.asarray(v, dtype) for k, v in split_head(weights, None).items()}
+    p = _unflatten(base)
+    n_layers = config.num_hidden_layers
+    out: dict[str, np.ndarray] = {}
+    for case in ref.case_names():
+        inp = ref.inputs(case)
+        mask = ref.get(case, "derived.additive_mask").astype(dtype)
+
+        def given(name, case=case):
+            return ref.get(case, name).astype(dtype)
+
+        probes = {"emb.out": layers.embeddings(inp["input_ids"], inp["position_ids"], **p["embeddings"],
+                                                eps=config.layer_norm_eps)}  # fmt: skip
+        for i, layer in enumerate(p["encoder"]["layers"]):
+            x = given("emb.out" if i == 0 else f"layer.{i - 1:02d}.out")  # the reference's input to layer i
+            lp: dict[str, np.ndarray] = {}
+            layers.encoder_layer(x, **layer, n_heads=config.num_attention_heads, activation=config.hidden_act,
+                                 eps=config.layer_norm_eps, mask=mask, flavor=config.flavor, probes=lp)  # fmt: skip
+            probes.update({f"layer.{i:02d}.{k}": v for k, v in lp.items()})
+        last = given(f"layer.{n_layers - 1:02d}.out")
+        if "pooler" in p:
+            probes["pooler.out"] = layers.pooler(last, **p["pooler"])
+        pooled = given("pooler.out") if ref.has(case, "pooler.out") else None
+
+        def head_linear(name, x):
+            return layers.linear(
+                x, np.asarray(weights[name + ".weight"], dtype), np.asarray(weights[name + ".bias"], dtype)
+            )
+
+        heads = ref.metadata.get("heads") or {}
+        if "seq_cls" in heads and pooled is not None:
+            probes["head.seq_cls.logits"] = head_linear("seq_cls.classifier", pooled)
+        if "token_cls" in heads:
+            probes["head.token_cls.logits"] = head_linear("token_cls.classifier", last)
+        if "qa" in heads:
+            qa = head_linear("qa.qa_outputs", last)
+            probes["head.qa.start_logits"], probes["head.qa.end_logits"] = qa[..., 0], qa[..., 1]
+        if "mc" in heads and pooled is not None:
+            probes["head.mc.logits"] = head_linear("mc.classifier", pooled).reshape(1, -1)
+        if "ie" in heads:
+            probes["head.ie.start_logits"] = head_linear("ie.linear_start", last)[..., 0]
+            probes["head.ie.end_logits"] = head_linear("ie.linear_end", last)[..., 0]
+        core = {q["name"] for q in ref.probes() if q["tier"] == "core"}
+        out.update({f"{case}/{k}": np.ascontiguousarray(v) for k, v in probes.items() if tier == "debug" or k in core})
+    return out
