@@ -17,8 +17,8 @@ over the start/end logits of ``ErnieMForQuestionAnswering``:
 
 HF's ErnieM tokenizer is slow-only. With a slow tokenizer HF's pipeline takes another road (SQuAD features
 over whitespace words, answers made of whole words), and in the reference environment that road crashes
-before the model runs (``transformers/data/processors/squad.py`` line 252, ``np.where`` on a bool, an error
-under NumPy 2). So the fast road is the one reproduced, with ``ErnieMTokenizer``'s character offsets (PaddleNLP's
+before the model runs (``transformers/data/processors/squad.py`` line 252: ``np.where(list == int)`` is a
+0-d ``nonzero``, which NumPy 2 refuses). So the fast road is the one reproduced, with ``ErnieMTokenizer``'s character offsets (PaddleNLP's
 ``get_offset_mapping``) standing in for a fast tokenizer's. Words, for ``align_to_words``, are runs of tokens
 with no whitespace between them (a fast tokenizer with a Metaspace pre-tokenizer, like XLM-R's, splits words
 there too); so in Chinese or Japanese a "word" is a whole run without spaces, the reason HF advises
@@ -175,7 +175,7 @@ class QuestionAnswerer:
         context_offsets = self.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
         words = word_ids(context, context_offsets["offset_mapping"])
         room = s["max_seq_len"] - n_question - self.tokenizer.num_special_tokens_to_add(pair=True)
-        if n_question + len(words) + 4 > s["max_seq_len"]:  # the context is cut into windows
+        if len(words) > room:  # the context is cut into windows
             if room < 1:
                 raise ValueError(f"the question of pair {i} takes {n_question} tokens: max_seq_len "
                                  f"{s['max_seq_len']} leaves no room for the context")  # fmt: skip
@@ -293,8 +293,10 @@ def get_indices(offsets, words, s: int, e: int, align_to_words: bool) -> tuple[i
 
 
 def word_chars(offsets, words, word: int) -> tuple[int, int]:
-    """A fast tokenizer's ``word_to_chars`` within one window: from its first token's start to its last's end
-    (a word cut by the window's edge spans only its tokens inside the window)."""
+    """A fast tokenizer's ``word_to_chars`` within one window: from its first token's start to its last's end.
+
+    A word cut by the window's edge spans only its tokens inside the window: so does ``word_to_chars`` on an
+    overflowing ``tokenizers.Encoding`` (checked with tokenizers 0.20, a WordPiece model and ``stride``)."""
     toks = [t for t, w in enumerate(words) if w == word]
     return offsets[toks[0]][0], offsets[toks[-1]][1]
 
