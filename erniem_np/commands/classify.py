@@ -7,7 +7,7 @@ import json
 from collections import deque
 
 from ._common import EXIT_OK, Progress, UserError, add_input_options, iter_inputs
-from .encode import JsonOutput, add_model_options, pipeline_options
+from .encode import JsonOutput, add_model_options, pipeline_options, wrap
 
 EPILOG = "exit codes: 0 success; 1 bad input or checkpoint (one line on stderr); 2 bad command line."
 
@@ -129,11 +129,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "classify",
         help="classify texts (or text pairs) with a sequence-classification checkpoint",
-        description="Classify texts with any ErnieM checkpoint that has a sequence-classification head; "
-        "labels from its config's id2label. Scores as HF transformers' text-classification pipeline: "
-        "softmax, or sigmoid for a multi-label or one-label model (see --function). Texts come as arguments, "
-        "from --input (.txt: one per line; .jsonl: --field and --pair-field) or stdin, streamed. Prints "
-        "'LABEL score<TAB>text' per input, or a JSON array with --json.",
+        description=wrap(
+            "Classify texts with any ErnieM checkpoint that has a sequence-classification head; "
+            "labels from its config's id2label. Scores as HF transformers' text-classification pipeline: "
+            "softmax, or sigmoid for a multi-label or one-label model (see --function). Texts come as arguments, "
+            "from --input (.txt: one per line; .jsonl: --field and --pair-field) or stdin, streamed. Prints "
+            "'LABEL score<TAB>text' per input, or a JSON array with --json."
+        ),
         epilog=EPILOG + "\nexample: erniem-np classify ckpt/ 'I love it' 'I hate it' --top-k 2 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -153,11 +155,13 @@ def register(sub) -> None:
     c = sub.add_parser(
         "choose",
         help="multiple choice: score each choice for a question",
-        description="Score each choice for a question with any ErnieM checkpoint that has a multiple-choice "
-        "head; each choice is paired with the question as [CLS] question [SEP] [SEP] choice [SEP]. Give "
-        'QUESTION CHOICE [CHOICE ...] as arguments, or one JSON object per line ({"question": ..., '
-        "\"choices\": [...]}) in --input FILE.jsonl or on stdin. Prints 'best-choice score<TAB>question' per "
-        "input, or a JSON array (best, choice, scores = softmax over the choices, logits) with --json.",
+        description=wrap(
+            "Score each choice for a question with any ErnieM checkpoint that has a multiple-choice "
+            "head; each choice is paired with the question as [CLS] question [SEP] [SEP] choice [SEP]. Give "
+            'QUESTION CHOICE [CHOICE ...] as arguments, or one JSON object per line ({"question": ..., '
+            "\"choices\": [...]}) in --input FILE.jsonl or on stdin. Prints 'best-choice score<TAB>question' per "
+            "input, or a JSON array (best, choice, scores = softmax over the choices, logits) with --json."
+        ),
         epilog=EPILOG + "\nexample: erniem-np choose ckpt/ 'The cat sat on the' mat moon idea --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -6,10 +6,17 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections import deque
 
 from ._common import EXIT_OK, Progress, UserError, add_checkpoint_options, add_input_options, checkpoint_options
 from ._common import iter_inputs as _iter_inputs
+
+
+def wrap(text: str) -> str:
+    """A --help description wrapped to 79 columns (the parsers use RawDescriptionHelpFormatter for their
+    examples, which would print it as one line)."""
+    return "\n".join(textwrap.wrap(text, 79))
 
 
 class JsonOutput:
@@ -133,12 +140,14 @@ def register(sub) -> None:
     p = sub.add_parser(
         "encode",
         help="texts to embeddings (.npy / .safetensors), streamed; --dask to scale out",
-        description="Embed texts with any ErnieM checkpoint (a head, if any, is ignored). Texts come as "
-        "arguments, from --input (.txt: one per line; .jsonl: see --field) or stdin, and are read as a stream: "
-        "memory stays flat on inputs larger than RAM. With -o the embeddings go to a file: .npy ([N, H] float32) "
-        "or .safetensors (tensor 'embeddings' [N, H]; with --pooling last, 'last_hidden_state' [T, H] of all "
-        "tokens and 'offsets' [N+1]: text i is rows offsets[i]:offsets[i+1]). Without -o each text's embedding "
-        'is printed as JSON Lines ({"text", "embedding"}), or one JSON array with --json.',
+        description=wrap(
+            "Embed texts with any ErnieM checkpoint (a head, if any, is ignored). Texts come as "
+            "arguments, from --input (.txt: one per line; .jsonl: see --field) or stdin, and are read as a stream: "
+            "memory stays flat on inputs larger than RAM. With -o the embeddings go to a file: .npy ([N, H] float32) "
+            "or .safetensors (tensor 'embeddings' [N, H]; with --pooling last, 'last_hidden_state' [T, H] of all "
+            "tokens and 'offsets' [N+1]: text i is rows offsets[i]:offsets[i+1]). Without -o each text's embedding "
+            'is printed as JSON Lines ({"text", "embedding"}), or one JSON array with --json.'
+        ),
         epilog="exit codes: 0 success; 1 bad input or checkpoint (one line on stderr); 2 bad command line.\n"
         "example: erniem-np encode ckpt/ --input texts.txt -o emb.npy --pooling mean\n"
         "         erniem-np encode ckpt/ --input texts.txt -o emb.npy --dask tcp://scheduler:8786",
