@@ -598,3 +598,20 @@ def test_hf_select_starts_ends_on_identical_arrays(hf):
         theirs = hf_qa.select_starts_ends(*args)
         for a, b, name in zip(ours, theirs, ("starts", "ends", "scores", "min_null_score"), strict=True):
             np.testing.assert_array_equal(a, b, err_msg=f"trial {trial}: {name}")
+
+
+def test_word_chars_of_a_window_matches_tokenizers_on_overflowing_encodings():
+    """HF's QA widens answers with ``Encoding.word_to_chars``; on an overflowing window a word cut by the edge
+    spans only its tokens inside the window. Ours (``qa.word_chars``) does the same: checked on a tiny
+    WordPiece tokenizer built with the tokenizers library (a fast tokenizer, stride 1)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"[UNK]": 0, "ab": 1, "##cd": 2, "##ef": 3, "x": 4, "y": 5}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.enable_truncation(max_length=4, stride=1)
+    enc = tok.encode("abcdef x abcdef y")
+    windows = [enc, *enc.overflowing]
+    assert len(windows) == 3
+    for e in windows:
+        for word in set(e.word_ids):
+            assert qa_mod.word_chars(e.offsets, e.word_ids, word) == e.word_to_chars(word), (e.tokens, word)
