@@ -342,7 +342,7 @@ def test_qa_errors_name_the_problem(answerer, tag_ckpt, tmp_path):
 # =================================================================================================== CLI
 def test_cli_tag(tag_ckpt, capsys, monkeypatch, tmp_path):
     assert cli(["tag", tag_ckpt, TEXTS[0], TEXTS[1], "--json", "--ignore-labels"]) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    lines = json.loads(capsys.readouterr().out)  # one array, an object per text
     expected = Tagger(tag_ckpt, ignore_labels=())(TEXTS[:2])
     assert [x["text"] for x in lines] == TEXTS[:2]
     for line, exp in zip(lines, expected, strict=True):
@@ -353,14 +353,14 @@ def test_cli_tag(tag_ckpt, capsys, monkeypatch, tmp_path):
     assert out.startswith(TEXTS[2] + "\n") and f"\n{TEXTS[3]}\n" in out and "token 1" in out
     (tmp_path / "in.jsonl").write_text(json.dumps({"body": TEXTS[5]}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert cli(["tag", tag_ckpt, "-i", str(tmp_path / "in.jsonl"), "--field", "body", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["text"] == TEXTS[5]
+    assert [x["text"] for x in json.loads(capsys.readouterr().out)] == [TEXTS[5]]
 
 
 def test_cli_qa(qa_ckpt, answerer, capsys, monkeypatch, tmp_path):
     expected = answerer(question="Who?", context=CONTEXT, top_k=2, max_seq_len=32, doc_stride=8)
     args = ["qa", qa_ckpt, "-q", "Who?", "-c", CONTEXT, "--top-k", "2", "--max-seq-len", "32", "--doc-stride", "8"]
     assert cli(args + ["--json"]) == 0
-    line = json.loads(capsys.readouterr().out)
+    [line] = json.loads(capsys.readouterr().out)
     assert line["question"] == "Who?"
     assert_same_answers(line["answers"], expected, "cli --json")
     assert cli(args) == 0
@@ -368,12 +368,12 @@ def test_cli_qa(qa_ckpt, answerer, capsys, monkeypatch, tmp_path):
     assert out.startswith("Q: Who?\n") and f"[{expected[0]['start']}:{expected[0]['end']}]" in out
     (tmp_path / "ctx.txt").write_text(CONTEXT, encoding="utf-8")
     assert cli(["qa", qa_ckpt, "-q", "Who?", "--context-file", str(tmp_path / "ctx.txt"), "--json"]) == 0
-    assert_same_answers(json.loads(capsys.readouterr().out)["answers"], [answerer(question="Who?", context=CONTEXT)],
+    assert_same_answers(json.loads(capsys.readouterr().out)[0]["answers"], [answerer(question="Who?", context=CONTEXT)],
                         "--context-file")  # fmt: skip
     pairs = [{"question": "Who?", "context": CONTEXT}, {"question": "When?", "context": CONTEXT[:60]}]
     monkeypatch.setattr("sys.stdin", io.StringIO("".join(json.dumps(p) + "\n" for p in pairs)))
     assert cli(["qa", qa_ckpt, "--json", "--handle-impossible-answer", "--no-align-to-words"]) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    lines = json.loads(capsys.readouterr().out)
     for line, p in zip(lines, pairs, strict=True):
         exp = answerer(**p, handle_impossible_answer=True, align_to_words=False)
         assert line["question"] == p["question"]

@@ -4,8 +4,8 @@
     erniem-np qa MODEL --question "Who visited Paris?" --context "Angela Merkel visited Paris."
     cat pairs.jsonl | erniem-np qa MODEL --json          # {"question": ..., "context": ...} per line
 
-Both print one block per input (or, with --json, one JSON object per input line: JSON Lines), and stream:
-a chunk of inputs is read, answered and printed before the next is read.
+Both print one block per input (or, with --json, one JSON array with an object per input, as ``classify``
+does), and stream: a chunk of inputs is read, answered and printed before the next is read.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 
 from ._common import EXIT_OK, UserError, add_checkpoint_options, add_input_options, checkpoint_options, iter_inputs
+from .encode import JsonOutput  # --json: one array, written item by item (as classify and encode do)
 
 EPILOG = "exit codes: 0 success; 1 bad input or checkpoint (one line on stderr says what); 2 bad command line."
 
@@ -27,13 +28,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    "(default: the checkpoint's directory)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default: 8)")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="compute backend (default: numba)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per input (JSON Lines)")
+    p.add_argument("--json", action="store_true", help="print one JSON array, one object per input, written as "
+                   "each input is done")  # fmt: skip
     add_checkpoint_options(p)
-
-
-def _json_line(obj) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
 
 
 # ================================================================================================ tag
@@ -47,10 +44,11 @@ def run_tag(args: argparse.Namespace) -> int:
         tagger = Tagger(args.model, aggregation_strategy=args.aggregation, ignore_labels=args.ignore_labels,
                         stride=args.stride, max_length=args.max_length, batch_size=args.batch_size,
                         tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
+    out = JsonOutput(array=True) if args.json else None
     for chunk in iter_chunks(_strings(_chain(first, texts), "text"), 64):
         for text, entities in zip(chunk, tagger.tag(chunk), strict=True):
-            if args.json:
-                _json_line({"text": text, "entities": entities})
+            if out is not None:
+                out.write({"text": text, "entities": entities})
                 continue
             print(text)
             if not entities:
@@ -59,6 +57,8 @@ def run_tag(args: argparse.Namespace) -> int:
                 label = e.get("entity_group", e.get("entity"))
                 index = f"  token {e['index']}" if "index" in e else ""
                 print(f"  {label:<12} {e['score']:.4f}  [{e['start']}:{e['end']}]  {e['word']!r}{index}")
+    if out is not None:
+        out.close()
     return EXIT_OK
 
 
@@ -75,15 +75,18 @@ def run_qa(args: argparse.Namespace) -> int:
                               handle_impossible_answer=args.handle_impossible_answer,
                               align_to_words=not args.no_align_to_words, batch_size=args.batch_size,
                               tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
+    out = JsonOutput(array=True) if args.json else None
     for chunk in iter_chunks(_chain(first, pairs), 16):
         for (question, _context), result in zip(chunk, qa.answer(chunk), strict=True):
             answers = result if isinstance(result, list) else [result]
-            if args.json:
-                _json_line({"question": question, "answers": answers})
+            if out is not None:
+                out.write({"question": question, "answers": answers})
                 continue
             print(f"Q: {question}")
             for a in answers:
                 print(f"  {a['score']:.4f}  [{a['start']}:{a['end']}]  {a['answer']!r}")
+    if out is not None:
+        out.close()
     return EXIT_OK
 
 
@@ -160,7 +163,6 @@ def register(sub) -> None:
         "transformers' token-classification pipeline; offsets come from the tokenizer (PaddleNLP's "
         "get_offset_mapping).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tag.add_argument("model", metavar="MODEL", help="checkpoint directory, weights file or cached hub id")
     add_input_options(tag)
@@ -184,7 +186,6 @@ def register(sub) -> None:
         '"context" keys via --input FILE or stdin. Decoding is HF transformers\' question-answering '
         "pipeline; contexts longer than --max-seq-len are read in overlapping windows.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     qa.add_argument("model", metavar="MODEL", help="checkpoint directory, weights file or cached hub id")
     qa.add_argument("--question", "-q", help="the question")
