@@ -292,6 +292,7 @@ class ErnieMPreTrainedModel:
             raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         self.config = config
         self.dtype = np.dtype(dtype)
+        self._word_rows = None  # ids -> word-embedding rows from the checkpoint file (set by from_pretrained)
         if state_dict is None:
             state_dict = self._init_weights(seed)
         self._set_state_dict(state_dict)
@@ -385,9 +386,13 @@ class ErnieMPreTrainedModel:
                                download=download, revision=revision, cache_dir=cache_dir, use_mmap=mmap)  # fmt: skip
         state_dict, config = cls._adapt_state_dict(ckpt.state_dict(dtype), ckpt.config)
         try:
-            return cls(config, state_dict, dtype=dtype, backend=backend)
+            model = cls(config, state_dict, dtype=dtype, backend=backend)
         except (ValueError, TypeError) as e:  # name the files: the model's message names the keys
             raise type(e)(f"{ckpt.describe()}: {e}") from None
+        for name in ("embeddings.word_embeddings.weight", "ernie_m.embeddings.word_embeddings.weight"):
+            if name in ckpt.tensors:  # a mapped float32 table of the same dtype: read its rows from the file
+                model._word_rows = ckpt.tensors[name].row_reader(model.dtype)
+        return model
 
     @classmethod
     def _adapt_state_dict(cls, sd: dict[str, np.ndarray], config: ErnieMConfig):
@@ -439,12 +444,17 @@ class ErnieMPreTrainedModel:
         cfg, p = self.config, self._base_params()
         inp = prepare_inputs(cfg, self.dtype, input_ids, attention_mask, position_ids, head_mask,
                              inputs_embeds, past_key_values)  # fmt: skip
+        word_rows = inp.inputs_embeds
+        if word_rows is None and self._word_rows is not None:
+            # The word-embedding rows read from the checkpoint file (StoredTensor.row_reader), the same
+            # numbers as indexing the mapped table, without mapping MB-sized page-cache folios per token.
+            word_rows = self._word_rows(inp.input_ids)  # [B, L] -> [B, L, H]
         # embeddings: word + position (+2 offset) -> LayerNorm      [B, L] -> [B, L, H]
         x = layers.embeddings(inp.input_ids, inp.position_ids, **p["embeddings"], eps=cfg.layer_norm_eps,
-                              inputs_embeds=inp.inputs_embeds)  # fmt: skip
+                              inputs_embeds=word_rows)  # fmt: skip
         if probes is not None:
             probes["emb.out"] = x
-        hidden_states, attentions, presents = [x], [], []
+        hidden_states, attentions, presents = [x] if output_hidden_states else [], [], []
         fast = self.backend == "numba"
         extra = {"need_probs": bool(output_attentions)} if fast else {}
         for i, layer in enumerate(p["encoder"]["layers"]):  # post-LN Transformer layers, [B, L, H] each
@@ -457,9 +467,12 @@ class ErnieMPreTrainedModel:
             )  # fmt: skip
             if probes is not None:  # "attn.probs" -> "layer.03.attn.probs"
                 probes.update({f"layer.{i:02d}.{name}": value for name, value in layer_probes.items()})
-            hidden_states.append(x)
-            attentions.append(probs)
-            presents.append(cache)
+            if output_hidden_states:  # kept only when asked: 13 of them would hold B * L * H each
+                hidden_states.append(x)
+            if output_attentions:
+                attentions.append(probs)
+            if use_cache:
+                presents.append(cache)
         pooler = backends.pooler if fast else layers.pooler
         pooled = pooler(x, **p["pooler"]) if self.has_pooler else None  # [B, L, H] -> [B, H]
         if probes is not None and pooled is not None:
