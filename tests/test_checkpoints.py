@@ -443,3 +443,24 @@ def test_row_reader_reads_the_rows_of_the_mapped_table(tmp_path, monkeypatch):
         read(np.array([300]))
     stf.write_safetensors(path, {"table": -table, "small": table[:2]})  # renamed over the mapped file
     assert np.array_equal(read(ids), table[ids])  # the open descriptor still reads the old file
+
+
+def test_model_reads_word_rows_from_the_file_with_the_same_numbers(tmp_path, monkeypatch):
+    """from_pretrained of a mapped float32 checkpoint gathers word rows with the row reader (not through the
+    mapping); the outputs are bit-identical to a model whose weights were read whole."""
+    from erniem_np.checkpoints import safetensors_file as stf
+
+    monkeypatch.setattr(stf, "ROW_READER_MIN_BYTES", 0)
+    shutil.copytree(os.path.join(FIXTURES, "hf-base-safetensors"), tmp_path / "m")
+    mapped = ErnieMModel.from_pretrained(str(tmp_path / "m"), backend="numpy")
+    whole = ErnieMModel.from_pretrained(str(tmp_path / "m"), backend="numpy", mmap=False)
+    assert mapped._word_rows is not None and whole._word_rows is None
+    assert ErnieMModel.from_pretrained(str(tmp_path / "m"), dtype=np.float64)._word_rows is None
+    calls = []
+    reader = mapped._word_rows
+    mapped._word_rows = lambda ids: calls.append(ids.shape) or reader(ids)
+    ids = np.array([[0, 5, 9, 2, 1], [0, 7, 2, 1, 1]])
+    a = mapped(input_ids=ids, output_hidden_states=True)
+    b = whole(input_ids=ids, output_hidden_states=True)
+    assert calls == [(2, 5)]
+    assert all(np.array_equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states, strict=True))
