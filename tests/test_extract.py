@@ -339,6 +339,38 @@ def test_padding_changes_results_under_paddle_mask(model):
     assert np.abs(probs[32][:8] - probs[64][:8]).max() > 1e-4
 
 
+def test_hf_flavor_masks_padding_and_leaves_the_callers_model(model):
+    """flavor="hf": padding masked, so the padded length no longer matters; the caller's model keeps "paddle"."""
+    from erniem_np.tokenizer import ErnieMTokenizer
+
+    tok = ErnieMTokenizer.from_pretrained(MODEL, flavor="hf")
+    probs = {}
+
+    class Spy(Extractor):
+        def _row_spans(self, start_prob, end_prob):
+            probs[self.max_seq_len] = start_prob.copy()
+            return super()._row_spans(start_prob, end_prob)
+
+    for n in (32, 64):
+        Spy(model[0], "人物", tokenizer=tok, max_seq_len=n, flavor="hf")(["张三"])
+    assert model[0].config.flavor == "paddle"
+    np.testing.assert_allclose(probs[32][:8], probs[64][:8], atol=1e-6)
+
+
+def test_native_layout_gives_the_same_results(model, tmp_path):
+    """A checkpoint saved in the native layout (config.json + model.safetensors) with the tokenizer files."""
+    import shutil
+
+    model[0].save_pretrained(tmp_path)
+    for name in ("sentencepiece.bpe.model", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(MODEL, name), tmp_path / name)
+    case = next(c for c in CASES if c["name"] == "ch-entity")
+    texts = case["texts"][:10]
+    a = Extractor(str(tmp_path), case["schema"], **case["options"])(texts)
+    b = Extractor(MODEL, case["schema"], **case["options"])(texts)
+    assert a == b
+
+
 def test_extractor_errors(model):
     with pytest.raises(ValueError, match="max_seq_len 512 is beyond"):
         Extractor(MODEL, "人物")

@@ -46,6 +46,7 @@ where most of the time goes on short texts; ``dynamic_max_length`` is Taskflow's
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -367,6 +368,7 @@ class Extractor:
             raise TypeError(f"model must be a checkpoint path or an ErnieMForInformationExtraction, "
                             f"got {type(model).__name__}")  # fmt: skip
         elif model.config.flavor != flavor:
+            model = copy.copy(model)  # the caller's model keeps its flavor; the weights are shared
             model.config = model.config.replace(flavor=flavor)
         if tokenizer is None:
             raise TypeError("a loaded model needs tokenizer= (an ErnieMTokenizer)")
@@ -384,8 +386,8 @@ class Extractor:
                 raise ValueError(f"{what} {n} is beyond this model's positions (max_position_embeddings "
                                  f"{model.config.max_position_embeddings} allows {limit} tokens): lower "
                                  f"{what}")  # fmt: skip
-        if not 0.0 <= float(position_prob) < 1.0:
-            raise ValueError(f"position_prob must be in [0, 1), got {position_prob!r}")
+        if not 0.0 <= float(position_prob) <= 1.0:
+            raise ValueError(f"position_prob must be in [0, 1], got {position_prob!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.schema_lang = schema_lang
@@ -395,6 +397,8 @@ class Extractor:
         self.split_sentence = bool(split_sentence)
         self.dynamic_max_length = sorted(int(n) for n in dynamic_max_length) if dynamic_max_length else None
         self.schema_tree = build_schema_tree(schema) if schema is not None else None
+        self._progress: Callable[[str, int, int], None] | None = None
+        self._stage = ""  # the schema name of the running stage, for progress reports
 
     def set_schema(self, schema: Schema) -> None:
         self.schema_tree = build_schema_tree(schema)
@@ -408,7 +412,8 @@ class Extractor:
         together; as in Taskflow this can matter (QUIRK: the chunk length of a stage follows the longest
         prompt of the whole call, and the classification test looks at the first text with a result), so
         give the same texts in one call to get Taskflow's answer for that call.
-        ``progress(what, done, total)`` is called after each forward pass, if given.
+        ``progress(what, done, total)`` is called after each forward pass, if given (``what`` names the stage;
+        ``done`` / ``total`` count its rows).
         """
         if self.schema_tree is None:
             raise ValueError("no schema: pass schema= or call set_schema() first")
@@ -434,6 +439,7 @@ class Extractor:
                         # QUIRK: dbc2sbc also converts full-width characters of the parent's text.
                         examples.append({"text": text, "prompt": dbc2sbc(build_prompt(node.name, p, self.schema_lang))})
                         input_map[k].append(len(examples) - 1)
+            self._stage = node.name
             result_list = self._single_stage_predict(examples) if examples else []
 
             if parent_relations is None:  # a root name: results go to the top level
@@ -530,7 +536,7 @@ class Extractor:
                 out = self.model(input_ids=ids, position_ids=pos)
                 yield group, out.start_prob.astype(np.float32), out.end_prob.astype(np.float32)
             if self._progress is not None:
-                self._progress("extract", rows[-1] + 1, n)
+                self._progress(f"extract: {self._stage}", rows[-1] + 1, n)
 
 
 UIEExtractor = Extractor
