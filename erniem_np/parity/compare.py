@@ -118,14 +118,18 @@ class Report:
         out.append("")
         out.append("| case | probe | tier | max_abs | max_rel | mismatched | 1-cos | nmse | argmax | status |")
         out.append("|---|---|---|---|---|---|---|---|---|---|")
-        rows = self.rows if max_rows is None else self.rows[:max_rows]
+        missing = [r for r in self.rows if r.status == "missing"]
+        shown = [r for r in self.rows if r.status != "missing"]
+        rows = shown if max_rows is None else shown[:max_rows]
         for r in rows:
             s = r.stats
             out.append(f"| {r.case} | {r.probe} | {r.tier} | {_f(s.get('max_abs'))} | {_f(s.get('max_rel'))} | "
                        f"{_mism(s)} | {_f(s.get('cos_dist'))} | {_f(s.get('nmse'))} | {_pct(s.get('argmax_agree'))} "
                        f"| {r.status if r.status != 'ok' else 'ok'} |")  # fmt: skip
-        if max_rows is not None and len(self.rows) > max_rows:
-            out.append(f"| ... {len(self.rows) - max_rows} more rows | | | | | | | | | |")
+        if max_rows is not None and len(shown) > max_rows:
+            out.append(f"| ... {len(shown) - max_rows} more rows | | | | | | | | | |")
+        if missing:
+            out += ["", f"{len(missing)} debug probe(s) not provided by the candidate (not compared)."]
         out += ["", f"**RESULT: {self.summary()}**", ""]
         return "\n".join(out)
 
@@ -174,7 +178,7 @@ def _jsonable(x):
 
 
 def _producer(p) -> str:
-    if not p:
+    if not p or not p.get("library"):
         return "producer not recorded"
     return " ".join(str(p.get(k)) for k in ("library", "library_version") if p.get(k)) + (
         f", {p.get('compute_dtype')}" if p.get("compute_dtype") else ""
@@ -239,7 +243,7 @@ def probe_stats(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float, val
     denom = float(np.sum(rv**2))
     stats["nmse"] = float(np.sum((cv - rv) ** 2) / denom) if denom > 0 else (0.0 if not e.any() else float("inf"))
     nr, nc = np.linalg.norm(rv), np.linalg.norm(cv)
-    stats["cos_dist"] = float(1.0 - rv @ cv / (nr * nc)) if nr > 0 and nc > 0 else (0.0 if nr == nc else 1.0)
+    stats["cos_dist"] = max(0.0, float(1.0 - rv @ cv / (nr * nc))) if nr > 0 and nc > 0 else (0.0 if nr == nc else 1.0)
     # the worst element: the largest excess over the bound (the largest error when none exceeds it)
     score = np.where(both, err - bound, -np.inf)
     where = np.unravel_index(int(np.argmax(score)), r.shape)
