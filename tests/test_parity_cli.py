@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +96,19 @@ def test_validate_inspect_export(golden, tmp_path, capsys):
     assert main(["parity", "validate", str(inputs)]) == 0
     assert main(["parity", "export-inputs", golden, "-o", str(inputs), "--with-weights"]) == 0
     assert load_bundle(inputs).weights()
+
+
+def test_golden_from_texts_with_a_tokenizer(tmp_path):
+    tok = Path(__file__).parent / "fixtures" / "tokenizer" / "bpe"
+    vocab = sum(1 for _ in open(tok / "vocab.txt", encoding="utf-8"))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"vocab_size": vocab, "hidden_size": 16, "num_hidden_layers": 1,
+                                  "num_attention_heads": 2, "intermediate_size": 20,
+                                  "max_position_embeddings": 40}))  # fmt: skip
+    out = tmp_path / "t.safetensors"
+    assert main(["golden", str(config), "--texts", "Hello world", "北京欢迎你", "--tokenizer", str(tok),
+                 "-o", str(out)]) == 0  # fmt: skip
+    b = load_bundle(out)
+    assert b.case("t00_texts")["texts"] == ["Hello world", "北京欢迎你"]
+    ids, mask = b.array("t00_texts/input.input_ids"), b.array("t00_texts/input.attention_mask")
+    assert ids.shape[0] == 2 and ids[:, 0].tolist() == [0, 0] and mask.sum(1).tolist()[0] == ids.shape[1]
