@@ -385,6 +385,8 @@ def test_extractor_errors(model):
         ex(["a"])
     ex.set_schema(["人物"])
     assert ex([]) == []
+    with pytest.raises(ValueError, match="leaves no room for the text in max_seq_len 8"):
+        Extractor(model[0], "名字很长的一个", tokenizer=model[1], max_seq_len=8)(["abc"])
     with pytest.raises(TypeError, match="each text must be a str"):
         ex([3])
     assert ex({"text": "abc"}) == ex("abc")

@@ -62,10 +62,12 @@ def register(sub) -> None:
     p.add_argument("--schema-file", metavar="FILE", help="a .json file holding the schema")
     p.add_argument("--schema-lang", choices=("ch", "en"), default="ch",
                    help="prompt language of child names: ch 'X的Y', en 'Y of X' (default: ch)")  # fmt: skip
-    p.add_argument("--max-seq-len", type=int, default=512, help="tokens per row; rows are padded to it (512)")
-    p.add_argument("--position-prob", type=float, default=0.5,
+    p.add_argument(
+        "--max-seq-len", type=int, default=512, metavar="N", help="tokens per row; rows are padded to it (512)"
+    )
+    p.add_argument("--position-prob", type=float, default=0.5, metavar="P",
                    help="a span's start and end need a probability above this (0.5)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (16)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows per forward pass (16)")
     p.add_argument("--split-sentence", action="store_true", help="cut texts into sentences first (Taskflow's)")
     p.add_argument("--dynamic-max-length", metavar="N,N,...",
                    help="pad each row to the smallest of these lengths that holds it, not to --max-seq-len")  # fmt: skip

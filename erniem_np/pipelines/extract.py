@@ -166,9 +166,8 @@ def auto_splitter(texts: Sequence[str], max_text_len: int, split_sentence: bool 
 
     Returns the chunks and, per text index, the indices of its chunks.
     """
-    if max_text_len <= 0:  # Taskflow: range() with step 0 raises, a negative step silently drops the text
-        raise ValueError(f"no room left for the text: max_seq_len leaves {max_text_len} characters after "
-                         "the longest prompt; raise max_seq_len or shorten the schema names")  # fmt: skip
+    if max_text_len <= 0:  # Taskflow: range() with step 0 raises, a negative step drops the text
+        raise ValueError(f"no room left for the text: chunks of {max_text_len} characters")
     mapping: dict[int, list[int]] = {}
     chunks: list[str] = []
     for idx, text in enumerate(texts):
@@ -409,9 +408,9 @@ class Extractor:
         """Extract from each text; one result dict per text, in Taskflow's shape.
 
         ``texts``: a str, ``{"text": str}``, or a list of those. All texts of one call go through each stage
-        together; as in Taskflow this can matter (QUIRK: the chunk length of a stage follows the longest
-        prompt of the whole call, and the classification test looks at the first text with a result), so
-        give the same texts in one call to get Taskflow's answer for that call.
+        together, and as in Taskflow that can matter (QUIRK: the chunk length of a stage follows the
+        lexicographically largest prompt of the whole call, and whether a stage is a classification is
+        decided by the first text with a result): give the texts of one Taskflow call in one call.
         ``progress(what, done, total)`` is called after each forward pass, if given (``what`` names the stage;
         ``done`` / ``total`` count its rows).
         """
@@ -473,6 +472,11 @@ class Extractor:
         # QUIRK: max() of the prompts is the lexicographically largest, not the longest, and its length is
         # in characters, not tokens (Taskflow); the tokenizer's truncation catches what does not fit.
         max_predict_len = self.max_seq_len - len(max(prompts)) - SUMMARY_TOKEN_NUM
+        if max_predict_len <= 0:
+            # Taskflow: range() with step 0 raises; a negative step drops the texts and shifts the chunk
+            # indices of the texts after them (wrong results). We stop instead.
+            raise ValueError(f"the prompt {max(prompts)!r} leaves no room for the text in max_seq_len "
+                             f"{self.max_seq_len}: raise max_seq_len or shorten the schema names")  # fmt: skip
         short_texts, mapping = auto_splitter([e["text"] for e in examples], max_predict_len, self.split_sentence)
         short_prompts = [prompts[k] for k, v in mapping.items() for _ in v]
         short_inputs = [{"text": t, "prompt": p} for t, p in zip(short_texts, short_prompts, strict=True)]
