@@ -438,6 +438,17 @@ def test_cli_user_errors_are_one_line(args, message):
     assert len(lines) == 1 and lines[0].startswith("erniem-np: error: ") and message in lines[0], r.stderr
 
 
+def test_cli_jsonl_input_and_schema_file(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"body": "张三在北京"}\n{"body": "李四"}\n', encoding="utf-8")
+    (tmp_path / "schema.json").write_text('{"人物": ["地点"]}', encoding="utf-8")
+    r = run_cli(MODEL, "--schema-file", str(tmp_path / "schema.json"), "--input", str(tmp_path / "in.jsonl"),
+                "--field", "body", "--max-seq-len", "64", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    want = Extractor(MODEL, {"人物": ["地点"]}, max_seq_len=64)(["张三在北京", "李四"])
+    assert got == json.loads(json.dumps(want))
+
+
 def test_cli_empty_stdin_is_an_error():
     r = run_cli(MODEL, "--schema", "a", "--max-seq-len", "64", stdin="")
     assert r.returncode == 1 and r.stderr.strip() == "erniem-np: error: the input is empty: no texts to process"
