@@ -12,7 +12,7 @@ import pkgutil
 import sys
 
 from . import __version__, commands
-from .commands._common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Progress, UserError
+from .commands._common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, IntermixedParser, Progress, UserError
 from .commands.demo import DATA_DIR, TINY_MODEL  # noqa: F401  (public: the bundled models)
 
 _Progress = Progress  # older name, kept for callers
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="erniem-np", description="ErnieM (ERNIE-M) in plain NumPy.", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--version", action="version", version=f"erniem-np {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
     names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
     for name in names:
         importlib.import_module(f"{commands.__name__}.{name}").register(sub)

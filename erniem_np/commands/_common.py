@@ -148,6 +148,46 @@ def _iter_file(path: str, field: str | None) -> Iterator[Any]:
         raise UserError(f"{path}: the file is empty: no texts to process")
 
 
+class JsonOutput:
+    """Results printed as they come: one JSON value per line (JSON Lines), or with ``array=True`` one JSON
+    array written item by item (``--json``), so nothing is held until the end."""
+
+    def __init__(self, array: bool, stream=None):
+        self.array, self.stream, self.n = array, stream or sys.stdout, 0
+
+    def write(self, obj) -> None:
+        text = json.dumps(obj, ensure_ascii=False)
+        if self.array:
+            text = ("[\n  " if self.n == 0 else ",\n  ") + text
+        self.stream.write(text if self.array else text + "\n")
+        self.n += 1
+
+    def close(self) -> None:
+        if self.array:
+            self.stream.write("[]\n" if self.n == 0 else "\n]\n")
+        self.stream.flush()
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Lets TEXT arguments follow options (``encode MODEL --max-length 8 TEXT``).
+
+    Before Python 3.12, argparse gives a ``nargs="*"`` positional nothing when an option separates it from
+    the positional before it ("unrecognized arguments"); intermixed parsing reads the options first, then the
+    positionals. cli.py makes every subcommand's parser one of these.
+    """
+
+    _intermixed = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixed:  # parse_known_intermixed_args calls back here twice
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
 def print_json(obj: Any, stream=None) -> None:
     stream = stream or sys.stdout
     stream.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")

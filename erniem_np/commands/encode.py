@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import textwrap
 from collections import deque
 
-from ._common import EXIT_OK, Progress, UserError, add_checkpoint_options, add_input_options, checkpoint_options
+from ._common import (
+    EXIT_OK,
+    JsonOutput,
+    Progress,
+    UserError,
+    add_checkpoint_options,
+    add_input_options,
+    checkpoint_options,
+)
 from ._common import iter_inputs as _iter_inputs
 
 
@@ -17,26 +24,6 @@ def wrap(text: str) -> str:
     """A --help description wrapped to 79 columns (the parsers use RawDescriptionHelpFormatter for their
     examples, which would print it as one line)."""
     return "\n".join(textwrap.wrap(text, 79))
-
-
-class JsonOutput:
-    """Results printed as they come: one JSON value per line (JSON Lines), or with ``array=True`` one JSON
-    array written item by item (``--json``), so nothing is held until the end."""
-
-    def __init__(self, array: bool, stream=None):
-        self.array, self.stream, self.n = array, stream or sys.stdout, 0
-
-    def write(self, obj) -> None:
-        text = json.dumps(obj, ensure_ascii=False)
-        if self.array:
-            text = ("[\n  " if self.n == 0 else ",\n  ") + text
-        self.stream.write(text if self.array else text + "\n")
-        self.n += 1
-
-    def close(self) -> None:
-        if self.array:
-            self.stream.write("[]\n" if self.n == 0 else "\n]\n")
-        self.stream.flush()
 
 
 def add_model_options(p: argparse.ArgumentParser, *, batch_size: int = 32) -> None:

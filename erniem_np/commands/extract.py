@@ -33,26 +33,6 @@ Output: per text, each answer with its character span [start:end) and probabilit
 EPILOG = "exit codes: 0 success; 1 bad input, schema or checkpoint (one line on stderr says what); 2 bad command line."
 
 
-class _IntermixedParser(argparse.ArgumentParser):
-    """Lets TEXT arguments follow options (``extract MODEL --schema S TEXT``).
-
-    Python < 3.12 argparse gives a ``nargs="*"`` positional nothing when an option separates it from the
-    positional before it ("unrecognized arguments"); intermixed parsing reads the options first, then the
-    positionals. (cli.py is shared: the fix stays in this subcommand.)
-    """
-
-    _intermixed = False
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self._intermixed:  # parse_known_intermixed_args calls back here twice
-            return super().parse_known_args(args, namespace)
-        self._intermixed = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixed = False
-
-
 def register(sub) -> None:
     p = sub.add_parser("extract", help="UIE-M information extraction with a schema (Taskflow's results)",
                        description=DESCRIPTION, epilog=EPILOG,
@@ -77,7 +57,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print Taskflow's JSON result list")
     add_input_options(p)
     p.set_defaults(func=run)
-    p.__class__ = _IntermixedParser
 
 
 def parse_schema(text: str) -> object:

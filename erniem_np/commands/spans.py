@@ -17,8 +17,15 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from ._common import EXIT_OK, UserError, add_checkpoint_options, add_input_options, checkpoint_options, iter_inputs
-from .encode import JsonOutput  # --json: one array, written item by item (as classify and encode do)
+from ._common import (
+    EXIT_OK,
+    JsonOutput,  # --json: one array, written item by item (as classify and encode do)
+    UserError,
+    add_checkpoint_options,
+    add_input_options,
+    checkpoint_options,
+    iter_inputs,
+)
 
 EPILOG = "exit codes: 0 success; 1 bad input or checkpoint (one line on stderr says what); 2 bad command line."
 
