@@ -10,20 +10,32 @@ from .model import (
     ErnieMForTokenClassification,
     ErnieMModel,
 )
+from .pipelines.choose import Chooser
+from .pipelines.classify import Classifier
+from .pipelines.encode import Encoder
+from .pipelines.extract import Extractor
+from .pipelines.qa import QuestionAnswerer
+from .pipelines.tag import Tagger
 from .tokenizer import ErnieMTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chooser",
+    "Classifier",
+    "Encoder",
     "ErnieMConfig",
-    "ErnieMModel",
-    "ErnieMForSequenceClassification",
-    "ErnieMForMultipleChoice",
-    "ErnieMForTokenClassification",
-    "ErnieMForQuestionAnswering",
     "ErnieMForInformationExtraction",
+    "ErnieMForMultipleChoice",
+    "ErnieMForQuestionAnswering",
+    "ErnieMForSequenceClassification",
+    "ErnieMForTokenClassification",
+    "ErnieMModel",
     "ErnieMTokenizer",
+    "Extractor",
+    "QuestionAnswerer",
+    "Tagger",
+    "__version__",
     "set_num_threads",
     "warmup",
-    "__version__",
 ]
