@@ -31,6 +31,7 @@ import json
 import math
 import platform
 import sys
+from pathlib import Path
 
 import numpy as np
 import safetensors
@@ -65,6 +66,27 @@ def read_bundle(path):
             sys.exit(f"{path}: metadata has no {key!r}: pass a reference bundle or an export-inputs file")
         meta[key] = json.loads(meta[key])
     return meta, tensors
+
+
+def recipe_weights(meta, path):
+    """Weights a bundle does not store (ErnieM-base-shaped presets) drawn again from its recorded recipe; this
+    is the one place the script needs erniem_np (pip install erniem-np in this environment)."""
+    info = json.loads(meta.get("weights", "{}"))
+    if info.get("recipe") != "erniem_np.parity.produce.parity_weights":
+        sys.exit(f"{path}: no weights/* tensors and no recorded recipe (use export-inputs --with-weights)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's erniem_np
+    from erniem_np.config import ErnieMConfig
+    from erniem_np.parity.produce import parity_weights
+
+    weights = parity_weights(ErnieMConfig.from_dict(meta["config"]), int(info["seed"]))
+    heads = set(meta["heads"])
+    return {
+        k: v
+        for k, v in weights.items()
+        if "." not in k.split(".", 1)[0]
+        or not k.startswith(("seq_cls.", "seq_cls_reg.", "token_cls.", "qa.", "mc.", "ie."))
+        or k.split(".", 1)[0] in heads
+    }
 
 
 def head_state_dict(weights, head):
@@ -172,7 +194,7 @@ def main(argv=None):
     meta, tensors = read_bundle(args.inputs)
     weights = {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
     if not weights:
-        sys.exit(f"{args.inputs}: no weights/* tensors (use export-inputs --with-weights)")
+        weights = recipe_weights(meta, args.inputs)
     cfg = meta["config"]
     n_heads = int(cfg["num_attention_heads"])
     head_dim = int(cfg["hidden_size"]) // n_heads

@@ -7,6 +7,7 @@ validate, inspect, export-inputs). docs/parity-testing.md explains the bundle co
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -91,7 +92,8 @@ def run_golden(args: argparse.Namespace) -> int:
                                         progress=progress)  # fmt: skip
     progress.close()
     write_bundle(args.output, tensors, meta)
-    print(f"wrote {args.output}: {len(cases)} case(s), {len(meta['probes'])} probes per case ({args.tier} tier), "
+    n_probes = sum(1 for p in meta["probes"] if args.tier == "debug" or p["tier"] == "core")
+    print(f"wrote {args.output}: {len(cases)} case(s), {n_probes} probes per case ({args.tier} tier), "
           f"{args.dtype}, flavor {config.flavor}, weights {'stored' if store else 'not stored'}, "
           f"{os.path.getsize(args.output):,} bytes")  # fmt: skip
     return EXIT_OK
@@ -219,6 +221,9 @@ def register(sub) -> None:
         description="Parity checks of an ErnieM port against a bundle. Exit codes: 0 pass, 1 numeric mismatch, "
         "2 structural mismatch (missing probe, wrong shape, unknown case), 3 unreadable file.",
     )
+    # cli.py builds every subcommand parser to parse intermixed (options and TEXT in any order); argparse cannot
+    # parse a parser holding subcommands that way, so this one parses plainly (its subcommands still intermix).
+    p.parse_known_args = functools.partial(argparse.ArgumentParser.parse_known_args, p)
     psub = p.add_subparsers(dest="parity_command", metavar="SUBCOMMAND")
     c = psub.add_parser("compare", help="compare a candidate bundle with a reference bundle")
     c.add_argument("reference", metavar="REF")
