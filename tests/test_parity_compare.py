@@ -197,3 +197,31 @@ def test_layer_local_candidate_passes_strict_and_localises_a_bug(ref):
     assert status[("c00_single", "layer.01.attn.q")] == "ok" and status[("c00_single", "layer.01.ffn.act")] == "FAIL"
     e2e = {(r.case, r.probe): r.status for r in compare_bundles(ref, end_to_end, profile="fp32-strict").rows}
     assert e2e[("c00_single", "layer.01.attn.q")] == "FAIL"
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def test_shipped_calibration_is_the_float32_runs_own_error(ref):
+    noise = ref.metadata["tolerances"]["calibration"]
+    assert len(noise) == len(ref.case_names()) * len(ref.probes())
+    assert all(0 <= v < 1e-5 for v in noise.values())  # tiny.hf: at most 6.9e-6
+    assert max(noise.values()) > 0  # float32 is not float64
+    # measured again: the bundle's float32 numbers against a float64 run
+    exact = candidate(ref, dtype=np.float64)
+    key = "c03_long/layer.01.out"
+    assert np.abs(ref.array(key) - exact[key]).max() == pytest.approx(noise[key])
+
+
+def test_calibrated_tolerance_follows_the_recorded_noise(ref):
+    cand = candidate(ref)
+    key = "c00_single/layer.00.ffn.up"
+    cand[key] = cand[key] + np.float32(2e-3)
+    assert compare_bundles(ref, cand, calibrated=True).first_divergence.probe == "layer.00.ffn.up"
+    import copy
+
+    loud = copy.copy(ref)
+    loud.metadata = copy.deepcopy(ref.metadata)
+    loud.metadata["tolerances"]["calibration"][key] = 1e-3  # pretend the reference's own noise were 1e-3 here
+    assert compare_bundles(loud, cand, calibrated=True).exit_code == EXIT_PASS
+    assert compare_bundles(loud, cand).exit_code == EXIT_NUMERIC
+    # the real calibration does not let the tanh-GELU bug through
+    assert compare_bundles(ref, CONTROLS["tanh_gelu"][0](ref), calibrated=True).exit_code == EXIT_NUMERIC

@@ -89,6 +89,7 @@ def run_golden(args: argparse.Namespace) -> int:
     progress = Progress()
     tensors, meta = produce.make_bundle(config, weights, cases, dtype=np.dtype(args.dtype), tier=args.tier,
                                         backend="numpy", store_weights=store, weights_info=weights_info,
+                                        calibrate=args.calibrate,
                                         progress=progress)  # fmt: skip
     progress.close()
     write_bundle(args.output, tensors, meta)
@@ -111,7 +112,7 @@ def run_compare(args: argparse.Namespace) -> int:
                              cases=split(args.cases) if args.cases else None,
                              probes=split(args.probes) if args.probes else None,
                              include_padding=args.include_padding, atol=args.atol, rtol=args.rtol,
-                             mode=args.mode)  # fmt: skip
+                             mode=args.mode, calibrated=args.calibrated)  # fmt: skip
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             f.write(report.to_json() + "\n")
@@ -208,6 +209,8 @@ def register(sub) -> None:
     g.add_argument("--flavor", choices=("hf", "paddle"), help="reference behaviour (default: the checkpoint's; hf)")
     g.add_argument("--seed", type=int, help="weights seed for a preset or config (default: the preset's, or 0)")
     g.add_argument("--input-seed", type=int, default=0, help="seed of the built-in cases' ids (default 0)")
+    g.add_argument("--calibrate", action="store_true", help="also run float64 and record each probe's float32 "
+                   "error (the reference's own noise) for compare --calibrated")  # fmt: skip
     g.add_argument("--tokenizer", metavar="DIR", help="tokenizer for --texts (default: the checkpoint dir)")
     w = g.add_mutually_exclusive_group()
     w.add_argument("--store-weights", dest="store_weights", action="store_true", default=None,
@@ -239,6 +242,8 @@ def register(sub) -> None:
     c.add_argument("--mode", choices=("end_to_end", "layer_local"),
                    help="how the candidate was run (default: its 'mode' metadata, else end_to_end); layer_local: "
                    "each layer fed the reference's input (use --profile fp32-strict)")  # fmt: skip
+    c.add_argument("--calibrated", action="store_true", help="per probe, allow 10x the reference's own float32 "
+                   "error where that exceeds the profile's atol (needs a bundle written with golden --calibrate)")  # fmt: skip
     c.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     c.add_argument("--markdown", metavar="FILE", help="write the full report as Markdown")
     c.add_argument("--format", choices=("text", "markdown"), default="text", help="what to print (default text)")

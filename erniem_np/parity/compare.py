@@ -20,6 +20,7 @@ from . import schema
 from .bundle import Bundle, BundleError, as_bundle, validate
 
 EXIT_PASS, EXIT_NUMERIC, EXIT_STRUCTURAL, EXIT_UNREADABLE = 0, 1, 2, 3
+CALIBRATION_FACTOR = 10.0  # calibrated atol = max(profile atol, 10 x the reference's own float32 error)
 REL_FLOOR = 1e-6  # max_rel divides by max(|ref|, atol, REL_FLOOR): relative error near zero means nothing
 
 
@@ -116,18 +117,21 @@ class Report:
             out += [f"- {h}" for h in self.hints] + [""]
         out.append("## Probes")
         out.append("")
-        out.append("| case | probe | tier | max_abs | max_rel | mismatched | 1-cos | nmse | argmax | status |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        out.append(
+            "| case | probe | tier | max_abs | ref noise | max_rel | mismatched | 1-cos | nmse | argmax | status |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         missing = [r for r in self.rows if r.status == "missing"]
         shown = [r for r in self.rows if r.status != "missing"]
         rows = shown if max_rows is None else shown[:max_rows]
         for r in rows:
             s = r.stats
-            out.append(f"| {r.case} | {r.probe} | {r.tier} | {_f(s.get('max_abs'))} | {_f(s.get('max_rel'))} | "
+            out.append(f"| {r.case} | {r.probe} | {r.tier} | {_f(s.get('max_abs'))} | {_f(s.get('ref_noise'))} | "
+                       f"{_f(s.get('max_rel'))} | "
                        f"{_mism(s)} | {_f(s.get('cos_dist'))} | {_f(s.get('nmse'))} | {_pct(s.get('argmax_agree'))} "
                        f"| {r.status if r.status != 'ok' else 'ok'} |")  # fmt: skip
         if max_rows is not None and len(shown) > max_rows:
-            out.append(f"| ... {len(shown) - max_rows} more rows | | | | | | | | | |")
+            out.append(f"| ... {len(shown) - max_rows} more rows | | | | | | | | | | |")
         if missing:
             out += ["", f"{len(missing)} debug probe(s) not provided by the candidate (not compared)."]
         out += ["", f"**RESULT: {self.summary()}**", ""]
@@ -275,12 +279,14 @@ def _argmax_agreement(r, c, valid, axis) -> float:
 # ============================================================================================ comparison
 def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = "debug", cases=None,
                     probes=None, include_padding: bool = False, atol: float | None = None,
-                    rtol: float | None = None, mode: str | None = None) -> Report:  # fmt: skip
+                    rtol: float | None = None, mode: str | None = None, calibrated: bool = False) -> Report:  # fmt: skip
     """Compare ``candidate`` with ``reference`` (Bundles, paths, or a dict of arrays for the candidate).
 
     ``mode``: "end_to_end" (the candidate ran its own forward pass) or "layer_local" (each of its stages was
     fed the reference's input; see produce.layer_local_probes); default: the candidate's ``mode`` metadata,
     else end_to_end. It is reported; the comparison itself is the same.
+    ``calibrated``: per probe, atol = max(profile atol, CALIBRATION_FACTOR x the reference's float32 error
+    recorded by ``erniem-np golden --calibrate``). The recorded error is reported as ``ref_noise`` either way.
     ``tier``: "core" compares only core probes; "debug" (default) also every debug probe the candidate has.
     ``cases``/``probes``: glob patterns restricting the comparison. ``atol``/``rtol`` override every kind's.
     Raises BundleError (kind "unreadable") when a file cannot be read; structural problems (missing core
@@ -296,6 +302,9 @@ def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = 
     if "probes" not in ref.metadata or "config" not in ref.metadata:
         raise BundleError(f"{ref.name}: not a reference bundle (no probe list or config in its metadata)",
                           "unreadable")  # fmt: skip
+    noise = (ref.metadata.get("tolerances") or {}).get("calibration") or {}
+    if calibrated and not noise:
+        raise ValueError(f"{ref.name} holds no calibration (write it with erniem-np golden --calibrate)")
     case_names = schema.select(ref.case_names(), cases)
     if cases and not case_names:
         raise ValueError(f"no reference case matches {cases}; cases are {', '.join(ref.case_names())}")
@@ -328,6 +337,9 @@ def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = 
                 continue  # a missing core probe is already a structural problem
             r_arr, c_arr = ref.get(case, name), cand.get(case, name)
             a_tol, r_tol = prof[kind]
+            e32 = noise.get(f"{case}/{name}")
+            if calibrated and e32 is not None:
+                a_tol = max(a_tol, CALIBRATION_FACTOR * e32)
             a_tol = a_tol if atol is None else atol
             r_tol = r_tol if rtol is None else rtol
             if r_arr.shape != c_arr.shape:
@@ -338,6 +350,8 @@ def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = 
                 structural.append(f"{case}/{name}: dtype {c_arr.dtype} is not numeric")
                 continue
             st = probe_stats(r_arr, c_arr, a_tol, r_tol, valid, schema.token_axis(name), ids, kind)
+            if e32 is not None:
+                st["ref_noise"] = e32
             ok = st["mismatch"] == 0
             msg = []
             if st["nonfinite_disagree"]:

@@ -189,11 +189,15 @@ def producer_info(backend: str) -> dict:
 
 def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: list[dict], *, heads=ALL_HEADS,
                 dtype=np.float32, backend: str = "numpy", tier: str = "debug", store_weights: bool = True,
-                weights_info: dict | None = None, progress=None) -> tuple[dict, dict]:  # fmt: skip
+                weights_info: dict | None = None, calibrate: bool = False,
+                progress=None) -> tuple[dict, dict]:  # fmt: skip
     """(tensors, metadata) of a reference bundle made by this implementation.
 
     ``weights``: random_weights naming (base names plus ``<head>.<param>``); ``heads`` must all have their
     weights in it. ``backend="numpy"`` records every probe; "numba" only the core tier (see backend.py).
+    ``calibrate`` (float32 bundles): also run float64 and record, per probe, the float32 run's own error
+    ``max |f32 - f64|`` on valid positions in ``tolerances.calibration`` (compare_bundles(calibrated=True)
+    then allows CALIBRATION_FACTOR times that where it exceeds the profile's atol).
     """
     dtype = np.dtype(dtype)
     if tier not in ("core", "debug"):
@@ -202,6 +206,10 @@ def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: lis
         raise ValueError("the numba backend's fused kernels do not expose the debug tier: use backend='numpy'")
     heads = tuple(h for h in heads if _has_head(weights, h))
     models = _models(config, weights, heads, dtype, backend)
+    if calibrate and dtype != np.float32:
+        raise ValueError("calibrate measures a float32 run against float64: use dtype float32")
+    models64 = _models(config, weights, heads, np.dtype(np.float64), "numpy") if calibrate else None
+    calibration: dict[str, float] = {}
     tensors: dict[str, np.ndarray] = {}
     case_meta = []
     for i, case in enumerate(cases):
@@ -217,6 +225,10 @@ def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: lis
                                                                        config.pad_token_id, dtype)  # fmt: skip
         for probe, value in record_case(models, ids, mask, pos, tier).items():
             tensors[f"{name}/{probe}"] = np.ascontiguousarray(value)
+        if models64 is not None:
+            for probe, exact in record_case(models64, ids, mask, pos, tier).items():
+                keep = _valid(exact.shape, schema.token_axis(probe), mask.astype(bool))
+                calibration[f"{name}/{probe}"] = float(np.abs(tensors[f"{name}/{probe}"] - exact)[keep].max())
         info = {"name": name, "description": case.get("description", ""), "batch": int(B), "seq_len": int(L)}
         if "texts" in case:
             info["texts"] = case["texts"]
@@ -238,10 +250,16 @@ def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: lis
         "probes": probes,
         "heads": {h: {"num_labels": head_labels(weights, h)} for h in heads},
         "tier": tier,
-        "tolerances": {"profiles": schema.PROFILES},
+        "tolerances": {"profiles": schema.PROFILES, **({"calibration": calibration} if calibrate else {})},
         "weights": {"stored": bool(store_weights), "digest": weights_digest(weights), **(weights_info or {})},
     }
     return tensors, metadata
+
+
+def _valid(shape, axis, valid):
+    from .compare import _valid_mask
+
+    return _valid_mask(shape, axis, valid)
 
 
 def head_labels(weights, head) -> int:
