@@ -145,3 +145,13 @@ def test_cases_from_json_validates():
         with pytest.raises(ValueError, match=msg):
             produce.cases_from_json(bad, cfg)
     json.dumps(produce.default_cases(cfg)[0]["description"])
+
+
+def test_numba_backend_records_the_core_tier_only():
+    ref = load_bundle(produce.BUNDLE_DIR / "tiny.hf.safetensors")
+    cases = [{**ref.case(c), **ref.inputs(c)} for c in ref.case_names()]
+    tensors, meta = produce.make_bundle(ref.config(), ref.weights(), cases, backend="numba", tier="core")
+    assert meta["producer"]["backend"] == "numba" and not any("ffn.up" in k for k in tensors)
+    assert compare_bundles(ref, tensors, tier="core").exit_code == 0
+    with pytest.raises(ValueError, match="debug tier"):
+        produce.make_bundle(ref.config(), ref.weights(), cases, backend="numba", tier="debug")
