@@ -189,7 +189,8 @@ def validate(bundle: Bundle, against: Bundle | None = None) -> list[str]:
     if against is None:
         for key in ("config", "cases", "probes"):
             if key not in bundle.metadata:
-                problems.append(f"metadata has no {key!r} (written by write_bundle?)")
+                problems.append(f"metadata has no {key!r}: not a reference bundle (a candidate? check it with "
+                                "--against REF / validate(candidate, against=reference))")  # fmt: skip
         if problems:
             return problems
     heads = ref.metadata.get("heads") or {}
