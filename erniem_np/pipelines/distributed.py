@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .base import ProgressFn, check_texts, iter_chunks
-from .encode import Encoder
+from .encode import EncodeMethods, Encoder
 
 _ENCODERS: dict[tuple, Encoder] = {}  # on each worker process: (path, options) -> the loaded Encoder
 _LOCK = threading.Lock()
@@ -63,7 +63,7 @@ def encode_chunk_task(path: str, options: dict[str, Any], texts: list[str], kern
     return worker_encoder(path, options)._encode_chunk(texts)
 
 
-class DaskEncoder:
+class DaskEncoder(EncodeMethods):
     """``Encoder``'s interface (``encode``, ``encode_chunks``, ``encode_iter``) running on a Dask cluster.
 
     Args:
@@ -152,17 +152,6 @@ class DaskEncoder:
                 progress("encoding", done, None)
         if progress is not None and done:
             progress("encoding", done, done)
-
-    def encode(self, texts: Iterable[str], progress: ProgressFn | None = None) -> np.ndarray | list[np.ndarray]:
-        """All embeddings: [N, H], or a list of [L_i, H] for "last"."""
-        blocks = list(self.encode_chunks(texts, progress))
-        if self.pooling == "last":
-            return [v for block in blocks for v in block]
-        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), dtype=self.dtype)
-
-    def encode_iter(self, texts: Iterable[str]) -> Iterator[np.ndarray]:
-        for block in self.encode_chunks(texts):
-            yield from block
 
     def close(self) -> None:
         """Shut down the client and local cluster this object started (an outside client stays open)."""

@@ -51,7 +51,31 @@ class _ErnieMModelNoPooler(ErnieMModel):
     has_pooler = False
 
 
-class Encoder:
+class EncodeMethods:
+    """``encode``, ``encode_iter`` and calling, over a class's ``encode_chunks(texts, progress)`` (which yields
+    one block of embeddings per input chunk) and its ``pooling``, ``dim`` and ``dtype``: shared by ``Encoder``
+    and ``distributed.DaskEncoder``."""
+
+    def encode(self, texts: str | Iterable[str], progress: ProgressFn | None = None) -> np.ndarray | list[np.ndarray]:
+        """Embeddings of all ``texts``: [N, H] (a single str: [H]); for "last" a list of [L_i, H] arrays."""
+        if isinstance(texts, str):
+            one = self.encode([texts])
+            return one[0]
+        blocks = list(self.encode_chunks(texts, progress))
+        if self.pooling == "last":
+            return [v for block in blocks for v in block]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), dtype=self.dtype)
+
+    def encode_iter(self, texts: Iterable[str]) -> Iterator[np.ndarray]:
+        """One embedding per text ([H], or [L_i, H] for "last"), streamed chunk by chunk."""
+        for block in self.encode_chunks(texts):
+            yield from block
+
+    def __call__(self, texts, progress: ProgressFn | None = None):
+        return self.encode(texts, progress)
+
+
+class Encoder(EncodeMethods):
     """Embeddings of texts from any ErnieM checkpoint (a head, if any, is ignored).
 
     Args:
@@ -153,23 +177,7 @@ class Encoder:
         if progress is not None and done:
             progress("encoding", done, done)  # the total, known now: marks the end
 
-    def encode(self, texts: str | Iterable[str], progress: ProgressFn | None = None) -> np.ndarray | list[np.ndarray]:
-        """Embeddings of all ``texts``: [N, H] (a single str: [H]); for "last" a list of [L_i, H] arrays."""
-        if isinstance(texts, str):
-            one = self.encode([texts])
-            return one[0]
-        blocks = list(self.encode_chunks(texts, progress))
-        if self.pooling == "last":
-            return [v for block in blocks for v in block]
-        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), dtype=self.dtype)
 
-    def encode_iter(self, texts: Iterable[str]) -> Iterator[np.ndarray]:
-        """One embedding per text ([H], or [L_i, H] for "last"), streamed chunk by chunk."""
-        for block in self.encode_chunks(texts):
-            yield from block
-
-    def __call__(self, texts, progress: ProgressFn | None = None):
-        return self.encode(texts, progress)
 
 
 # ================================================================================================ files
