@@ -173,13 +173,16 @@ class IntermixedParser(argparse.ArgumentParser):
 
     Before Python 3.12, argparse gives a ``nargs="*"`` positional nothing when an option separates it from
     the positional before it ("unrecognized arguments"); intermixed parsing reads the options first, then the
-    positionals. cli.py makes every subcommand's parser one of these.
+    positionals. cli.py makes every subcommand's parser one of these (and their own subcommands' parsers are
+    of the same class).
     """
 
     _intermixed = False
 
     def parse_known_args(self, args=None, namespace=None):
-        if self._intermixed:  # parse_known_intermixed_args calls back here twice
+        # parse_known_intermixed_args calls back here twice; and it cannot parse a parser that has subcommands
+        # of its own (``parity compare``): those parse plainly (their subcommands are intermixed in turn)
+        if self._intermixed or any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
             return super().parse_known_args(args, namespace)
         self._intermixed = True
         try:

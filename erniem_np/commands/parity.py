@@ -7,7 +7,6 @@ validate, inspect, export-inputs). docs/parity-testing.md explains the bundle co
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -224,9 +223,6 @@ def register(sub) -> None:
         description="Parity checks of an ErnieM port against a bundle. Exit codes: 0 pass, 1 numeric mismatch, "
         "2 structural mismatch (missing probe, wrong shape, unknown case), 3 unreadable file.",
     )
-    # cli.py builds every subcommand parser to parse intermixed (options and TEXT in any order); argparse cannot
-    # parse a parser holding subcommands that way, so this one parses plainly (its subcommands still intermix).
-    p.parse_known_args = functools.partial(argparse.ArgumentParser.parse_known_args, p)
     psub = p.add_subparsers(dest="parity_command", metavar="SUBCOMMAND")
     c = psub.add_parser("compare", help="compare a candidate bundle with a reference bundle")
     c.add_argument("reference", metavar="REF")
