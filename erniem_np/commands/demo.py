@@ -1,88 +1,250 @@
-"""``erniem-np demo``: run a sequence classifier on a few inputs and print what it predicts."""
+"""``erniem-np demo``: identify the language of a few texts with the bundled model, and check it against HF.
+
+The default model (``erniem_np/data/langid``, made by ``scripts/train_langid.py``) is a small ErnieM sequence
+classifier trained with HF transformers to tell 31 languages apart; it ships with its tokenizer, the logits HF
+computed on the sample sentences below, and its measured held-out accuracy (``langid.json``). ``--model DIR``
+runs any sequence classifier directory instead (with ``--ids`` when it has no tokenizer).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
 
 import numpy as np
 
 from .. import __version__
-from ._common import EXIT_ERROR, EXIT_OK
+from ._common import EXIT_ERROR, EXIT_OK, UserError, add_input_options, iter_inputs, print_json
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 TINY_MODEL = os.path.join(DATA_DIR, "tiny-random")
+LANGID_MODEL = os.path.join(DATA_DIR, "langid")
+TOLERANCE = 1e-4  # max |difference| from HF's logits accepted as agreement (float32)
+BATCH = 32
+
+# The demo's sample sentences, written for this project (none is in the training corpus; the training script
+# checks). scripts/train_langid.py stores HF's ids and logits for exactly these in reference_outputs.safetensors.
+LANGID_SAMPLES = [
+    ("en", "The train to the mountains leaves every morning at seven."),
+    ("fr", "Nous avons mangé une tarte aux pommes chez ma grand-mère hier soir."),
+    ("de", "Könntest du mir bitte sagen, wann der nächste Bus zum Bahnhof fährt?"),
+    ("es", "Mañana vamos a la playa si no llueve demasiado."),
+    ("ru", "Вчера вечером мы долго гуляли по набережной реки."),
+    ("zh", "我们明天早上一起去图书馆看书吧。"),
+    ("ja", "この本はとても面白いので、友達にも勧めました。"),
+    ("ar", "ذهبنا إلى الحديقة مع الأطفال بعد الظهر."),
+    ("hi", "कल हम अपने दोस्तों के साथ फिल्म देखने जाएंगे।"),
+    ("ko", "주말에는 가족과 함께 산에 가는 것을 좋아해요."),
+]
 
 
-def _parse_ids(text: str, vocab_size: int) -> list[int]:
+def _parse_ids(text: str) -> list[int]:
     try:
         ids = [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise ValueError(f"--ids takes integers separated by spaces or commas, got {text!r}")
+        raise UserError(f"--ids takes integers separated by spaces or commas, got {text!r}") from None
     if not ids:
-        raise ValueError("--ids is empty")
+        raise UserError("--ids is empty")
     return ids
 
 
-def run(args: argparse.Namespace) -> int:
-    from safetensors.numpy import load_file
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
 
-    from ..model import ErnieMForSequenceClassification
 
-    path = args.model or TINY_MODEL
-    t0 = time.perf_counter()
-    model = ErnieMForSequenceClassification.from_pretrained(path)
-    t_load = time.perf_counter() - t0
-    cfg = model.config
-    print(f"erniem-np {__version__}: ErnieM sequence classifier from {path}")
-    print(f"  {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
-          f"FFN {cfg.intermediate_size}, vocabulary {cfg.vocab_size}, {model.num_parameters():,} parameters, "
-          f"flavor {cfg.flavor}; loaded in {t_load * 1e3:.1f} ms")
-    if args.ids:
-        input_ids = np.array([_parse_ids(args.ids, cfg.vocab_size)])
-        attention_mask = None
-        reference = None
-    else:
+class _Classifier:
+    """A sequence classifier directory: the model, its tokenizer (if any), label names and stored reference."""
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        from ..model import ErnieMForSequenceClassification
+        from ..tokenizer import ErnieMTokenizer
+
+        if not os.path.isdir(path):
+            raise UserError(f"{path}: no such model directory")
+        t0 = time.perf_counter()
+        self.model = ErnieMForSequenceClassification.from_pretrained(path)
+        has_tok = all(os.path.isfile(os.path.join(path, f)) for f in ("sentencepiece.bpe.model", "vocab.txt"))
+        self.tokenizer = ErnieMTokenizer.from_pretrained(path) if has_tok else None
+        self.load_s = time.perf_counter() - t0
+        self.path = path
+        cfg = self.model.config
+        self.labels = cfg.id2label or {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
+        info_path = os.path.join(path, "langid.json")
+        self.info = json.load(open(info_path, encoding="utf-8")) if os.path.isfile(info_path) else {}
+        self.names = self.info.get("languages", {})
+        self.max_length = int(self.info.get("max_length", min(512, cfg.max_position_embeddings - 2)))
+        self.reference = None
         ref_path = os.path.join(path, "reference_outputs.safetensors")
-        if not os.path.isfile(ref_path):
-            raise ValueError(f"{path} has no reference_outputs.safetensors; pass --ids")
-        reference = load_file(ref_path)
-        input_ids, attention_mask = reference["input_ids"], reference["attention_mask"]
-    t0 = time.perf_counter()
-    model(input_ids=input_ids, attention_mask=attention_mask)  # the first call compiles (or loads) the kernels
-    t_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = model(input_ids=input_ids, attention_mask=attention_mask)
-    t_run = time.perf_counter() - t0
-    probs = np.exp(out.logits - out.logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    labels = cfg.id2label or {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
-    for i, row in enumerate(input_ids):
-        n = int(np.asarray(attention_mask)[i].sum()) if attention_mask is not None else len(row)
-        k = int(probs[i].argmax())
-        print(f"  sequence {i}: ids {list(map(int, row[:n]))}")
-        print(f"    -> {labels[k]} p={probs[i, k]:.4f}   logits {np.array2string(out.logits[i], precision=5)}")
-    print(f"  forward pass: {len(input_ids)} sequence(s) in {t_run * 1e3:.1f} ms ({model.backend} backend; the "
-          f"first call took {t_first * 1e3:.0f} ms, compiling or loading the cached kernels)")
-    if reference is not None:
-        err = float(np.abs(out.logits - reference["logits"]).max())
-        verdict = "agrees" if err <= 1e-4 else "DISAGREES"
-        print(f"  {verdict} with HF transformers' logits for the same weights and inputs: max |difference| {err:.2e}")
-        return EXIT_OK if err <= 1e-4 else EXIT_ERROR
-    return EXIT_OK
+        if os.path.isfile(ref_path):
+            with safe_open(ref_path, "np") as f:
+                self.reference = {k: f.get_tensor(k) for k in f.keys()}
+                meta = f.metadata() or {}
+            self.reference_texts = json.loads(meta["texts"]) if "texts" in meta else None
+        self.first_call_s = None
+        self.forward_s = 0.0
 
+    def label(self, k: int) -> dict:
+        code = self.labels[k]
+        return {"label": code, "name": self.names.get(code, code)}
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.tokenizer is None:
+            raise UserError(f"{self.path} has no tokenizer (sentencepiece.bpe.model + vocab.txt): pass --ids")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def logits(self, input_ids, attention_mask) -> np.ndarray:
+        if self.first_call_s is None:  # the first call compiles (or loads the cached) kernels: timed apart
+            t0 = time.perf_counter()
+            self.model(input_ids=input_ids, attention_mask=attention_mask)
+            self.first_call_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        self.forward_s += time.perf_counter() - t0
+        return out
+
+    def results(self, texts, input_ids, attention_mask, logits, top: int) -> list[dict]:
+        probs = _softmax(logits.astype(np.float64))
+        rows = []
+        for i, ids in enumerate(input_ids):
+            n = int(attention_mask[i].sum()) if attention_mask is not None else len(ids)
+            order = np.argsort(-probs[i], kind="stable")[:top]
+            ids = [int(t) for t in ids[:n]]
+            row = {"text": texts[i] if texts else None, **self.label(int(order[0])),
+                   "probability": float(probs[i, order[0]]),
+                   "top": [{**self.label(int(k)), "probability": float(probs[i, k])} for k in order],
+                   "input_ids": ids,
+                   "tokens": self.tokenizer.convert_ids_to_tokens(ids) if self.tokenizer else None,
+                   "logits": [float(v) for v in logits[i]]}  # fmt: skip
+            rows.append(row)
+        return rows
+
+
+def _check_texts(texts: list[str], start: int) -> None:
+    for i, t in enumerate(texts, start):
+        if not isinstance(t, str):
+            raise UserError(f"input {i} is not a string: {t!r}")
+        if not t.strip():
+            raise UserError(f"input {i} is empty: nothing to classify")
+
+
+def _batches(args):
+    batch, start = [], 1
+    for t in iter_inputs(args):
+        batch.append(t)
+        if len(batch) == BATCH:
+            _check_texts(batch, start)
+            yield batch
+            start += len(batch)
+            batch = []
+    if batch:
+        _check_texts(batch, start)
+        yield batch
+
+
+def _print_row(row: dict, top: int) -> None:
+    if row["text"] is not None:
+        print(f"  {row['text']!r}")
+    else:
+        print(f"  ids {row['input_ids']}")
+    others = ", ".join(f"{r['name']} ({r['label']}) {r['probability']:.3f}" for r in row["top"][1:top])
+    print(f"    -> {row['name']} ({row['label']}) p={row['probability']:.3f}" + (f"   then {others}" if others else ""))
+    if row["tokens"] is not None:
+        print(f"    {len(row['tokens'])} tokens: {' '.join(row['tokens'])}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    if args.ids and (args.texts or args.input):
+        raise UserError("give texts or --ids, not both")
+    clf = _Classifier(args.model or LANGID_MODEL)
+    cfg = clf.model.config
+    top = min(args.top, cfg.num_labels)
+    header = (f"erniem-np {__version__}: ErnieM sequence classifier from {clf.path}"
+              + (f" ({clf.info['task']}, {len(clf.names)} languages)" if clf.info else ""))  # fmt: skip
+    details = (f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
+               f"FFN {cfg.intermediate_size}, vocabulary {cfg.vocab_size}, {clf.model.num_parameters():,} "
+               f"parameters, flavor {cfg.flavor}; loaded{' with its tokenizer' if clf.tokenizer else ''} in "
+               f"{clf.load_s * 1e3:.1f} ms")  # fmt: skip
+    if not args.json:
+        print(header)
+        print(f"  {details}")
+
+    rows, check = [], None
+    if args.ids:
+        input_ids = np.array([_parse_ids(args.ids)])
+        rows = clf.results(None, input_ids, None, clf.logits(input_ids, None), top)
+        if not args.json:
+            _print_row(rows[0], top)
+    elif args.texts or args.input:
+        for texts in _batches(args):
+            input_ids, mask = clf.encode(texts)
+            batch_rows = clf.results(texts, input_ids, mask, clf.logits(input_ids, mask), top)
+            rows += batch_rows
+            if not args.json:
+                for row in batch_rows:
+                    _print_row(row, top)
+    else:
+        if clf.reference is None:
+            raise UserError(f"{clf.path} stores no sample inputs (reference_outputs.safetensors): pass TEXT or --ids")
+        ref = clf.reference
+        texts = clf.reference_texts
+        if texts is not None:  # tokenize the sample sentences ourselves and compare with HF's ids
+            input_ids, mask = clf.encode(texts)
+            same_ids = input_ids.shape == ref["input_ids"].shape and bool((input_ids == ref["input_ids"]).all())
+        else:  # a stored batch of ids (the tiny random checkpoint)
+            input_ids, mask, same_ids = ref["input_ids"], ref["attention_mask"], None
+        logits = clf.logits(input_ids, mask)
+        rows = clf.results(texts, input_ids, mask, logits, top)
+        err = float(np.abs(logits - ref["logits"]).max()) if logits.shape == ref["logits"].shape else float("inf")
+        check = {"tokens_agree": same_ids, "max_abs_difference": err,
+                 "agrees": err <= TOLERANCE and same_ids is not False}  # fmt: skip
+        if not args.json:
+            for row in rows:
+                _print_row(row, top)
+
+    timing = {"load_ms": clf.load_s * 1e3, "first_call_ms": (clf.first_call_s or 0.0) * 1e3,
+              "forward_ms": clf.forward_s * 1e3}  # fmt: skip
+    if args.json:
+        print_json({"model": clf.path, "flavor": cfg.flavor, "backend": clf.model.backend, "timing": timing,
+                    "results": rows, "reference_check": check})  # fmt: skip
+    else:
+        print(f"  forward pass: {len(rows)} sequence(s) in {timing['forward_ms']:.1f} ms ({clf.model.backend} "
+              f"backend; the first call took {timing['first_call_ms']:.0f} ms, compiling or loading the cached "
+              f"kernels)")  # fmt: skip
+        if check is not None:
+            if check["tokens_agree"] is not None:
+                word = "agree" if check["tokens_agree"] else "DISAGREE"
+                print(f"  token ids {word} with HF transformers' tokenizer on the {len(rows)} sample texts")
+            verdict = "agrees" if check["max_abs_difference"] <= TOLERANCE else "DISAGREES"
+            print(f"  {verdict} with HF transformers' logits for the same weights and inputs: max |difference| "
+                  f"{check['max_abs_difference']:.2e}")  # fmt: skip
+        sys.stdout.flush()
+    if check is not None and not check["agrees"]:
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 def register(sub) -> None:
     demo = sub.add_parser(
         "demo",
-        help="run the bundled tiny checkpoint and check it against the HF reference",
-        description="Run a sequence classifier (by default the bundled tiny random-weight checkpoint) on "
-        "token ids and print its predictions. Without --ids it runs the inputs stored with the bundled "
-        "model and compares the logits with those HF transformers computed for the same weights.",
+        help="identify the language of texts with the bundled model (and check it against HF)",
+        description="Identify the language of texts with the bundled ErnieM language-ID model (31 languages, "
+        "trained by scripts/train_langid.py): prints the language and its probability, the tokens and the "
+        "time taken. With no TEXT it runs the sample sentences stored with the model and checks its token ids "
+        "and logits against those HF transformers computed (exit 1 if they disagree beyond 1e-4). "
+        "--model DIR runs any ErnieM sequence classifier directory.",
     )
-    demo.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
-    demo.add_argument("--ids", help='token ids of one sequence, e.g. "0 5 17 42 2"')
+    add_input_options(demo)
+    demo.add_argument("--model", help="sequence classifier directory (default: the bundled language-ID model)")
+    demo.add_argument("--ids", help='token ids of one sequence instead of text, e.g. "0 5 17 42 2"')
+    demo.add_argument("--top", type=int, default=3, help="how many labels to show per text (default 3)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     demo.set_defaults(func=run)
-
