@@ -21,7 +21,7 @@
 #               found under two languages dropped entirely.
 #   2. split    per language, by line, seeded: 15% (at least 30 lines) held out, never seen by the tokenizer or
 #               the model.
-#   3. tokenizer  SentencePiece bpe (nmt_nfkc, VOCAB_SIZE pieces, character_coverage 0.9995) trained on the
+#   3. tokenizer  SentencePiece bpe (nmt_nfkc, VOCAB_SIZE pieces, character_coverage 0.9999) trained on the
 #               training split; ERNIE-M vocab.txt ([CLS] [PAD] [SEP] [UNK] = 0-3, the pieces, [MASK] last).
 #               erniem_np.ErnieMTokenizer (flavor "hf") must give HF's ErnieMTokenizer ids on every line.
 #   4. model    transformers.ErnieMForSequenceClassification, CONFIG below, trained with AdamW (--threads, default 2)
@@ -62,7 +62,7 @@ CATALOGUES = [("django", "5.2.8"), ("wagtail", "7.0.3"), ("sphinx", "8.2.3")]  #
 SEED = 20261124
 HELDOUT_FRACTION, HELDOUT_MIN = 0.15, 30
 SAMPLE_PER_LANGUAGE = 20
-VOCAB_SIZE = 8000
+VOCAB_SIZE = 12000
 MAX_LENGTH = 128  # tokens with [CLS] and [SEP]; position ids run 2..129 (ERNIE-M adds 2), hence 130 positions
 EPOCHS, BATCH, LR, MIN_PER_EPOCH = 5, 64, 1e-3, 1000
 CONFIG = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
@@ -260,7 +260,7 @@ def train_tokenizer(train: dict[str, list[str]], out: Path) -> None:
         prefix = os.path.join(tmp, "sp")
         spm.SentencePieceTrainer.train(
             input=path, model_prefix=prefix, model_type="bpe", vocab_size=VOCAB_SIZE,
-            normalization_rule_name="nmt_nfkc", character_coverage=0.9995,
+            normalization_rule_name="nmt_nfkc", character_coverage=0.9999,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # XLM-R's layout, as ERNIE-M's model: <unk> <s> </s>
             num_threads=1, seed_sentencepiece_size=200000, minloglevel=2, input_sentence_size=0,
         )  # fmt: skip
