@@ -76,7 +76,10 @@ class _Classifier:
         cfg = self.model.config
         self.labels = cfg.id2label or {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
         info_path = os.path.join(path, "langid.json")
-        self.info = json.load(open(info_path, encoding="utf-8")) if os.path.isfile(info_path) else {}
+        self.info = {}
+        if os.path.isfile(info_path):
+            with open(info_path, encoding="utf-8") as f:
+                self.info = json.load(f)
         self.names = self.info.get("languages", {})
         self.max_length = int(self.info.get("max_length", min(512, cfg.max_position_embeddings - 2)))
         self.reference = None
@@ -243,6 +246,10 @@ def register(sub) -> None:
         "--model DIR runs any ErnieM sequence classifier directory.",
     )
     add_input_options(demo)
+    for action in demo._actions:  # the shared help says "none reads stdin"; here none runs the samples
+        if action.dest == "texts":
+            action.help = ("texts to classify; none: the sample sentences stored with the model, checked against "
+                           "HF; '-' reads stdin, one text per line")  # fmt: skip
     demo.add_argument("--model", help="sequence classifier directory (default: the bundled language-ID model)")
     demo.add_argument("--ids", help='token ids of one sequence instead of text, e.g. "0 5 17 42 2"')
     demo.add_argument("--top", type=int, default=3, help="how many labels to show per text (default 3)")
