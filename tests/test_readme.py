@@ -38,7 +38,7 @@ def test_demo_command_works_from_the_package():
 def test_cli_errors_are_one_line(capsys):
     from erniem_np.cli import main
 
-    assert main(["demo", "--ids", "0 5 999"]) == 1
+    assert main(["demo", "--ids", "0 5 99999"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "outside the vocabulary" in err and "Traceback" not in err
     assert re.search(r"erniem-np: error: ", err)
