@@ -8,10 +8,13 @@ Epilogues fused into the same call: bias; bias then GELU; bias then a residual a
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from .norm import gelu_inplace, gelu_ref
-from .settings import locked, PARALLEL_JIT, SERIAL_BELOW_FLOPS, serial_twin
+from .settings import JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, locked, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL = 0, 1, 2
 
@@ -30,118 +33,180 @@ def linear_ref(x, weight, bias=None, activation=None, residual=None):
 
 
 # ================================================================================================ Numba kernel
-TILE_M = 4  # rows of x per register tile
-TILE_N = 3  # rows of W (output columns) per register tile: 12 accumulators + 7 operands fit 16 ymm registers
-BLOCK_K = 3072  # K slice: whole for ErnieM-base (768, 3072); measured faster than 768-wide slices at K = 3072
-BLOCK_M = 128  # rows of x per pass: the pass's x block is shared by all tasks from L2/L3
+TILE_ROWS = 16  # rows of x per packed panel: two 8-float ymm vectors (float32)
+TILE_COLS = 6  # rows of W (output columns) per register tile: 6 x 2 = 12 ymm accumulators
+BLOCK_M = 128  # rows of x packed per pass
+BLOCK_K = 3072  # K slice per pass: whole for ErnieM-base (768, 3072); two passes for ErnieM-large's 4096
+VECTOR_BYTES = 32  # AVX2 ymm
+
+
+def micro_tile(w, j0, nc, k0, kc, panel, c):
+    """c [TILE_COLS, TILE_ROWS] = w[j0 + j, k0:k0 + kc] @ panel[:kc] for j < TILE_COLS (rows past nc repeat
+    the last valid row, whose results the caller drops). panel [kc, TILE_ROWS] is a packed slice of x^T.
+
+    This NumPy body is the twin and runs when the JIT is disabled; compiled code gets ``_micro_tile_ir``.
+    """
+    rows = np.minimum(np.arange(TILE_COLS), nc - 1) + j0
+    c[:, :] = w[rows, k0 : k0 + kc] @ panel[:kc]
+
+
+@intrinsic
+def _micro_tile_ir(typingctx, w, j0, nc, k0, kc, panel, c):
+    """``micro_tile`` written in LLVM IR with vector types, the register tile BLAS uses.
+
+    Numba's own loops cannot produce it: LLVM's loop vectorizer turns any k loop with scalar accumulators into
+    one reduction per accumulator (the dot form of the previous kernel), and Numba disables the SLP
+    vectorizer (enabled, it shuffled the accumulators across vectors). Here, per k step: load the packed
+    panel row (TILE_ROWS values = NV vectors), broadcast w[j0 + j, k0 + k] for each of the TILE_COLS rows of W
+    and accumulate with fma into TILE_COLS x NV vector accumulators held in registers (phis); after the loop,
+    store them to c. For float32 on AVX2 that is 2 loads, 6 broadcasts and 12 ymm FMAs per k, no spills.
+    """
+    if not (isinstance(w, types.Array) and w.dtype in (types.float32, types.float64)
+            and panel.dtype == w.dtype and c.dtype == w.dtype):  # fmt: skip
+        return None  # one float dtype throughout (linear() casts the weight to x's dtype)
+    dtype = w.dtype
+
+    def codegen(context, builder, sig, args):
+        w_val, j0, nc, k0, kc, panel_val, c_val = args
+        T = context.get_value_type(dtype)
+        itemsize = context.get_abi_sizeof(T)
+        VW = VECTOR_BYTES // itemsize  # values per vector
+        NV = TILE_ROWS // VW  # vectors per panel row
+        VT = ir.VectorType(T, VW)
+        i64 = ir.IntType(64)
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        w_arr = context.make_array(sig.args[0])(context, builder, w_val)
+        panel_arr = context.make_array(sig.args[5])(context, builder, panel_val)
+        c_arr = context.make_array(sig.args[6])(context, builder, c_val)
+        w_row_bytes = cgutils.unpack_tuple(builder, w_arr.strides, 2)[0]
+        w_bytes = builder.bitcast(w_arr.data, ir.IntType(8).as_pointer())
+        w_rows = []  # pointer to w[min(j0 + j, j0 + nc - 1), k0] for each row j of the tile
+        for j in range(TILE_COLS):
+            row = builder.select(builder.icmp_signed("<", const(j), nc), builder.add(j0, const(j)),
+                                 builder.add(j0, builder.sub(nc, const(1))))  # fmt: skip
+            offset = builder.add(builder.mul(row, w_row_bytes), builder.mul(k0, const(itemsize)))
+            w_rows.append(builder.bitcast(builder.gep(w_bytes, [offset]), T.as_pointer()))
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VT, [VT, VT, VT]),
+                                             f"llvm.fma.v{VW}f{8 * itemsize}")  # fmt: skip
+        zeros = ir.Constant(VT, [ir.Constant(T, 0.0)] * VW)
+        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
+
+        entry = builder.block
+        head = builder.append_basic_block("tile.head")
+        body = builder.append_basic_block("tile.body")
+        done = builder.append_basic_block("tile.done")
+        builder.branch(head)
+        builder.position_at_end(head)  # for k in range(kc), accumulators as phis
+        k = builder.phi(i64)
+        k.add_incoming(const(0), entry)
+        acc = [builder.phi(VT) for _ in range(TILE_COLS * NV)]
+        for a in acc:
+            a.add_incoming(zeros, entry)
+        builder.cbranch(builder.icmp_signed("<", k, kc), body, done)
+
+        builder.position_at_end(body)
+        panel_row = builder.gep(panel_arr.data, [builder.mul(k, const(TILE_ROWS))])
+        xv = [builder.load(builder.bitcast(builder.gep(panel_row, [const(v * VW)]), VT.as_pointer()), align=itemsize)
+              for v in range(NV)]  # fmt: skip
+        new = []
+        for j in range(TILE_COLS):
+            wjk = builder.load(builder.gep(w_rows[j], [k]))
+            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(VT, ir.Undefined), wjk,
+                                                                  ir.Constant(ir.IntType(32), 0)),
+                                           ir.Constant(VT, ir.Undefined), splat_mask)  # fmt: skip
+            new += [builder.call(fma, [splat, xv[v], acc[j * NV + v]]) for v in range(NV)]
+        k.add_incoming(builder.add(k, const(1)), builder.block)
+        for a, n in zip(acc, new, strict=True):
+            a.add_incoming(n, builder.block)
+        builder.branch(head)
+
+        builder.position_at_end(done)  # c[j, v * VW : (v + 1) * VW] = acc
+        for j in range(TILE_COLS):
+            for v in range(NV):
+                ptr = builder.gep(c_arr.data, [const(j * TILE_ROWS + v * VW)])
+                builder.store(acc[j * NV + v], builder.bitcast(ptr, VT.as_pointer()), align=itemsize)
+        return context.get_dummy_value()
+
+    return types.none(w, types.int64, types.int64, types.int64, types.int64, panel, c), codegen
+
+
+@overload(micro_tile, jit_options=JIT)
+def _micro_tile_jit(w, j0, nc, k0, kc, panel, c):
+    def impl(w, j0, nc, k0, kc, panel, c):
+        _micro_tile_ir(w, np.int64(j0), np.int64(nc), np.int64(k0), np.int64(kc), panel, c)
+
+    return impl
 
 
 @njit(**PARALLEL_JIT)
 def _gemm(x, w, b, residual, out, epilogue):
     """out = x w^T + b (+ residual) for x [M, K], w [N, K] (torch's Linear layout), out [M, N].
 
+    The BLAS design (a broadcast-form register tile over one packed operand), with x as the packed one so
+    the weights are used in place (memory-mapped, never copied) and packing costs M*K per call, not N*K.
     Blocking, from the registers out:
-    * register tile: 4 rows of x by 3 rows of W = 12 scalar accumulators. The k loop reads 4 contiguous slices
-      of x and 3 of W; with reassociation allowed (fastmath) LLVM turns the 12 reductions into 12 ymm
-      accumulators fed by 7 vector loads per 12 vector FMAs, which fits AVX2's 16 registers (4 x 4 spills).
-      Slices start at 0 so Numba can drop its negative-index wraparound from the loop (with ``range(k0, k1)``
-      it adds 8 integer ops per iteration, costing ~30%).
-    * cache: x is processed in blocks of BLOCK_M rows and BLOCK_K columns, one parallel pass per block; in a
-      pass each task owns a strip of 3 output columns, keeps its 3 x BLOCK_K slice of W in L1/L2 and sweeps
-      the x block, which all tasks share. Partial sums of earlier K blocks are read back from out. (768-wide
-      K slices, which keep the W slice in L1, measured 5-20% slower at K = 3072 on the 2-core AVX2 machine:
-      the extra passes and partial-sum traffic cost more than the misses they save.)
-    * parallelism: one level, over the column strips of a block (never BLAS inside).
-    Remainder rows (M % 4) and columns (N % 3) take a vectorised dot-product path.
-    Measured fraction of OpenBLAS sgemm (scripts/bench_kernels.py --threads 2 --reps 7, 2-core AMD EPYC with
-    AVX2, 2026-11-24): M = 128: 78-95%; M = 1024: 61-76%; M = 4096: 66-77%. The goal of 90% is met only at
-    some M = 128 shapes; K = 4096 (ErnieM-large's FFN down) is the weakest. The register tile is limited by
-    its 7 loads per 12 FMAs; packing W into panels for a broadcast-form tile is the known next step.
+    * register tile (``micro_tile``): out^T[j0:j0 + 6, i0:i0 + 16] over a K slice, 6 rows of W broadcast
+      against a packed 16-row panel of x^T, 12 ymm accumulators (2 loads + 6 broadcasts per 12 FMAs). It is
+      emitted as LLVM vector IR (``_micro_tile_ir``); the NumPy ``micro_tile`` is its twin.
+    * packing: per pass, the x block x[m0:m0 + BLOCK_M, k0:k0 + BLOCK_K] is copied transposed into panels
+      [BLOCK_M / 16, BLOCK_K, 16] (rows past M are zeros), in parallel over panels.
+    * cache: a task owns a strip of 6 rows of W (streamed from L2/L3, one value per 12 FMAs) and sweeps the
+      packed x block, whose panels (16 x BLOCK_K floats, 192 KB at K = 3072) stream from L2/L3 with 2 vector
+      loads per 12 FMAs; partial sums of earlier K slices are read back from out.
+    * parallelism: one level, over the W strips of a pass (never BLAS inside).
+    Remainders: rows past M are zero panel rows whose results are dropped; a narrow last strip (N % 6)
+    repeats its last W row and drops those results. float64 runs the same tile with 4-double vectors (24
+    accumulators, which spill: correct, not tuned).
+    Measured speed as a fraction of OpenBLAS sgemm's (x @ w.T + b, same threads, interleaved in one process;
+    best of 6 calls per kernel: scripts/gemm_experiments.py --threads 2 --rounds 3 --reps 2, 2-core AMD EPYC
+    with AVX2 and FMA, no AVX-512, 2026-11-24): M = 128: 102-118%; M = 1024: 84-96%; M = 4096: 76-95%, on
+    (K, N) in {(768, 768), (768, 3072), (3072, 768), (1024, 4096), (4096, 1024)}. The dot-form 4x3 kernel it
+    replaced measured 86-100%, 63-77% and 66-86% in the same run.
     """
     M, K = x.shape
     N = w.shape[0]
-    n_strips = (N + TILE_N - 1) // TILE_N
-    zero = x.dtype.type(0)
+    n_strips = (N + TILE_COLS - 1) // TILE_COLS
+    bm = min(M, BLOCK_M)
+    bk = min(K, BLOCK_K)
+    packed = np.empty(((bm + TILE_ROWS - 1) // TILE_ROWS, bk, TILE_ROWS), dtype=x.dtype)
     for m0 in range(0, M, BLOCK_M):
         m1 = min(M, m0 + BLOCK_M)
-        m_full = m0 + (m1 - m0) // TILE_M * TILE_M
+        n_panels = (m1 - m0 + TILE_ROWS - 1) // TILE_ROWS
         for k0 in range(0, K, BLOCK_K):
-            k1 = min(K, k0 + BLOCK_K)
-            nk = k1 - k0
-            first = k0 == 0
-            last = k1 == K
+            kc = min(BLOCK_K, K - k0)
+            for q in prange(n_panels):  # x[i0:i0 + 16, k0:k0 + kc] -> packed[q, :kc, :] (x^T, zero-padded)
+                i0 = m0 + q * TILE_ROWS
+                rows = min(TILE_ROWS, m1 - i0)
+                panel = packed[q]
+                for r in range(rows):
+                    xr = x[i0 + r, k0 : k0 + kc]
+                    for k in range(kc):
+                        panel[k, r] = xr[k]
+                for r in range(rows, TILE_ROWS):
+                    for k in range(kc):
+                        panel[k, r] = 0
+            last = k0 + kc == K
             for s in prange(n_strips):
-                j0 = s * TILE_N
-                jn = min(TILE_N, N - j0)
-                row_start = m0
-                if jn == TILE_N:
-                    w0 = w[j0, k0:k1]
-                    w1 = w[j0 + 1, k0:k1]
-                    w2 = w[j0 + 2, k0:k1]
-                    for i0 in range(m0, m_full, TILE_M):
-                        x0 = x[i0, k0:k1]
-                        x1 = x[i0 + 1, k0:k1]
-                        x2 = x[i0 + 2, k0:k1]
-                        x3 = x[i0 + 3, k0:k1]
-                        s00 = s01 = s02 = s10 = s11 = s12 = zero
-                        s20 = s21 = s22 = s30 = s31 = s32 = zero
-                        for k in range(nk):
-                            c0 = w0[k]
-                            c1 = w1[k]
-                            c2 = w2[k]
-                            a = x0[k]
-                            s00 += a * c0
-                            s01 += a * c1
-                            s02 += a * c2
-                            a = x1[k]
-                            s10 += a * c0
-                            s11 += a * c1
-                            s12 += a * c2
-                            a = x2[k]
-                            s20 += a * c0
-                            s21 += a * c1
-                            s22 += a * c2
-                            a = x3[k]
-                            s30 += a * c0
-                            s31 += a * c1
-                            s32 += a * c2
-                        if not first:
-                            s00 += out[i0, j0]
-                            s01 += out[i0, j0 + 1]
-                            s02 += out[i0, j0 + 2]
-                            s10 += out[i0 + 1, j0]
-                            s11 += out[i0 + 1, j0 + 1]
-                            s12 += out[i0 + 1, j0 + 2]
-                            s20 += out[i0 + 2, j0]
-                            s21 += out[i0 + 2, j0 + 1]
-                            s22 += out[i0 + 2, j0 + 2]
-                            s30 += out[i0 + 3, j0]
-                            s31 += out[i0 + 3, j0 + 1]
-                            s32 += out[i0 + 3, j0 + 2]
-                        out[i0, j0] = s00
-                        out[i0, j0 + 1] = s01
-                        out[i0, j0 + 2] = s02
-                        out[i0 + 1, j0] = s10
-                        out[i0 + 1, j0 + 1] = s11
-                        out[i0 + 1, j0 + 2] = s12
-                        out[i0 + 2, j0] = s20
-                        out[i0 + 2, j0 + 1] = s21
-                        out[i0 + 2, j0 + 2] = s22
-                        out[i0 + 3, j0] = s30
-                        out[i0 + 3, j0 + 1] = s31
-                        out[i0 + 3, j0 + 2] = s32
-                    row_start = m_full
-                for i in range(row_start, m1):  # remainder rows, and every row of a narrow last strip
-                    xi = x[i, k0:k1]
-                    for j in range(j0, j0 + jn):
-                        wj = w[j, k0:k1]
-                        acc = zero
-                        for k in range(nk):
-                            acc += xi[k] * wj[k]
-                        out[i, j] = acc if first else out[i, j] + acc
+                j0 = s * TILE_COLS
+                nc = min(TILE_COLS, N - j0)
+                c = np.empty((TILE_COLS, TILE_ROWS), dtype=x.dtype)  # out^T tile
+                for q in range(n_panels):
+                    i0 = m0 + q * TILE_ROWS
+                    micro_tile(w, j0, nc, k0, kc, packed[q], c)
+                    for r in range(min(TILE_ROWS, m1 - i0)):
+                        o = out[i0 + r, j0 : j0 + nc]
+                        if k0 == 0:
+                            for j in range(nc):
+                                o[j] = c[j, r]
+                        else:
+                            for j in range(nc):
+                                o[j] += c[j, r]
                 if last:  # epilogue on this strip: bias (+ residual)
                     for i in range(m0, m1):
-                        for j in range(j0, j0 + jn):
+                        for j in range(j0, j0 + nc):
                             v = out[i, j] + b[j]
                             if epilogue == 2:
                                 v += residual[i, j]
@@ -181,7 +246,7 @@ def linear(x, weight, bias=None, activation=None, residual=None):
             out += r2
     else:
         kernel = _gemm if 2 * x2.shape[0] * K * N >= SERIAL_BELOW_FLOPS else _gemm_serial
-        kernel(x2, np.ascontiguousarray(weight), bias, r2, out, epilogue)
+        kernel(x2, np.ascontiguousarray(weight, dtype=x2.dtype), bias, r2, out, epilogue)  # no copy if it matches
     if activation == "gelu":
         gelu_inplace(out)
     return out.reshape(lead + (N,))
