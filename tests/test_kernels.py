@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -43,8 +44,13 @@ def test_linear_matches_twin(M, K, N, dtype, seed, epilogue):
     out = gemm.linear(x, w, b, **kw)
     ref = gemm.linear_ref(x, w, b, **kw)
     assert out.shape == (M, N) and out.dtype == dtype, f"shape {(M, K, N)}: {out.shape} {out.dtype}"
-    np.testing.assert_allclose(out, ref, rtol=TOL[dtype]["rtol"] * tol_scale, atol=TOL[dtype]["atol"] * tol_scale,
-                               err_msg=f"linear {epilogue} M={M} K={K} N={N} {np.dtype(dtype)}")
+    np.testing.assert_allclose(
+        out,
+        ref,
+        rtol=TOL[dtype]["rtol"] * tol_scale,
+        atol=TOL[dtype]["atol"] * tol_scale,
+        err_msg=f"linear {epilogue} M={M} K={K} N={N} {np.dtype(dtype)}",
+    )
 
 
 @pytest.mark.parametrize("shape", [(128, 768, 768), (130, 770, 771), (4, 3072, 769), (1, 1024, 1025)])
@@ -78,6 +84,56 @@ def test_linear_leading_axes_and_errors():
         gemm.linear(x, w, None, activation="gelu", residual=np.ones((2, 3, 4), np.float32))
     with pytest.raises(ValueError, match="must be 'gelu'"):
         gemm.linear(x, w, None, activation="relu")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nc, kc", [(gemm.TILE_COLS, 37), (1, 1), (4, 50)])
+def test_micro_tile_matches_its_twin(dtype, nc, kc):
+    rng = np.random.default_rng(nc * 100 + kc)
+    w = rng.standard_normal((9, 60)).astype(dtype)
+    panel = rng.standard_normal((64, gemm.TILE_ROWS)).astype(dtype)
+    j0, k0 = 9 - nc, 60 - kc  # the strip ends at the last row of w, the K slice at its last column
+    c = np.full((gemm.TILE_COLS, gemm.TILE_ROWS), np.nan, dtype)
+    numba.njit(lambda *a: gemm.micro_tile(*a))(w, j0, nc, k0, kc, panel, c)
+    rows = np.minimum(np.arange(gemm.TILE_COLS), nc - 1) + j0  # rows past nc repeat the last valid one
+    expected = w[rows, k0:].astype(np.float64) @ panel[:kc].astype(np.float64)
+    _close(c, expected.astype(dtype), dtype, f"micro_tile nc={nc} kc={kc}")
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="no machine code without the JIT")
+def test_micro_tile_compiles_to_packed_fma():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    if " avx2 " not in flags or " fma " not in flags:
+        pytest.skip("the check is written for AVX2 with FMA")
+    tile = numba.njit(cache=False)(lambda *a: gemm.micro_tile(*a))
+    w = np.ones((6, 8), np.float32)
+    tile(w, 0, 6, 0, 8, np.ones((8, gemm.TILE_ROWS), np.float32), np.empty((6, gemm.TILE_ROWS), np.float32))
+    asm = tile.inspect_asm(tile.signatures[0])
+    fmas = [line for line in asm.splitlines() if "vfmadd" in line and "ps" in line and "%ymm" in line]
+    assert len(fmas) >= 12, f"expected the 12 ymm FMAs of the 6 x 16 tile, found {len(fmas)}:\n" + "\n".join(fmas)
+
+
+def test_linear_crosses_the_m_and_k_blocks():
+    M, K, N = gemm.BLOCK_M + 3, gemm.BLOCK_K + 5, 13  # a second M pass and a second K slice (partial sums)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    w = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
+    b, r = rng.standard_normal(N).astype(np.float32), rng.standard_normal((M, N)).astype(np.float32)
+    ref = gemm.linear_ref(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), residual=r)
+    np.testing.assert_allclose(gemm.linear(x, w, b, residual=r), ref, atol=5e-5, rtol=1e-5, err_msg=f"{M, K, N}")
+
+
+def test_linear_casts_the_weight_to_the_input_dtype():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 7), dtype=np.float32)
+    w = rng.standard_normal((3, 7))  # float64
+    out = gemm.linear(x, w, None)
+    assert out.dtype == np.float32, out.dtype
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w.T, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ norm, GELU
