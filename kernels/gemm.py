@@ -35,8 +35,8 @@ def linear_ref(x, weight, bias=None, activation=None, residual=None):
 # ================================================================================================ Numba kernel
 TILE_ROWS = 16  # rows of x per packed panel: two 8-float ymm vectors (float32)
 TILE_COLS = 6  # rows of W (output columns) per register tile: 6 x 2 = 12 ymm accumulators
-BLOCK_M = 128  # rows of x packed per pass
-BLOCK_K = 3072  # K slice per pass: whole for ErnieM-base (768, 3072); two passes for ErnieM-large's 4096
+BLOCK_M = 256  # rows of x packed per pass
+BLOCK_K = 4096  # K slice per pass: whole K for ErnieM-base (768, 3072) and -large (1024, 4096)
 VECTOR_BYTES = 32  # AVX2 ymm
 
 
@@ -196,21 +196,17 @@ def _gemm(x, w, b, residual, out, epilogue):
                 for q in range(n_panels):
                     i0 = m0 + q * TILE_ROWS
                     micro_tile(w, j0, nc, k0, kc, packed[q], c)
-                    for r in range(min(TILE_ROWS, m1 - i0)):
+                    for r in range(min(TILE_ROWS, m1 - i0)):  # out[i0 + r, j0:j0 + nc] (+)= c[:nc, r]
                         o = out[i0 + r, j0 : j0 + nc]
-                        if k0 == 0:
-                            for j in range(nc):
-                                o[j] = c[j, r]
-                        else:
-                            for j in range(nc):
-                                o[j] += c[j, r]
-                if last:  # epilogue on this strip: bias (+ residual)
-                    for i in range(m0, m1):
-                        for j in range(j0, j0 + nc):
-                            v = out[i, j] + b[j]
-                            if epilogue == 2:
-                                v += residual[i, j]
-                            out[i, j] = v
+                        for j in range(nc):
+                            v = c[j, r]
+                            if k0 > 0:  # partial sums of the earlier K slices
+                                v += o[j]
+                            if last:  # epilogue: bias (+ residual)
+                                v += b[j0 + j]
+                                if epilogue == 2:
+                                    v += residual[i0 + r, j0 + j]
+                            o[j] = v
 
 
 _gemm_serial = serial_twin(_gemm, "_gemm_serial")
