@@ -160,11 +160,17 @@ def _gemm(x, w, b, residual, out, epilogue):
     Remainders: rows past M are zero panel rows whose results are dropped; a narrow last strip (N % 6)
     repeats its last W row and drops those results. float64 runs the same tile with 4-double vectors (24
     accumulators, which spill: correct, not tuned).
-    Measured speed as a fraction of OpenBLAS sgemm's (x @ w.T + b, same threads, interleaved in one process;
-    best of 6 calls per kernel: scripts/gemm_experiments.py --threads 2 --rounds 3 --reps 2, 2-core AMD EPYC
-    with AVX2 and FMA, no AVX-512, 2026-11-24): M = 128: 102-118%; M = 1024: 84-96%; M = 4096: 76-95%, on
-    (K, N) in {(768, 768), (768, 3072), (3072, 768), (1024, 4096), (4096, 1024)}. The dot-form 4x3 kernel it
-    replaced measured 86-100%, 63-77% and 66-86% in the same run.
+    Measured speed relative to OpenBLAS sgemm (x @ w.T + b, same thread count, interleaved in one process,
+    best of 10 calls each; scripts/gemm_experiments.py --threads T --rounds 5 --reps 2 --variants 4x3:128:3072;
+    2-core AMD EPYC, AVX2 + FMA, no AVX-512; 2026-11-24), over M in {128, 1024, 4096} and (K, N) in
+    {(768, 768), (768, 3072), (3072, 768), (1024, 4096), (4096, 1024)}:
+      2 threads: 93-114% (M = 128: 97-114%, 1024: 97-102%, 4096: 93-102%); median call: 80-108%
+      1 thread: 85-117% (M = 128: 91-117%, 1024: 100-105%, 4096: 85-101%); median call: 83-116%
+    ("median call": OpenBLAS's best time over the kernel's median one.) The dot-form 4x3 kernel it replaced
+    measured 63-94% (2 threads) and 66-88% (1 thread) in the same runs; its hot loop was clean (7 loads, 12
+    ymm FMAs) but each x vector it loaded from L2/L3 fed only 3 FMAs, and every 4x3 tile ended in 12
+    horizontal sums. The smallest shape (128 x 768 x 768, 0.15 GFLOP) is the most
+    variable: two parallel passes and a fresh packing buffer per call weigh most there.
     """
     M, K = x.shape
     N = w.shape[0]
