@@ -14,9 +14,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
-from .settings import locked, PARALLEL_JIT, SERIAL_BELOW_FLOPS, serial_twin
+from .gemm import TILE_COLS, TILE_ROWS, micro_tile
+from .settings import JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, locked, serial_twin
 
 
 # ================================================================================================ NumPy twin
@@ -43,177 +45,142 @@ def attention_ref(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", nee
 
 
 # ================================================================================================ Numba kernel
-@njit(**PARALLEL_JIT)
-def _transpose_values(v, n_heads, vt):
-    """vt[b, h, t, j] = v[b, j, h*d + t]: each head's values as [d, Lk] rows, so the context is a product of
-    contiguous rows (probabilities x value channels) like the GEMM's."""
-    B, Lk, H = v.shape
-    d = H // n_heads
-    for bh in prange(B * n_heads):
-        b = bh // n_heads
-        h = bh % n_heads
-        for j in range(Lk):
-            for t in range(d):
-                vt[b, h, t, j] = v[b, j, h * d + t]
+# Cephes expf: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 (ln 2 in two parts), exp(r) by a degree-7
+# polynomial; within ~1 ulp of libm's expf on the softmax's range (x <= 0).
+_LOG2E = 1.44269504088896341
+_LN2_HI = 0.693359375
+_LN2_LO = -2.12194440e-4
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+_EXP_FLUSH = -86.0  # below this exp(x) < 4.5e-38 is returned as 0 (2^n stays a normal float32's exponent)
+
+
+def exp_shifted(row, n, m, scale_bits):
+    """row[:n] = exp(row[:n] - m) in place; -> their sum (float64). scale_bits [n] int32 is scratch.
+
+    This NumPy body is the twin and runs when the JIT is disabled; compiled float32 code gets the polynomial
+    below (vectorised: 8 lanes per ymm), float64 code libm's exp.
+    """
+    row[:n] = np.exp(row[:n] - m)
+    return float(row[:n].sum(dtype=np.float64))
+
+
+@overload(exp_shifted, jit_options=JIT)
+def _exp_shifted_jit(row, n, m, scale_bits):
+    if row.dtype == types.float32:
+        f = np.float32
+        log2e, hi, lo, flush = f(_LOG2E), f(_LN2_HI), f(_LN2_LO), f(_EXP_FLUSH)
+        p0, p1, p2, p3, p4, p5 = (f(c) for c in _EXP_P)
+        one, half, zero = f(1.0), f(0.5), f(0.0)
+
+        def impl(row, n, m, scale_bits):
+            for j in range(n):  # exp(r) and n, branch-free so the loop vectorises
+                x = row[j] - m
+                fn = math.floor(x * log2e + half)
+                r = x - fn * hi - fn * lo
+                p = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
+                y = p * r * r + r + one
+                flushed = x < flush
+                row[j] = zero if flushed else y
+                scale_bits[j] = 0 if (flushed or x != x) else np.int32(fn) << 23
+            bits = row.view(np.int32)
+            for j in range(n):  # times 2^n: add n to the exponent field
+                bits[j] += scale_bits[j]
+            total = 0.0
+            for j in range(n):
+                total += row[j]
+            return total
+
+        return impl
+
+    def impl(row, n, m, scale_bits):
+        total = 0.0
+        for j in range(n):
+            e = math.exp(row[j] - m)
+            row[j] = e
+            total += e
+        return total
+
+    return impl
 
 
 @njit(**PARALLEL_JIT)
-def _attention(q, k, vt, mask, head_mask, n_heads, hf_scaling, has_mask, need_probs, ctx, probs):
-    """One task per (batch, head, block of 4 query rows).
+def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_probs, ctx, probs):
+    """One task per (batch, head); both products on the GEMM's register tile (``micro_tile``).
 
-    Scores: a 4 x 3 register tile (4 query rows by 3 keys, 12 accumulators) of dot products over the head's d
-    channels, the same tile as the GEMM's, reading contiguous query and key rows. Softmax row by row in an
-    L1 buffer. Context: another 4 x 3 tile, 4 probability rows by 3 value channels, dot products over the
-    keys against the transposed values. Remainder rows, keys and channels take plain dot products.
+    Per task: the head's keys are packed into 16-key panels of k^T [d, 16] and its values into 16-channel
+    panels [Lk, 16] (zero-padded). Then per block of 6 query rows: scores = 6 query rows (read in place, the
+    tile's broadcast operand) x each key panel, over K = d; scale, mask and softmax (vectorised exp) row by
+    row in an L1 buffer; context = the 6 probability rows x each value panel, over K = Lk.
+    q arrives pre-scaled for Paddle's scaling.
     """
     B, L, H = q.shape
     Lk = k.shape[1]
     d = H // n_heads
     mb, mh, mq = mask.shape[0], mask.shape[1], mask.shape[2]
     sqrt_d = q.dtype.type(math.sqrt(d))  # HF: scores / sqrt(d), the divisor rounded to the compute dtype
-    q_scale = q.dtype.type(d**-0.5)  # Paddle: q * d^-0.5, likewise
-    zero = q.dtype.type(0)
-    n_blocks = (L + 3) // 4
-    for task in prange(B * n_heads * n_blocks):
-        b = task // (n_heads * n_blocks)
-        h = (task // n_blocks) % n_heads
-        i0 = (task % n_blocks) * 4
-        nr = min(4, L - i0)
+    n_kp = (Lk + TILE_ROWS - 1) // TILE_ROWS
+    n_vp = (d + TILE_ROWS - 1) // TILE_ROWS
+    for task in prange(B * n_heads):
+        b = task // n_heads
+        h = task % n_heads
         c0 = h * d
-        Q = np.zeros((4, d), dtype=q.dtype)  # the block's query rows (Paddle: scaled first)
-        for r in range(nr):
+        kp = np.zeros((n_kp, d, TILE_ROWS), dtype=q.dtype)  # kp[p, t, r] = k[b, 16p + r, c0 + t]
+        for j in range(Lk):
+            kj = k[b, j, c0 : c0 + d]
+            panel = kp[j // TILE_ROWS]
+            r = j % TILE_ROWS
             for t in range(d):
-                Q[r, t] = q[b, i0 + r, c0 + t] if hf_scaling else q[b, i0 + r, c0 + t] * q_scale
-        S = np.zeros((4, Lk), dtype=q.dtype)  # scores, then probabilities
-        q0 = Q[0]
-        q1 = Q[1]
-        q2 = Q[2]
-        q3 = Q[3]
-        j_full = Lk - Lk % 3 if nr == 4 else 0
-        for j0 in range(0, j_full, 3):  # S[r, j] = q_r . k_j
-            k0 = k[b, j0, c0 : c0 + d]
-            k1 = k[b, j0 + 1, c0 : c0 + d]
-            k2 = k[b, j0 + 2, c0 : c0 + d]
-            s00 = s01 = s02 = s10 = s11 = s12 = zero
-            s20 = s21 = s22 = s30 = s31 = s32 = zero
-            for t in range(d):
-                a0 = k0[t]
-                a1 = k1[t]
-                a2 = k2[t]
-                x = q0[t]
-                s00 += x * a0
-                s01 += x * a1
-                s02 += x * a2
-                x = q1[t]
-                s10 += x * a0
-                s11 += x * a1
-                s12 += x * a2
-                x = q2[t]
-                s20 += x * a0
-                s21 += x * a1
-                s22 += x * a2
-                x = q3[t]
-                s30 += x * a0
-                s31 += x * a1
-                s32 += x * a2
-            S[0, j0] = s00
-            S[0, j0 + 1] = s01
-            S[0, j0 + 2] = s02
-            S[1, j0] = s10
-            S[1, j0 + 1] = s11
-            S[1, j0 + 2] = s12
-            S[2, j0] = s20
-            S[2, j0 + 1] = s21
-            S[2, j0 + 2] = s22
-            S[3, j0] = s30
-            S[3, j0 + 1] = s31
-            S[3, j0 + 2] = s32
-        for r in range(nr):  # remainder keys (and every key of a short last block)
-            qr = Q[r]
-            for j in range(j_full, Lk):
-                kj = k[b, j, c0 : c0 + d]
-                acc = zero
-                for t in range(d):
-                    acc += qr[t] * kj[t]
-                S[r, j] = acc
-        for r in range(nr):  # scale, mask, softmax, head mask: one row at a time
-            i = i0 + r
-            row = S[r]
-            if hf_scaling:
-                for j in range(Lk):
-                    row[j] = row[j] / sqrt_d
-            if has_mask:
-                mrow = mask[b if mb > 1 else 0, h if mh > 1 else 0, i if mq > 1 else 0]
-                for j in range(Lk):
-                    row[j] += mrow[j]
-            m = row[0]
-            for j in range(1, Lk):
-                m = max(m, row[j])
-            total = 0.0
+                panel[t, r] = kj[t]
+        vp = np.zeros((n_vp, Lk, TILE_ROWS), dtype=q.dtype)  # vp[p, j, r] = v[b, j, c0 + 16p + r]
+        for p in range(n_vp):
+            w = min(TILE_ROWS, d - p * TILE_ROWS)
             for j in range(Lk):
-                e = math.exp(row[j] - m)
-                row[j] = e
-                total += e
-            scale = head_mask[h] / total
-            for j in range(Lk):
-                row[j] *= scale
-            if need_probs:
-                probs[b, h, i, :] = row
-        vtb = vt[b, h]
-        p0 = S[0]
-        p1 = S[1]
-        p2 = S[2]
-        p3 = S[3]
-        t_full = d - d % 3 if nr == 4 else 0
-        for t0 in range(0, t_full, 3):  # ctx[r, t] = p_r . v[:, t]
-            v0 = vtb[t0]
-            v1 = vtb[t0 + 1]
-            v2 = vtb[t0 + 2]
-            s00 = s01 = s02 = s10 = s11 = s12 = zero
-            s20 = s21 = s22 = s30 = s31 = s32 = zero
-            for j in range(Lk):
-                a0 = v0[j]
-                a1 = v1[j]
-                a2 = v2[j]
-                x = p0[j]
-                s00 += x * a0
-                s01 += x * a1
-                s02 += x * a2
-                x = p1[j]
-                s10 += x * a0
-                s11 += x * a1
-                s12 += x * a2
-                x = p2[j]
-                s20 += x * a0
-                s21 += x * a1
-                s22 += x * a2
-                x = p3[j]
-                s30 += x * a0
-                s31 += x * a1
-                s32 += x * a2
-            ctx[b, i0, c0 + t0] = s00
-            ctx[b, i0, c0 + t0 + 1] = s01
-            ctx[b, i0, c0 + t0 + 2] = s02
-            ctx[b, i0 + 1, c0 + t0] = s10
-            ctx[b, i0 + 1, c0 + t0 + 1] = s11
-            ctx[b, i0 + 1, c0 + t0 + 2] = s12
-            ctx[b, i0 + 2, c0 + t0] = s20
-            ctx[b, i0 + 2, c0 + t0 + 1] = s21
-            ctx[b, i0 + 2, c0 + t0 + 2] = s22
-            ctx[b, i0 + 3, c0 + t0] = s30
-            ctx[b, i0 + 3, c0 + t0 + 1] = s31
-            ctx[b, i0 + 3, c0 + t0 + 2] = s32
-        for r in range(nr):  # remainder channels (and every channel of a short last block)
-            pr = S[r]
-            for t in range(t_full, d):
-                vr = vtb[t]
-                acc = zero
+                vj = v[b, j, c0 + p * TILE_ROWS : c0 + p * TILE_ROWS + w]
+                dst = vp[p, j]
+                for r in range(w):
+                    dst[r] = vj[r]
+        qb = q[b]
+        S = np.empty((TILE_COLS, Lk), dtype=q.dtype)  # scores, then probabilities
+        c = np.empty((TILE_COLS, TILE_ROWS), dtype=q.dtype)
+        scale_bits = np.empty(Lk, dtype=np.int32)
+        for i0 in range(0, L, TILE_COLS):
+            nr = min(TILE_COLS, L - i0)
+            for p in range(n_kp):  # S[r, 16p + col] = q_{i0 + r} . k_{16p + col}
+                micro_tile(qb, i0, nr, c0, d, kp[p], c)
+                j0 = p * TILE_ROWS
+                w = min(TILE_ROWS, Lk - j0)
+                for r in range(nr):
+                    for col in range(w):
+                        S[r, j0 + col] = c[r, col]
+            for r in range(nr):  # scale, mask, softmax, head mask: one row at a time
+                i = i0 + r
+                row = S[r]
+                if hf_scaling:
+                    for j in range(Lk):
+                        row[j] = row[j] / sqrt_d
+                if has_mask:
+                    mrow = mask[b if mb > 1 else 0, h if mh > 1 else 0, i if mq > 1 else 0]
+                    for j in range(Lk):
+                        row[j] += mrow[j]
+                m = row[0]
+                for j in range(1, Lk):
+                    m = max(m, row[j])
+                total = exp_shifted(row, Lk, m, scale_bits)
+                scale = head_mask[h] / total
                 for j in range(Lk):
-                    acc += pr[j] * vr[j]
-                ctx[b, i0 + r, c0 + t] = acc
+                    row[j] *= scale
+                if need_probs:
+                    probs[b, h, i, :] = row
+            for p in range(n_vp):  # ctx[i0 + r, c0 + 16p + col] = P_r . v[:, c0 + 16p + col]
+                micro_tile(S, 0, nr, 0, Lk, vp[p], c)
+                t0 = c0 + p * TILE_ROWS
+                w = min(TILE_ROWS, d - p * TILE_ROWS)
+                for r in range(nr):
+                    out = ctx[b, i0 + r, t0 : t0 + w]
+                    for col in range(w):
+                        out[col] = c[r, col]
 
 
-_transpose_values_serial = serial_twin(_transpose_values, "_transpose_values_serial")
 _attention_serial = serial_twin(_attention, "_attention_serial")
 
 
@@ -225,20 +192,25 @@ def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_pr
     d = H // n_heads
     dtype = q.dtype
     q = np.ascontiguousarray(q)
+    if scaling != "hf":
+        q = q * dtype.type(d**-0.5)  # Paddle: q * d^-0.5 first, the multiplier rounded to the compute dtype
     k = np.ascontiguousarray(k, dtype=dtype)
-    vt = np.empty((B, n_heads, d, Lk), dtype=dtype)
+    v = np.ascontiguousarray(v, dtype=dtype)
     ctx = np.empty((B, L, H), dtype=dtype)
     probs = np.empty((B, n_heads, L, Lk) if need_probs else (1, 1, 1, 1), dtype=dtype)
     if B * L == 0:
         return ctx, (probs if need_probs else None)
     small = 4 * B * L * Lk * H < SERIAL_BELOW_FLOPS
-    (_transpose_values_serial if small else _transpose_values)(np.ascontiguousarray(v, dtype=dtype), n_heads, vt)
     if mask is None:
         m4 = np.zeros((1, 1, 1, Lk), dtype=dtype)
     else:
         m4 = np.asarray(mask, dtype=dtype)
         m4 = np.ascontiguousarray(m4.reshape((1,) * (4 - m4.ndim) + m4.shape))
-    hm = np.ones(n_heads, dtype=dtype) if head_mask is None else np.ascontiguousarray(head_mask, dtype=dtype).reshape(n_heads)
-    (_attention_serial if small else _attention)(q, k, vt, m4, hm, n_heads, scaling == "hf", mask is not None,
+    hm = (
+        np.ones(n_heads, dtype=dtype)
+        if head_mask is None
+        else np.ascontiguousarray(head_mask, dtype=dtype).reshape(n_heads)
+    )
+    (_attention_serial if small else _attention)(q, k, v, m4, hm, n_heads, scaling == "hf", mask is not None,
                                                  need_probs, ctx, probs)  # fmt: skip
     return ctx, (probs if need_probs else None)
