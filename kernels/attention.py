@@ -55,50 +55,42 @@ _EXP_FLUSH = -86.0  # below this exp(x) < 4.5e-38 is returned as 0 (2^n stays a 
 
 
 def exp_shifted(row, n, m, scale_bits):
-    """row[:n] = exp(row[:n] - m) in place; -> their sum (float64). scale_bits [n] int32 is scratch.
+    """row[:n] = exp(row[:n] - m) in place. scale_bits [n] int32 is scratch.
 
     This NumPy body is the twin and runs when the JIT is disabled; compiled float32 code gets the polynomial
     below (vectorised: 8 lanes per ymm), float64 code libm's exp.
     """
     row[:n] = np.exp(row[:n] - m)
-    return float(row[:n].sum(dtype=np.float64))
 
 
-@overload(exp_shifted, jit_options=JIT)
+# No reassociation here: it would merge the two-part ln 2 of the range reduction (measured: 4.5 ulp, not 0.5).
+@overload(exp_shifted, jit_options=dict(JIT, fastmath={"contract", "nsz"}))
 def _exp_shifted_jit(row, n, m, scale_bits):
     if row.dtype == types.float32:
-        f = np.float32
-        log2e, hi, lo, flush = f(_LOG2E), f(_LN2_HI), f(_LN2_LO), f(_EXP_FLUSH)
-        p0, p1, p2, p3, p4, p5 = (f(c) for c in _EXP_P)
-        one, half, zero = f(1.0), f(0.5), f(0.0)
 
         def impl(row, n, m, scale_bits):
+            f = np.float32  # every constant float32, so no lane is widened to float64
+            log2e, hi, lo, flush = f(_LOG2E), f(_LN2_HI), f(_LN2_LO), f(_EXP_FLUSH)
+            p0, p1, p2, p3, p4, p5 = f(_EXP_P[0]), f(_EXP_P[1]), f(_EXP_P[2]), f(_EXP_P[3]), f(_EXP_P[4]), f(_EXP_P[5])
+            one, half, zero = f(1.0), f(0.5), f(0.0)
             for j in range(n):  # exp(r) and n, branch-free so the loop vectorises
                 x = row[j] - m
-                fn = math.floor(x * log2e + half)
+                fn = np.floor(x * log2e + half)  # np: math.floor would return an int64
                 r = x - fn * hi - fn * lo
                 p = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
                 y = p * r * r + r + one
                 flushed = x < flush
                 row[j] = zero if flushed else y
-                scale_bits[j] = 0 if (flushed or x != x) else np.int32(fn) << 23
+                scale_bits[j] = 0 if (flushed or x != x) else np.int32(fn) << np.int32(23)
             bits = row.view(np.int32)
             for j in range(n):  # times 2^n: add n to the exponent field
                 bits[j] += scale_bits[j]
-            total = 0.0
-            for j in range(n):
-                total += row[j]
-            return total
 
         return impl
 
     def impl(row, n, m, scale_bits):
-        total = 0.0
         for j in range(n):
-            e = math.exp(row[j] - m)
-            row[j] = e
-            total += e
-        return total
+            row[j] = math.exp(row[j] - m)
 
     return impl
 
@@ -165,7 +157,10 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
                 m = row[0]
                 for j in range(1, Lk):
                     m = max(m, row[j])
-                total = exp_shifted(row, Lk, m, scale_bits)
+                exp_shifted(row, Lk, m, scale_bits)
+                total = 0.0
+                for j in range(Lk):
+                    total += row[j]
                 scale = head_mask[h] / total
                 for j in range(Lk):
                     row[j] *= scale
