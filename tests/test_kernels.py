@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import subprocess
 import sys
 
@@ -202,6 +203,26 @@ def test_attention_matches_twin(B, L, P, nh, d, dtype, seed, mask_kind, scaling,
         assert probs is None
 
 
+@pytest.mark.parametrize("scaling", ["hf", "paddle"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_several_tiles(scaling, dtype):
+    # several 16-key panels (Lk = 40), two 16-channel value panels with a partial one (d = 20), query blocks
+    # of 6 with a remainder (L = 37), a fully masked batch row (HF fill) next to a partly masked one
+    rng = np.random.default_rng(7)
+    B, L, P, nh, d = 2, 37, 3, 3, 20
+    Lk, H = L + P, nh * d
+    q, k, v = (rng.standard_normal((B, n, H)).astype(dtype) * 2 for n in (L, Lk, Lk))
+    mask = np.where(rng.random((B, 1, 1, Lk)) < 0.3, np.finfo(np.float32).min, 0.0).astype(dtype)
+    mask[1] = np.finfo(np.float32).min
+    hm = rng.random(nh).astype(dtype)
+    ctx, probs = attention.attention(q, k, v, nh, mask, hm, scaling, True)
+    ctx_r, probs_r = attention.attention_ref(q, k, v, nh, mask, hm, scaling, True)
+    what = f"attention several tiles {scaling} {np.dtype(dtype)}"
+    _close(ctx, ctx_r, dtype, what + " context")
+    _close(probs, probs_r, dtype, what + " probs")
+    assert np.all(probs[0][np.broadcast_to(mask[0] != 0, probs[0].shape)] == 0)  # masked keys: exactly 0
+
+
 def test_attention_nan_row_stays_nan():
     q = np.ones((1, 2, 4), np.float32)
     k = np.ones((1, 3, 4), np.float32)
@@ -210,6 +231,45 @@ def test_attention_nan_row_stays_nan():
     ctx_r, probs_r = attention.attention_ref(q, k, k, 2, need_probs=True)
     np.testing.assert_array_equal(np.isnan(probs), np.isnan(probs_r))
     np.testing.assert_array_equal(np.isnan(ctx), np.isnan(ctx_r))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_shifted_matches_exp(dtype):
+    # the softmax's exp: a float32 polynomial when compiled (np.exp when the JIT is disabled), libm for float64
+    exp_shifted = numba.njit(lambda r, n, m, s: attention.exp_shifted(r, n, m, s))
+    grid = np.round(np.linspace(-90, 0, 200_001) * 1024) / 1024  # x + m and back are exact in float32
+    x = np.concatenate([grid, [-np.inf, np.finfo(np.float32).min, -1e4, np.nan, -0.0]]).astype(dtype)
+    m = dtype(1.5)
+    row = x + m
+    exp_shifted(row, len(row) - 1, m, np.empty(len(row), np.int32))  # the last value must stay as it is
+    assert row[-1] == x[-1] + m
+    got, x = row[:-1], x[:-1]
+    exact = np.exp(x.astype(np.float64))
+    normal = x >= -86
+    ulps = np.abs(got[normal] - exact[normal]) / np.spacing(np.exp(x[normal]))
+    bound = 3 if os.environ.get("NUMBA_DISABLE_JIT") == "1" else 1.5  # NumPy's own SIMD expf reaches 2.2 ulp here
+    assert ulps.max() <= bound, f"exp off by {ulps.max():.2f} ulp at x = {x[normal][ulps.argmax()]}"
+    tiny = ~normal & ~np.isnan(x)
+    assert np.all((got[tiny] >= 0) & (got[tiny] < 5e-38))  # flushed to 0 by the polynomial, or libm's tiny value
+    assert np.all(got[x == -np.inf] == 0) and np.all(got[x == np.finfo(np.float32).min] == 0)  # masked keys: 0
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(x))
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="no machine code without the JIT")
+def test_exp_shifted_compiles_to_vector_code():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    if " avx2 " not in flags or " fma " not in flags:
+        pytest.skip("the check is written for AVX2 with FMA")
+    exp_shifted = numba.njit(cache=False)(lambda r, n, m, s: attention.exp_shifted(r, n, m, s))
+    exp_shifted(np.zeros(64, np.float32), 64, np.float32(0), np.empty(64, np.int32))
+    asm = exp_shifted.inspect_asm(exp_shifted.signatures[0])
+    assert re.search(r"vcvttps2dq\s+%ymm", asm), "2^n is not computed on 8 float32 lanes"
+    assert len(re.findall(r"vfmadd\w+ps\s+%ymm", asm)) >= 6, "the polynomial is not evaluated on ymm float32 lanes"
+    assert not re.search(r"\bvcvtps2pd\b", asm), "the polynomial is widened to float64"
 
 
 # ------------------------------------------------------------------------------------------------ settings
