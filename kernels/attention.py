@@ -137,23 +137,23 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
         scale_bits = np.empty(Lk, dtype=np.int32)
         for i0 in range(0, L, TILE_COLS):
             nr = min(TILE_COLS, L - i0)
-            for p in range(n_kp):  # S[r, 16p + col] = q_{i0 + r} . k_{16p + col}
+            for p in range(n_kp):  # S[r, 16p + col] = q_{i0 + r} . k_{16p + col} (/ sqrt(d)) + mask
                 micro_tile(qb, i0, nr, c0, d, kp[p], c)
                 j0 = p * TILE_ROWS
                 w = min(TILE_ROWS, Lk - j0)
                 for r in range(nr):
+                    srow = S[r, j0 : j0 + w]
+                    mrow = mask[b if mb > 1 else 0, h if mh > 1 else 0, i0 + r if mq > 1 else 0, j0 : j0 + w]
                     for col in range(w):
-                        S[r, j0 + col] = c[r, col]
-            for r in range(nr):  # scale, mask, softmax, head mask: one row at a time
+                        x = c[r, col]
+                        if hf_scaling:
+                            x = x / sqrt_d
+                        if has_mask:
+                            x += mrow[col]
+                        srow[col] = x
+            for r in range(nr):  # softmax, head mask: one row at a time
                 i = i0 + r
                 row = S[r]
-                if hf_scaling:
-                    for j in range(Lk):
-                        row[j] = row[j] / sqrt_d
-                if has_mask:
-                    mrow = mask[b if mb > 1 else 0, h if mh > 1 else 0, i if mq > 1 else 0]
-                    for j in range(Lk):
-                        row[j] += mrow[j]
                 m = row[0]
                 for j in range(1, Lk):
                     m = max(m, row[j])
