@@ -1,11 +1,16 @@
-"""The Numba GEMM against NumPy/OpenBLAS sgemm on ErnieM shapes, in one run, same threads.
+"""The Numba GEMM against NumPy/OpenBLAS sgemm on ErnieM shapes, in one run, same threads; then attention.
 
-    .venv/bin/python scripts/bench_kernels.py [--threads 2] [--reps 15]
+    .venv/bin/python scripts/bench_kernels.py [--threads 2] [--reps 15] [--only gemm|attention]
 
 For each shape (M rows, K in, N out) it times y = x W^T + b both ways (best of --reps, so a busy machine's
 noise shows as less, not more) and prints GFLOP/s and the kernel's fraction of OpenBLAS. The Numba kernel is
 timed first and the script sleeps after each BLAS call: OpenBLAS's threads spin-wait for a while after a call
 and, timed right after one, the kernel loses a core to them (that cost up to 2x in earlier measurements).
+
+Attention (ErnieM-base heads: H = 768, nh = 12, d = 64; float32-min mask on 20% of the keys; need_probs False)
+at B=1 L=512 and B=8 L=128, both scalings: the Numba kernel, its NumPy twin ``attention_ref`` and a per-head
+np.matmul formulation (q_h k_h^T / 8 + mask, NumPy softmax, p v_h), interleaved round by round (a 0.5 s pause
+after each round's BLAS call), best of --reps calls each.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--only", choices=("gemm", "attention"), help="time one kernel only")
     args = ap.parse_args()
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     import numpy as np
 
-    from erniem_np.kernels import gemm
+    from erniem_np.kernels import attention, gemm
 
     def best(f):
         f()
@@ -35,6 +41,13 @@ def main() -> None:
         return min(times)
 
     rng = np.random.default_rng(0)
+    if args.only != "attention":
+        bench_gemm(np, gemm, rng, best)
+    if args.only != "gemm":
+        bench_attention(np, attention, rng, args.reps)
+
+
+def bench_gemm(np, gemm, rng, best):
     print(f"{'M':>5} {'K':>5} {'N':>5}  {'OpenBLAS GF/s':>13}  {'Numba GF/s':>10}  fraction")
     for M in (128, 1024, 4096):
         for K, N in ((768, 768), (768, 3072), (3072, 768), (1024, 4096), (4096, 1024)):
@@ -47,6 +60,41 @@ def main() -> None:
             time.sleep(0.5)  # OpenBLAS threads spin after a call and would take the cores from the next kernel
             print(f"{M:>5} {K:>5} {N:>5}  {flop / t_blas / 1e9:>13.0f}  {flop / t_numba / 1e9:>10.0f}  "
                   f"{t_blas / t_numba:>7.0%}")  # fmt: skip
+
+
+def bench_attention(np, attention, rng, reps):
+    H, nh = 768, 12
+    d = H // nh
+
+    def per_head(q, k, v, mask):
+        ctx = np.empty_like(q)
+        for b in range(q.shape[0]):
+            for h in range(nh):
+                cols = slice(h * d, (h + 1) * d)
+                s = q[b, :, cols] @ k[b, :, cols].T / np.float32(np.sqrt(d)) + mask[b, 0]
+                s = np.exp(s - s.max(-1, keepdims=True))
+                ctx[b, :, cols] = (s / s.sum(-1, keepdims=True)) @ v[b, :, cols]
+        return ctx
+
+    print(f"\n{'B':>2} {'L':>4} {'scaling':>7}  {'Numba ms':>8}  {'twin ms':>8}  {'per-head matmul ms':>18}")
+    for B, L in ((1, 512), (8, 128)):
+        q, k, v = (rng.standard_normal((B, L, H), dtype=np.float32) for _ in range(3))
+        mask = np.where(rng.random((B, 1, 1, L)) < 0.2, np.finfo(np.float32).min, 0).astype(np.float32)
+        for scaling in ("hf", "paddle"):
+            fns = (lambda: attention.attention(q, k, v, nh, mask, None, scaling),  # noqa: B023
+                   lambda: attention.attention_ref(q, k, v, nh, mask, None, scaling),  # noqa: B023
+                   lambda: per_head(q, k, v, mask))  # noqa: B023  # fmt: skip
+            best = [float("inf")] * 3
+            for f in fns:
+                f()
+            for _ in range(reps):
+                for n, f in enumerate(fns):
+                    t = time.perf_counter()
+                    f()
+                    best[n] = min(best[n], time.perf_counter() - t)
+                time.sleep(0.5)
+            matmul = f"{best[2] * 1e3:>18.2f}" if scaling == "hf" else f"{'(hf only)':>18}"
+            print(f"{B:>2} {L:>4} {scaling:>7}  {best[0] * 1e3:>8.2f}  {best[1] * 1e3:>8.2f}  {matmul}")
 
 
 if __name__ == "__main__":
