@@ -46,9 +46,8 @@ def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, acti
     from .kernels import attention, gemm, norm
 
     qkv = self_attn["self_attn"]
-    q = gemm.linear(x, **qkv["q_proj"])  # [B, L, H] (heads stay interleaved: the kernel reads them in place)
-    k = gemm.linear(x, **qkv["k_proj"])
-    v = gemm.linear(x, **qkv["v_proj"])
+    q, k, v = gemm.linear_many(x, [(qkv[n]["weight"], qkv[n].get("bias")) for n in ("q_proj", "k_proj", "v_proj")])
+    # q, k, v: [B, L, H] each, one kernel call (heads stay interleaved: the attention kernel reads them in place)
     if past is not None:  # [B, nh, P, d] cache in front of the new keys and values: [B, P + L, H]
         k = np.concatenate([_from_heads(past[0]), k], axis=1)
         v = np.concatenate([_from_heads(past[1]), v], axis=1)

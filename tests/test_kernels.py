@@ -137,6 +137,39 @@ def test_linear_casts_the_weight_to_the_input_dtype():
     np.testing.assert_allclose(out, x.astype(np.float64) @ w.T, rtol=1e-5, atol=1e-5)
 
 
+@SETTINGS
+@given(M=st.integers(0, 40), K=st.integers(0, 30), Ns=st.lists(st.integers(1, 14), min_size=1, max_size=4),
+       dtype=dtypes, seed=st.integers(0, 99), big=st.booleans())  # fmt: skip
+def test_linear_many_equals_one_call_per_weight(M, K, Ns, dtype, seed, big):
+    """One kernel call over several weights gives each output bit for bit what its own call gives (the same
+    tiles, summed in the same order), whether the call runs in parallel (big) or on the serial twin."""
+    rng = np.random.default_rng(seed)
+    if big:  # above SERIAL_BELOW_FLOPS: the parallel kernel, with strips of every weight in one loop
+        M, K = M + 200, K + 100
+    x = rng.standard_normal((M, K)).astype(dtype)
+    params = []
+    for i, N in enumerate(Ns):
+        w = rng.standard_normal((N, K)).astype(dtype)
+        if i % 2:
+            w.flags.writeable = False  # memory-mapped weights are read-only: mixed in one call
+        params.append((w, None if i == 2 else rng.standard_normal(N).astype(dtype)))
+    outs = gemm.linear_many(x, params)
+    assert len(outs) == len(Ns)
+    for (w, b), out in zip(params, outs, strict=True):
+        np.testing.assert_array_equal(out, gemm.linear(x, w, b), err_msg=f"M={M} K={K} Ns={Ns}")
+        scale = max(1.0, np.sqrt(K))
+        np.testing.assert_allclose(out, gemm.linear_ref(x, w, b), rtol=TOL[dtype]["rtol"] * scale,
+                                   atol=TOL[dtype]["atol"] * scale, err_msg=f"twin, M={M} K={K} Ns={Ns}")  # fmt: skip
+
+
+def test_linear_many_errors_name_the_mismatch():
+    x = np.ones((3, 5), np.float32)
+    with pytest.raises(ValueError, match=r"weight of shape \(4, 6\) does not take inputs of 5 features"):
+        gemm.linear_many(x, [(np.ones((4, 5), np.float32), None), (np.ones((4, 6), np.float32), None)])
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\) does not match a weight with 4 outputs"):
+        gemm.linear_many(x, [(np.ones((4, 5), np.float32), np.ones(3, np.float32))])
+
+
 # ------------------------------------------------------------------------------------------------ norm, GELU
 @SETTINGS
 @given(M=st.integers(0, 9), H=st.integers(1, 70), dtype=dtypes, seed=st.integers(0, 99), residual=st.booleans())
