@@ -1,17 +1,20 @@
 """Benchmark an ErnieM-base forward pass: erniem-np (numba, numpy) against HF transformers (torch eager) and
 ONNX Runtime (the model exported from HF), in one run, same weights, fp32, same thread count.
 
-    .venv/bin/pip install -e ".[bench]"        # onnx, onnxruntime, matplotlib (+ the reference extra for torch)
+    .venv/bin/pip install -e ".[reference,bench]"     # torch + transformers; onnx, onnxruntime, matplotlib
     .venv/bin/python scripts/bench_model.py --threads 2 --out bench-results
 
 Each implementation runs in its own subprocess (so peak RSS is its own and thread pools do not mix), on the
 same random ErnieM-base-shaped weights (seeded, full 250,002-token vocabulary, 1.11 GB) written once to a
-temporary safetensors checkpoint. Workloads: B=1 L=128, B=8 L=128, B=1 L=512, and 64 texts of mixed length
-(token counts of lines of the multilingual fixture corpus); erniem-np sorts and buckets those by length, the
-frameworks pad the batch to its longest text. Reported: median latency, throughput, effective GFLOP/s (useful
-FLOPs, padding not counted), the percentage of the OpenBLAS sgemm rate measured in the same run, peak RSS.
-Writes results.json, results.md and results.png into --out. Timings are wall-clock medians; machines here are
-shared, so compare the ratios within one run.
+temporary safetensors checkpoint. The subprocesses stay up for the whole run and take turns: for each workload,
+each round times one call of every implementation, in an order that rotates from round to round, with a pause
+after every call (the frameworks' and OpenBLAS's threads spin-wait for a while after a call and would take the
+cores from the next one). So a slow stretch of a shared machine lands on every implementation alike, and the
+ratios compare calls made seconds apart. Workloads: B=1 L=128, B=8 L=128, B=1 L=512, and 64 texts of mixed
+length (token counts of lines of the multilingual fixture corpus); erniem-np sorts and buckets those by length,
+the frameworks pad the batch to its longest text. Reported: median latency (and the spread of the rounds),
+throughput, effective GFLOP/s (useful FLOPs, padding not counted), the percentage of the OpenBLAS sgemm rate
+measured in the same run, peak RSS. Writes results.json, results.md and results.png into --out.
 """
 
 from __future__ import annotations
@@ -73,10 +76,10 @@ def flops(lengths, H=768, F=3072, layers=12):
 
 
 # ------------------------------------------------------------------------------------------------ worker
-def worker(impl, ckpt, threads, reps, out_path):
+def load(impl, ckpt, threads):
+    """(run(name) -> seconds for one call of workload name, load seconds) for one implementation."""
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     os.environ["NUMBA_NUM_THREADS"] = str(threads)
-    results = {}
     t0 = time.perf_counter()
     lengths, _ = mixed_lengths()
     if impl.startswith("erniem-np"):
@@ -126,33 +129,65 @@ def worker(impl, ckpt, threads, reps, out_path):
             return sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
         run_mixed = None
-    results["load_s"] = time.perf_counter() - t0
 
+    calls = {}
     for name in WORKLOADS:
         if name == "mixed64":
             ids, mask = make_batch(len(lengths), 0, lengths)
             ids_list = [ids[i, :n] for i, n in enumerate(lengths)]
-            fn = (lambda: run_mixed(ids_list)) if run_mixed else (lambda: run(ids, mask))
-            useful = flops(lengths)
-            n_seq = len(lengths)
+            calls[name] = (lambda ids_list=ids_list: run_mixed(ids_list)) if run_mixed else (
+                lambda ids=ids, mask=mask: run(ids, mask))  # fmt: skip
         else:
             B, L = (int(x[1:]) for x in name.split("_"))
             ids, mask = make_batch(B, L)
-            fn = lambda ids=ids, mask=mask: run(ids, mask)  # noqa: E731
-            useful = flops([L] * B)
-            n_seq = B
-        if name != "mixed64":
-            fn()  # warm (mixed64 runs after the others, on warm code paths; it is the slowest workload)
-        times = []
-        for _ in range(reps if name != "mixed64" else max(1, min(reps, 3))):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        med = float(np.median(times))
-        results[name] = {"median_s": med, "times_s": times, "seq_per_s": n_seq / med, "gflops": useful / med / 1e9}
-    results["peak_rss_mb"] = peak_rss_mb()
-    with open(out_path, "w") as f:
-        json.dump(results, f)
+            calls[name] = lambda ids=ids, mask=mask: run(ids, mask)
+    warmed = set()
+
+    def timed(name):
+        if name not in warmed and name != "mixed64":  # mixed64 runs on the shapes the others warmed
+            calls[name]()
+            warmed.add(name)
+        t = time.perf_counter()
+        calls[name]()
+        return time.perf_counter() - t
+
+    return timed, time.perf_counter() - t0
+
+
+def serve(impl, ckpt, threads):
+    """The worker: load, then answer the driver's lines on stdin ("<workload>" -> seconds, "rss" -> peak RSS
+    in MB) on the original stdout; everything else the libraries print goes to stderr."""
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    timed, load_s = load(impl, ckpt, threads)
+    proto.write(json.dumps({"load_s": load_s}) + "\n")
+    proto.flush()
+    for line in sys.stdin:
+        cmd = line.strip()
+        reply = {"peak_rss_mb": peak_rss_mb()} if cmd == "rss" else {"s": timed(cmd)}
+        proto.write(json.dumps(reply) + "\n")
+        proto.flush()
+
+
+class Worker:
+    def __init__(self, impl, ckpt, threads):
+        self.impl = impl
+        self.proc = subprocess.Popen([sys.executable, __file__, "--impl", impl, "--ckpt", ckpt, "--threads",
+                                      str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+    def ask(self, cmd=None):
+        if cmd is not None:
+            self.proc.stdin.write(cmd + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.impl} worker exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
 
 
 def peak_rss_mb():
@@ -205,11 +240,11 @@ def main():
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--impl", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds of idle after every timed call")
     ap.add_argument("--prepare", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.impl:
-        return worker(args.impl, args.ckpt, args.threads, args.reps, args.result)
+        return serve(args.impl, args.ckpt, args.threads)
     if args.prepare:  # in its own process, so the driver stays small
         weight_bytes, onnx_ok = prepare_checkpoint(args.prepare)
         with open(os.path.join(args.prepare, "prepared.json"), "w") as f:
@@ -226,25 +261,44 @@ def main():
         weight_bytes, onnx_ok = prepared["weight_bytes"], prepared["onnx"]
         rate = sgemm_rate(args.threads)
         print(f"OpenBLAS sgemm 1024x768x3072 on {args.threads} threads: {rate:.0f} GFLOP/s", flush=True)
-        results = {}
-        for impl in IMPLS:
-            if impl == "torch eager" and not _has("torch"):
-                continue
-            if impl == "onnxruntime" and not (onnx_ok and _has("onnxruntime")):
-                continue
-            path = os.path.join(tmp, "r.json")
-            print(f"running {impl} ...", flush=True)
-            r = subprocess.run([sys.executable, __file__, "--impl", impl, "--ckpt", ckpt, "--threads",
-                                str(args.threads), "--reps", str(args.reps), "--result", path])  # fmt: skip
-            if r.returncode == 0:
-                with open(path) as f:
-                    results[impl] = json.load(f)
-            else:
-                print(f"  {impl} failed (exit {r.returncode})")
+        impls = [i for i in IMPLS if not (i == "torch eager" and not _has("torch"))
+                 and not (i == "onnxruntime" and not (onnx_ok and _has("onnxruntime")))]  # fmt: skip
+        workers, results = {}, {}
+        try:
+            for impl in impls:  # loaded one after another, so a load never competes with another's
+                print(f"loading {impl} ...", flush=True)
+                workers[impl] = Worker(impl, ckpt, args.threads)
+                results[impl] = dict(workers[impl].ask(), **{w: {"times_s": []} for w in WORKLOADS})
+            lengths, _ = mixed_lengths()
+            for name in WORKLOADS:
+                rounds = args.reps if name != "mixed64" else max(1, min(args.reps, 3))
+                print(f"timing {name}: {rounds} rounds of {len(impls)} implementations ...", flush=True)
+                for rnd in range(rounds):
+                    for impl in impls[rnd % len(impls):] + impls[: rnd % len(impls)]:  # rotate the order
+                        results[impl][name]["times_s"].append(workers[impl].ask(name)["s"])
+                        time.sleep(args.pause)
+            for impl in impls:
+                results[impl].update(workers[impl].ask("rss"))
+        finally:
+            for w in workers.values():
+                w.close()
+    rate_after = sgemm_rate(args.threads)
+    print(f"OpenBLAS sgemm after the run: {rate_after:.0f} GFLOP/s", flush=True)
+    sgemm_runs, rate = [rate, rate_after], max(rate, rate_after)  # the higher: the percentages err low
+    for r in results.values():
+        for name in WORKLOADS:
+            B, L = (1, 0) if name == "mixed64" else (int(x[1:]) for x in name.split("_"))
+            n_seq = len(lengths) if name == "mixed64" else B
+            useful = flops(lengths) if name == "mixed64" else flops([L] * B)
+            x = r[name]
+            x["median_s"] = med = float(np.median(x["times_s"]))
+            x.update(seq_per_s=n_seq / med, gflops=useful / med / 1e9,
+                     spread=[min(x["times_s"]) / med, max(x["times_s"]) / med])  # fmt: skip
     lengths, source = mixed_lengths()
     meta = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "cpu": _cpu_name(), "threads": args.threads, "sgemm_gflops": rate, "weight_bytes": weight_bytes,
+        "cpu": _cpu_name(), "threads": args.threads, "sgemm_gflops": rate, "sgemm_gflops_before_after": sgemm_runs,
+        "rounds": args.reps, "pause_s": args.pause, "weight_bytes": weight_bytes,
         "mixed_lengths": {"source": source, "n": len(lengths), "median": float(np.median(lengths)),
                           "max": int(lengths.max()), "total_tokens": int(lengths.sum())},
         "python": sys.version.split()[0], "numpy": np.__version__,
@@ -277,19 +331,22 @@ def table(meta, results):
     ort = results.get("onnxruntime")
     lines = [
         f"ErnieM-base, fp32, {meta['threads']} threads, {meta['cpu']}; OpenBLAS sgemm {meta['sgemm_gflops']:.0f} "
-        f"GFLOP/s in the same run; weights {meta['weight_bytes'] / 1e9:.2f} GB. mixed64 = 64 texts, "
+        f"GFLOP/s in the same run (the higher of before and after); interleaved rounds ({meta['rounds']} per fixed "
+        f"shape, up to 3 for mixed64); weights {meta['weight_bytes'] / 1e9:.2f} GB. mixed64 = 64 texts, "
         f"{meta['mixed_lengths']['total_tokens']} tokens, median {meta['mixed_lengths']['median']:.0f}, "
         f"longest {meta['mixed_lengths']['max']} ({meta['mixed_lengths']['source']}).",
         "",
-        "| implementation | workload | median ms | seq/s | GFLOP/s | % of sgemm | vs torch | vs ORT | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| implementation | workload | median ms | rounds (min-max / median) | seq/s | GFLOP/s | % of sgemm | vs torch "
+        "| vs ORT | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for impl, r in results.items():
         for w in WORKLOADS:
             x = r[w]
             vs_t = f"{base[w]['median_s'] / x['median_s']:.2f}x" if base else "-"
             vs_o = f"{ort[w]['median_s'] / x['median_s']:.2f}x" if ort else "-"
-            lines.append(f"| {impl} | {w} | {x['median_s'] * 1e3:.1f} | {x['seq_per_s']:.1f} | {x['gflops']:.0f} | "
+            lines.append(f"| {impl} | {w} | {x['median_s'] * 1e3:.1f} | {x['spread'][0]:.2f}-{x['spread'][1]:.2f} "
+                         f"| {x['seq_per_s']:.1f} | {x['gflops']:.0f} | "
                          f"{100 * x['gflops'] / meta['sgemm_gflops']:.0f}% | {vs_t} | {vs_o} | "
                          f"{r['peak_rss_mb']:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
