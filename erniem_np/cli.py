@@ -18,7 +18,8 @@ from .commands.demo import DATA_DIR, LANGID_MODEL, TINY_MODEL  # noqa: F401  (pu
 _Progress = Progress  # older name, kept for callers
 
 # The order subcommands are listed in --help; modules not named here follow in alphabetical order.
-ORDER = ("demo", "encode", "classify", "tag", "qa", "choose", "extract", "golden", "parity", "convert", "inspect")
+ORDER = ("demo", "encode", "classify", "tag", "qa", "choose", "extract", "golden", "parity", "convert", "inspect",
+         "bench")
 
 EPILOG = """exit codes: 0 success; 1 bad input or checkpoint (one line on stderr says what); 2 bad command line.
 'erniem-np parity' adds 1 numeric mismatch, 2 structural mismatch, 3 unreadable file."""

@@ -43,7 +43,7 @@ def worker(backend: str, ckpt: str, threads: int) -> list[tuple[str, dict]]:
 
     stages.append(("numpy imported", status()))
     import erniem_np
-    from bench_model import make_batch, mixed_lengths
+    from erniem_np.bench import make_batch, mixed_lengths
 
     stages.append(("erniem_np imported", status()))
     if backend == "numba":

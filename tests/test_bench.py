@@ -1,0 +1,56 @@
+"""The benchmark harness (erniem_np/bench.py, ``erniem-np bench``): it runs, and its batch is the one it says.
+
+No timing is asserted here: speed is measured by running the benchmark, never by tests. This runs the harness
+end to end on the 2-layer toy size (workers, turns, tables, files) so that the documented command keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from erniem_np import bench
+from erniem_np.cli import main as cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_stored_mixed_lengths_are_the_fixture_corpus_lengths():
+    assert bench.corpus_lengths(ROOT) == bench.MIXED_LENGTHS
+
+
+def test_bench_runs_end_to_end_on_the_tiny_size(tmp_path, capsys):
+    out = tmp_path / "results"
+    impls = ["erniem-np numba", "erniem-np numpy"]
+    code = cli(["bench", "--size", "tiny", "--impls", ",".join(impls), "--reps", "2", "--pause", "0",
+                "--threads", "1", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert list(data["results"]) == impls
+    assert data["meta"]["size"] == "tiny" and data["meta"]["shape"]["layers"] == 2
+    for impl, r in data["results"].items():
+        assert r["peak_rss_mb"] > 0 and r["load_s"] > 0, impl
+        for w in bench.WORKLOADS:
+            rounds = 2  # mixed64 takes min(reps, 3)
+            assert len(r[w]["times_s"]) == rounds and all(t > 0 for t in r[w]["times_s"]), (impl, w)
+            assert r[w]["median_s"] > 0 and r[w]["spread"][0] <= 1 <= r[w]["spread"][1], (impl, w)
+    table = (out / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| erniem-np")]
+    assert len(rows) == len(impls) * len(bench.WORKLOADS), table
+    assert "ErnieM-tiny" in table and "vs torch" in table
+    assert (out / "results.png").stat().st_size > 0
+    assert "ErnieM-tiny" in capsys.readouterr().out
+
+
+def test_bench_rejects_an_unknown_implementation(tmp_path, capsys):
+    assert cli(["bench", "--size", "tiny", "--impls", "erniem-np numba,tensorflow", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown implementation(s) ['tensorflow']" in err and "erniem-np numba" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--reps", "0"), ("--threads", "0"), ("--pause", "-1")])
+def test_bench_rejects_bad_counts(tmp_path, capsys, flag, value):
+    assert cli(["bench", "--size", "tiny", flag, value, "--out", str(tmp_path)]) == 1
+    assert "--reps and --threads must be at least 1" in capsys.readouterr().err
