@@ -308,6 +308,10 @@ def run(args) -> int:
         print(f"OpenBLAS sgemm 1024x768x3072 on {args.threads} threads: {rate:.0f} GFLOP/s", flush=True)
         impls = [i for i in wanted if not (i == "torch eager" and not _has("torch"))
                  and not (i == "onnxruntime" and not (onnx_ok and _has("onnxruntime")))]  # fmt: skip
+        for skipped in (i for i in wanted if i not in impls):
+            why = "no ONNX export (needs torch, transformers and onnx)" if skipped == "onnxruntime" and _has(
+                "onnxruntime") else "not installed (pip install 'erniem-np[reference,bench]')"  # fmt: skip
+            print(f"skipping {skipped}: {why}", flush=True)
         workers, results = {}, {}
         try:
             for impl in impls:  # loaded one after another, so a load never competes with another's
