@@ -1,11 +1,14 @@
 """The Numba GEMM against NumPy/OpenBLAS sgemm on ErnieM shapes, in one run, same threads; then attention.
 
-    .venv/bin/python scripts/bench_kernels.py [--threads 2] [--reps 15] [--only gemm|attention]
+    .venv/bin/python scripts/bench_kernels.py [--threads 2] [--reps 15] [--only gemm|qkv|attention]
 
 For each shape (M rows, K in, N out) it times y = x W^T + b both ways (best of --reps, so a busy machine's
 noise shows as less, not more) and prints GFLOP/s and the kernel's fraction of OpenBLAS. The Numba kernel is
 timed first and the script sleeps after each BLAS call: OpenBLAS's threads spin-wait for a while after a call
 and, timed right after one, the kernel loses a core to them (that cost up to 2x in earlier measurements).
+
+q, k and v (--only qkv): three ``linear`` calls against one ``linear_many`` call on [M, 768] inputs, M in 128,
+512, 1024, alternating call by call, medians of 2 x --reps calls each.
 
 Attention (ErnieM-base heads: H = 768, nh = 12, d = 64; float32-min mask on 20% of the keys; need_probs False)
 at B=1 L=512 and B=8 L=128, both scalings: the Numba kernel, its NumPy twin ``attention_ref`` and a per-head
@@ -24,7 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--only", choices=("gemm", "attention"), help="time one kernel only")
+    ap.add_argument("--only", choices=("gemm", "qkv", "attention"), help="time one kernel only")
     args = ap.parse_args()
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     import numpy as np
@@ -41,9 +44,11 @@ def main() -> None:
         return min(times)
 
     rng = np.random.default_rng(0)
-    if args.only != "attention":
+    if args.only in (None, "gemm"):
         bench_gemm(np, gemm, rng, best)
-    if args.only != "gemm":
+    if args.only in (None, "qkv"):
+        bench_qkv(np, gemm, rng, args.reps)
+    if args.only in (None, "attention"):
         bench_attention(np, attention, rng, args.reps)
 
 
@@ -60,6 +65,27 @@ def bench_gemm(np, gemm, rng, best):
             time.sleep(0.5)  # OpenBLAS threads spin after a call and would take the cores from the next kernel
             print(f"{M:>5} {K:>5} {N:>5}  {flop / t_blas / 1e9:>13.0f}  {flop / t_numba / 1e9:>10.0f}  "
                   f"{t_blas / t_numba:>7.0%}")  # fmt: skip
+
+
+def bench_qkv(np, gemm, rng, reps):
+    """q, k and v: three ``linear`` calls against one ``linear_many`` call, alternating call by call."""
+    print(f"\n{'M':>5}  {'3 calls GF/s':>12}  {'linear_many GF/s':>16}  speed-up (medians)")
+    for M in (128, 512, 1024):
+        x = rng.standard_normal((M, 768), dtype=np.float32)
+        params = [(rng.standard_normal((768, 768), dtype=np.float32), np.zeros(768, np.float32)) for _ in range(3)]
+        calls = {"sep": lambda: [gemm.linear(x, w, b) for w, b in params],  # noqa: B023
+                 "one": lambda: gemm.linear_many(x, params)}  # noqa: B023  # fmt: skip
+        times = {n: [] for n in calls}
+        for f in calls.values():
+            f()
+        for r in range(2 * reps):
+            for n in ("sep", "one") if r % 2 else ("one", "sep"):
+                t = time.perf_counter()
+                calls[n]()
+                times[n].append(time.perf_counter() - t)
+        flop = 3 * 2 * M * 768 * 768
+        sep, one = (float(np.median(times[n])) for n in ("sep", "one"))
+        print(f"{M:>5}  {flop / sep / 1e9:>12.0f}  {flop / one / 1e9:>16.0f}  {sep / one:>8.3f}")
 
 
 def bench_attention(np, attention, rng, reps):
