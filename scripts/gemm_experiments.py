@@ -76,7 +76,7 @@ def build(spec):
         f = gemm._gemm.py_func
         clone = types.FunctionType(f.__code__, dict(f.__globals__, BLOCK_M=int(bm), BLOCK_K=int(bk)), "packed")
         kernel = numba.njit(**dict(PARALLEL_JIT, cache=False))(clone)
-        return lambda x, w, b, out: kernel(x, (w,), (b,), out, (out,), 0)
+        return lambda x, w, b, out: kernel(x, (w,), (b,), out, (out,), 0, gemm._scratch(*x.shape, x.dtype))
     TM, TN = (int(v) for v in tile.split("x"))
     ns = {"prange": numba.prange, "np": np}
     exec(dot_tile_kernel(TM, TN, int(bm), int(bk)), ns)

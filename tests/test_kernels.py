@@ -162,6 +162,18 @@ def test_linear_many_equals_one_call_per_weight(M, K, Ns, dtype, seed, big):
                                    atol=TOL[dtype]["atol"] * scale, err_msg=f"twin, M={M} K={K} Ns={Ns}")  # fmt: skip
 
 
+def test_packing_buffer_is_kept_per_thread_and_grown():
+    """The GEMM's packing buffer is reused by later calls of the same Python thread (a fresh one per call made
+    glibc hand 3 MB blocks back to the kernel and page-fault them in again: ~6,300 faults per B=8 L=128
+    forward), grown when a bigger input needs it, and never shared between threads."""
+    small, big = gemm._scratch(20, 30, np.float32), gemm._scratch(300, 900, np.float32)
+    assert big.size >= 256 * 900 and gemm._scratch(20, 30, np.float32) is big  # grown, then reused
+    assert small.size >= 32 * 30 and gemm._scratch(20, 30, np.float64).dtype == np.float64
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        other = pool.submit(gemm._scratch, 300, 900, np.float32).result()
+    assert other is not big
+
+
 def test_linear_many_errors_name_the_mismatch():
     x = np.ones((3, 5), np.float32)
     with pytest.raises(ValueError, match=r"weight of shape \(4, 6\) does not take inputs of 5 features"):
