@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 from scipy.special import erf
 
 from .settings import locked, JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, serial_twin
@@ -110,6 +111,29 @@ def erf_approx(z):
 def gelu_scalar(x):
     xd = np.float64(x)
     return 0.5 * xd * (1.0 + erf_approx(xd * 0.7071067811865476))
+
+
+def gelu_row(row):
+    """In place on a 1-D array: GELU, the rational erf for float32, libm's erf for float64 (as gelu_inplace).
+    The GEMM's GELU epilogue calls it on each row of its register tile while the values are in L1. This
+    NumPy body is the twin and runs when the JIT is disabled; compiled code gets ``_gelu_row_jit``."""
+    row[:] = gelu_ref(row.astype(np.float64)).astype(row.dtype)
+
+
+@overload(gelu_row, jit_options=JIT)
+def _gelu_row_jit(row):
+    if row.dtype == types.float64:
+        def impl(row):
+            for j in range(row.shape[0]):
+                v = row[j]
+                row[j] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+    else:
+        def impl(row):
+            for j in range(row.shape[0]):
+                v = row[j]
+                g = gelu_scalar(v)
+                row[j] = v if v != v else g  # NaN stays NaN (the clamp inside erf_approx would hide it)
+    return impl
 
 
 @njit(**PARALLEL_JIT)
