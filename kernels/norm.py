@@ -12,7 +12,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 from scipy.special import erf
 
-from .settings import locked, JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, serial_twin
+from .settings import JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, locked, serial_twin
 
 
 # ================================================================================================ NumPy twins
