@@ -35,6 +35,10 @@ import time
 
 import numpy as np
 
+# The thread variables as this process found them when it started, before numpy (imported above) read them:
+# what a worker's libraries actually run with. The driver reports them per implementation.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+_THREAD_ENV_AT_START = {k: os.environ.get(k) for k in THREAD_VARS}
 WORKLOADS = ["B1_L128", "B8_L128", "B1_L512", "mixed64"]
 IMPLS = ["erniem-np numba", "erniem-np numpy", "torch eager", "onnxruntime"]
 SIZES = {  # ErnieM-base, and a toy for smoke runs
@@ -90,10 +94,14 @@ def flops(lengths, H=768, F=3072, layers=12, **_):
 
 
 # ------------------------------------------------------------------------------------------------ worker
+def thread_env(threads):
+    """The variables that fix every library's thread count. They are read when a library loads (OpenBLAS
+    when numpy is imported), so they go into a worker's environment at its start, not set from inside it."""
+    return {k: str(threads) for k in THREAD_VARS}
+
+
 def load(impl, ckpt, threads):
     """(run(name) -> seconds for one call of workload name, load seconds) for one implementation."""
-    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-    os.environ["NUMBA_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
     lengths, _ = mixed_lengths()
     with open(os.path.join(ckpt, "prepared.json")) as f:
@@ -176,7 +184,7 @@ def serve(impl, ckpt, threads):
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     timed, load_s = load(impl, ckpt, threads)
-    proto.write(json.dumps({"load_s": load_s}) + "\n")
+    proto.write(json.dumps({"load_s": load_s, "thread_env": _THREAD_ENV_AT_START}) + "\n")
     proto.flush()
     for line in sys.stdin:
         cmd = line.strip()
@@ -189,7 +197,8 @@ class Worker:
     def __init__(self, impl, ckpt, threads):
         self.impl = impl
         cmd = [sys.executable, "-m", "erniem_np.bench", "--impl", impl, "--ckpt", ckpt, "--threads", str(threads)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, **thread_env(threads)))  # fmt: skip
 
     def ask(self, cmd=None):
         if cmd is not None:
@@ -207,12 +216,13 @@ class Worker:
 
 
 def peak_rss_mb():
-    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across exec from the parent."""
+    """This process's peak resident set (VmHWM) in MB of 10^6 bytes, the unit of the weight size it is
+    compared with. Not ru_maxrss: Linux carries that across exec from the parent."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                return int(line.split()[1]) * 1024 / 1e6  # the kernel's "kB" are KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -221,7 +231,7 @@ def sgemm_rate(threads):
             "b=np.random.rand(768,3072).astype(np.float32); a@b; ts=[]\n"
             "for _ in range(20):\n t=time.perf_counter(); a@b; ts.append(time.perf_counter()-t)\n"
             "print(2*1024*768*3072/min(ts)/1e9)")  # fmt: skip
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, **thread_env(threads))
     return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                 check=True).stdout)  # fmt: skip
 
@@ -392,8 +402,8 @@ def table(meta, results):
         f"longest {meta['mixed_lengths']['max']} ({meta['mixed_lengths']['source']}).",
         "",
         "| implementation | workload | median ms | rounds (min-max / median) | seq/s | GFLOP/s | % of sgemm | vs torch "
-        "| vs ORT | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| vs ORT | peak RSS MB | RSS / weights |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for impl, r in results.items():
         for w in WORKLOADS:
@@ -403,7 +413,7 @@ def table(meta, results):
             lines.append(f"| {impl} | {w} | {x['median_s'] * 1e3:.1f} | {x['spread'][0]:.2f}-{x['spread'][1]:.2f} "
                          f"| {x['seq_per_s']:.1f} | {x['gflops']:.0f} | "
                          f"{100 * x['gflops'] / meta['sgemm_gflops']:.0f}% | {vs_t} | {vs_o} | "
-                         f"{r['peak_rss_mb']:.0f} |")  # fmt: skip
+                         f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] * 1e6 / meta['weight_bytes']:.2f}x |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,7 @@ def test_bench_runs_end_to_end_on_the_tiny_size(tmp_path, capsys):
     assert data["meta"]["size"] == "tiny" and data["meta"]["shape"]["layers"] == 2
     for impl, r in data["results"].items():
         assert r["peak_rss_mb"] > 0 and r["load_s"] > 0, impl
+        assert r["thread_env"] == bench.thread_env(1), (impl, r["thread_env"])  # set before numpy loads OpenBLAS
         for w in bench.WORKLOADS:
             rounds = 2  # mixed64 takes min(reps, 3)
             assert len(r[w]["times_s"]) == rounds and all(t > 0 for t in r[w]["times_s"]), (impl, w)
@@ -39,7 +40,7 @@ def test_bench_runs_end_to_end_on_the_tiny_size(tmp_path, capsys):
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| erniem-np")]
     assert len(rows) == len(impls) * len(bench.WORKLOADS), table
-    assert "ErnieM-tiny" in table and "vs torch" in table
+    assert "ErnieM-tiny" in table and "vs torch" in table and "RSS / weights" in table
     assert (out / "results.png").stat().st_size > 0
     assert "ErnieM-tiny" in capsys.readouterr().out
 
