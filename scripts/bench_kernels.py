@@ -1,6 +1,6 @@
 """The Numba GEMM against NumPy/OpenBLAS sgemm on ErnieM shapes, in one run, same threads; then attention.
 
-    .venv/bin/python scripts/bench_kernels.py [--threads 2] [--reps 15] [--only gemm|qkv|attention]
+    .venv/bin/python scripts/bench_kernels.py [--threads 2] [--reps 15] [--only gemm|qkv|model-gemms|attention]
 
 For each shape (M rows, K in, N out) it times y = x W^T + b both ways (best of --reps, so a busy machine's
 noise shows as less, not more) and prints GFLOP/s and the kernel's fraction of OpenBLAS. The Numba kernel is
@@ -9,6 +9,12 @@ and, timed right after one, the kernel loses a core to them (that cost up to 2x 
 
 q, k and v (--only qkv): three ``linear`` calls against one ``linear_many`` call on [M, 768] inputs, M in 128,
 512, 1024, alternating call by call, medians of 2 x --reps calls each.
+
+The model's GEMMs (--only model-gemms): the 48 GEMM calls of one ErnieM-base forward, with the model's own
+layout of work (12 layers with distinct random weights, 340 MB, so the weights stream from memory as in the
+model: q/k/v in one ``linear_many``, out_proj + residual, linear1 + GELU, linear2 + residual) at M = 128
+(B=1 L=128) and 1024 (B=8 L=128) rows, against the same products in OpenBLAS (x @ W.T + b, + residual; no
+GELU, which favours OpenBLAS), interleaved pass by pass with a pause after each, medians of --reps passes.
 
 Attention (ErnieM-base heads: H = 768, nh = 12, d = 64; float32-min mask on 20% of the keys; need_probs False)
 at B=1 L=512 and B=8 L=128, both scalings: the Numba kernel, its NumPy twin ``attention_ref`` and a per-head
@@ -27,11 +33,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--only", choices=("gemm", "qkv", "attention"), help="time one kernel only")
+    ap.add_argument("--only", choices=("gemm", "qkv", "model-gemms", "attention"), help="time one part only")
     args = ap.parse_args()
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     import numpy as np
-
     from erniem_np.kernels import attention, gemm
 
     def best(f):
@@ -48,6 +53,8 @@ def main() -> None:
         bench_gemm(np, gemm, rng, best)
     if args.only in (None, "qkv"):
         bench_qkv(np, gemm, rng, args.reps)
+    if args.only in (None, "model-gemms"):
+        bench_model_gemms(np, gemm, rng, args.reps)
     if args.only in (None, "attention"):
         bench_attention(np, attention, rng, args.reps)
 
@@ -86,6 +93,46 @@ def bench_qkv(np, gemm, rng, reps):
         flop = 3 * 2 * M * 768 * 768
         sep, one = (float(np.median(times[n])) for n in ("sep", "one"))
         print(f"{M:>5}  {flop / sep / 1e9:>12.0f}  {flop / one / 1e9:>16.0f}  {sep / one:>8.3f}")
+
+
+def bench_model_gemms(np, gemm, rng, reps, H=768, F=3072, n_layers=12):
+    """One forward's GEMMs, erniem-np (with its fused epilogues) against OpenBLAS, pass by pass."""
+
+    def linear_params(n_out, n_in):
+        return rng.standard_normal((n_out, n_in), dtype=np.float32) / np.sqrt(n_in), np.zeros(n_out, np.float32)
+
+    layers = [{"qkv": [linear_params(H, H) for _ in range(3)], "out": linear_params(H, H),
+               "ffn1": linear_params(F, H), "ffn2": linear_params(H, F)} for _ in range(n_layers)]  # fmt: skip
+    print(f"\n{'M':>5}  {'OpenBLAS GF/s':>13}  {'erniem-np GF/s':>14}  ratio (medians of {reps} passes; 48 GEMMs each)")
+    for M in (128, 1024):
+        x, h = rng.standard_normal((M, H), dtype=np.float32), rng.standard_normal((M, F), dtype=np.float32)
+
+        def ours(x=x, h=h):
+            for lay in layers:
+                gemm.linear_many(x, lay["qkv"])
+                gemm.linear(x, *lay["out"], residual=x)
+                gemm.linear(x, *lay["ffn1"], activation="gelu")
+                gemm.linear(h, *lay["ffn2"], residual=x)
+
+        def blas(x=x, h=h):
+            for lay in layers:
+                for w, b in lay["qkv"]:
+                    x @ w.T + b
+                x @ lay["out"][0].T + lay["out"][1] + x
+                x @ lay["ffn1"][0].T + lay["ffn1"][1]
+                h @ lay["ffn2"][0].T + lay["ffn2"][1] + x
+
+        times = {"ours": [], "blas": []}
+        ours(), blas()
+        for r in range(reps):
+            for name, f in (("ours", ours), ("blas", blas)) if r % 2 else (("blas", blas), ("ours", ours)):
+                t = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t)
+                time.sleep(0.3)
+        flop = 2 * M * n_layers * (4 * H * H + 2 * H * F)
+        t_ours, t_blas = (float(np.median(times[n])) for n in ("ours", "blas"))
+        print(f"{M:>5}  {flop / t_blas / 1e9:>13.0f}  {flop / t_ours / 1e9:>14.0f}  {t_blas / t_ours:>6.2f}x")
 
 
 def bench_attention(np, attention, rng, reps):
