@@ -162,7 +162,7 @@ def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
       loads per 12 FMAs; partial sums of earlier K slices are read back from out.
     * epilogue, on the finished tile while it is in L1 (bias; bias then GELU, ``norm.gelu_row``; bias then
       the residual), then scattered to out: the same bits as a separate GELU pass over out, at the same
-      speed within noise (M = 128 and 1024, N = 3072, 2 threads, 40 interleaved calls each: -1% to -2%).
+      speed within noise (M = 128 and 1024, N = 3072, 2 threads, 40 interleaved calls each: -2% to 0%).
     * parallelism: one level, over the W strips of a pass (never BLAS inside); with several weights the
       strips of all of them form one parallel loop, so x is packed once and the pool is woken twice per
       pass, not twice per weight.
