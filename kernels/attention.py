@@ -30,11 +30,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 
 from .gemm import TILE_COLS, TILE_ROWS, micro_tile
-from .settings import JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, locked, serial_twin
+from .settings import JIT, jit, run, serial_twin
 
 
 # ================================================================================================ NumPy twin
@@ -111,7 +111,7 @@ def _exp_shifted_jit(row, n, m, scale_bits):
     return impl
 
 
-@njit(**PARALLEL_JIT)
+@jit(parallel=True)
 def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_probs, ctx, probs):
     """One task per (batch, head); both products on the GEMM's register tile (``micro_tile``).
 
@@ -195,7 +195,6 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
 _attention_serial = serial_twin(_attention, "_attention_serial")
 
 
-@locked
 def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False):
     """Numba twin of ``attention_ref``: same arguments, same results up to summation order."""
     B, L, H = q.shape
@@ -211,7 +210,6 @@ def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_pr
     probs = np.empty((B, n_heads, L, Lk) if need_probs else (1, 1, 1, 1), dtype=dtype)
     if B * L == 0:
         return ctx, (probs if need_probs else None)
-    small = 4 * B * L * Lk * H < SERIAL_BELOW_FLOPS
     if mask is None:
         m4 = np.zeros((1, 1, 1, Lk), dtype=dtype)
     else:
@@ -222,6 +220,6 @@ def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_pr
         if head_mask is None
         else np.ascontiguousarray(head_mask, dtype=dtype).reshape(n_heads)
     )
-    (_attention_serial if small else _attention)(q, k, v, m4, hm, n_heads, scaling == "hf", mask is not None,
-                                                 need_probs, ctx, probs)  # fmt: skip
+    run(_attention, _attention_serial, 4 * B * L * Lk * H,
+        q, k, v, m4, hm, n_heads, scaling == "hf", mask is not None, need_probs, ctx, probs)
     return ctx, (probs if need_probs else None)

@@ -11,12 +11,12 @@ import threading
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .norm import gelu_inplace, gelu_ref, gelu_row
-from .settings import JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, locked, serial_twin
+from .settings import JIT, jit, run, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL = 0, 1, 2
 
@@ -143,7 +143,7 @@ def _micro_tile_jit(w, j0, nc, k0, kc, panel, c):
     return impl
 
 
-@njit(**PARALLEL_JIT)
+@jit(parallel=True)
 def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
     """outs[p] = x ws[p]^T + bs[p] (+ residual) for x [M, K], ws[p] [N_p, K] (torch's Linear layout), outs[p]
     [M, N_p]: one weight, or several that share the input (q, k and v), in one pass over one packing of x.
@@ -246,7 +246,6 @@ def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
 _gemm_serial = serial_twin(_gemm, "_gemm_serial")
 
 
-@locked
 def linear(x, weight, bias=None, activation=None, residual=None):
     """Numba x [..., K] @ weight[N, K]^T + bias [N] -> [..., N]; activation "gelu" or a residual [..., N] fused.
 
@@ -260,7 +259,6 @@ def linear(x, weight, bias=None, activation=None, residual=None):
     return out
 
 
-@locked
 def linear_many(x, params):
     """Several Linear layers on one input, in one kernel call: params [(weight [N_p, K], bias [N_p] or None),
     ...] -> [x @ weight^T + bias for each]. The q, k and v projections use it: x is packed once and the
@@ -324,6 +322,5 @@ def _linear_parts(x, params, residual, gelu=False):
             outs[0] += r2
     else:
         flops = 2 * M * K * sum(out.shape[1] for out in outs)
-        kernel = _gemm if flops >= SERIAL_BELOW_FLOPS else _gemm_serial
-        kernel(x2, tuple(ws), tuple(bs), r2, tuple(outs), epilogue, _scratch(M, K, x2.dtype))
+        run(_gemm, _gemm_serial, flops, x2, tuple(ws), tuple(bs), r2, tuple(outs), epilogue, _scratch(M, K, x2.dtype))
     return results

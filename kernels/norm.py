@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 from scipy.special import erf
 
-from .settings import JIT, PARALLEL_JIT, SERIAL_BELOW_FLOPS, locked, serial_twin
+from .settings import JIT, jit, run, serial_twin
 
 
 # ================================================================================================ NumPy twins
@@ -31,7 +31,7 @@ def gelu_ref(x):
 
 
 # ================================================================================================ Numba kernels
-@njit(**PARALLEL_JIT)
+@jit(parallel=True)
 def _layer_norm(x, residual, weight, bias, eps, out, has_residual):
     """out[m] = (y - mean(y)) / sqrt(var(y) + eps) * weight + bias with y = x[m] (+ residual[m]).
 
@@ -63,15 +63,13 @@ def _layer_norm(x, residual, weight, bias, eps, out, has_residual):
 _layer_norm_serial = serial_twin(_layer_norm, "_layer_norm_serial")
 
 
-@locked
 def layer_norm(x, weight, bias, eps, residual=None):
     """Numba LayerNorm(x + residual): x [..., H] -> [..., H], same dtype as x."""
     shape = x.shape
     x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])
     r2 = x2 if residual is None else np.ascontiguousarray(residual, dtype=x.dtype).reshape(x2.shape)
     out = np.empty_like(x2)
-    kernel = _layer_norm if 10 * x2.size >= SERIAL_BELOW_FLOPS else _layer_norm_serial
-    kernel(x2, r2, weight, bias, eps, out, residual is not None)
+    run(_layer_norm, _layer_norm_serial, 10 * x2.size, x2, r2, weight, bias, eps, out, residual is not None)
     return out.reshape(shape)
 
 
@@ -86,7 +84,7 @@ _B = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37
       -1.42647390514189e-02)  # fmt: skip
 
 
-@njit(**JIT)
+@jit
 def erf_approx(z):
     a = abs(z)
     c = a if a < 4.0 else 4.0
@@ -108,7 +106,7 @@ def erf_approx(z):
     return r if z >= 0 else -r
 
 
-@njit(**JIT)
+@jit
 def gelu_scalar(x):
     xd = np.float64(x)
     return 0.5 * xd * (1.0 + erf_approx(xd * 0.7071067811865476))
@@ -137,7 +135,7 @@ def _gelu_row_jit(row):
     return impl
 
 
-@njit(**PARALLEL_JIT)
+@jit(parallel=True)
 def _gelu_rows(y):
     """In place, row-parallel: y = GELU(y), [M, N]."""
     M, N = y.shape
@@ -149,7 +147,7 @@ def _gelu_rows(y):
             row[j] = v if v != v else g  # NaN stays NaN (the clamp inside erf_approx would hide it)
 
 
-@njit(**PARALLEL_JIT)
+@jit(parallel=True)
 def _gelu_rows_exact(y):
     """In place, row-parallel, with libm's erf: the float64 path, where the approximation's ~1e-9 would show."""
     M, N = y.shape
@@ -164,14 +162,12 @@ _gelu_rows_serial = serial_twin(_gelu_rows, "_gelu_rows_serial")
 _gelu_rows_exact_serial = serial_twin(_gelu_rows_exact, "_gelu_rows_exact_serial")
 
 
-@locked
 def gelu_inplace(y):
     """GELU in place on a C-contiguous 2-D array: the rational erf in float32, libm's erf in float64."""
-    small = 40 * y.size < SERIAL_BELOW_FLOPS
     if y.dtype == np.float64:
-        (_gelu_rows_exact_serial if small else _gelu_rows_exact)(y)
+        run(_gelu_rows_exact, _gelu_rows_exact_serial, 40 * y.size, y)
     else:
-        (_gelu_rows_serial if small else _gelu_rows)(y)
+        run(_gelu_rows, _gelu_rows_serial, 40 * y.size, y)
     return y
 
 

@@ -1,120 +1,206 @@
-"""Numba settings in one place: compile flags, the threading layer, the cache directory, the thread count.
+"""Numba settings in one place: compile flags, the kernel cache, the choice of parallel or serial kernel, the
+thread count.
 
-Importing this module compiles nothing. It decides, before Numba starts its thread pool:
+Importing this module compiles nothing and changes none of Numba's global settings: the threading layer, the
+cache directory and every other ``numba.config`` value stay as the user's program left them.
 
-* the threading layer: a thread-safe one (``omp``, else ``tbb``) so that several Python threads may call the
-  kernels at once. Numba's default ``workqueue`` layer aborts the process on concurrent use ("Concurrent access
-  has been detected"); when no thread-safe layer can be loaded, ``kernel_lock`` serialises the calls instead.
-  ``NUMBA_THREADING_LAYER`` set by the user wins.
-* the cache directory: compiled kernels are cached beside the source when that directory is writable, else in
-  a user cache directory (``$XDG_CACHE_HOME/erniem-np/numba``, ``~/.cache/...`` or the temp dir), so a
-  read-only install still caches. ``NUMBA_CACHE_DIR`` set by the user wins.
+* **The kernel cache is private.** Compiled kernels are cached in a directory of the current user's alone
+  (``$ERNIEM_NP_CACHE_DIR``, else ``$XDG_CACHE_HOME/erniem-np/numba``, else ``~/.cache/erniem-np/numba``, else
+  ``<temp dir>/erniem-np-<uid>/numba``), never beside the installed sources and never in a shared folder. Numba
+  unpickles the cache's index files, so a directory anyone else could write to would let them run code as
+  us: a directory is used only when it and every directory above it pass ``_private_dir`` (owned by us or by
+  root, not writable by others unless sticky; the cache directory itself created 0700). When none passes,
+  the kernels run uncached, after one warning. ``ERNIEM_NP_CACHE_DIR=`` (empty) turns the cache off.
+* **Parallel kernels only where they are safe.** Each kernel has a serial twin compiled from the same source.
+  ``run`` picks the parallel one above ``SERIAL_BELOW_FLOPS`` unless this process is a ``fork`` child of a
+  process whose GNU OpenMP thread pool had started (GNU OpenMP cannot run in such a child: Numba kills it);
+  there the twins run, single-threaded and correct. ``spawn`` and ``forkserver`` children run in parallel.
+* **Several Python threads may call the kernels at once.** Numba's ``omp`` and ``tbb`` layers are
+  thread-safe; its ``workqueue`` layer aborts the process on concurrent use, so when Numba runs ``workqueue``
+  (the user chose it, or no other layer loads) ``run`` holds a lock around each parallel call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import stat
 import sys
 import tempfile
 import threading
+import warnings
+
+import numba
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def _user_cache_dir() -> str:
-    for base in (os.environ.get("XDG_CACHE_HOME"), os.path.join(os.path.expanduser("~"), ".cache"),
-                 tempfile.gettempdir()):  # fmt: skip
-        if not base:
-            continue
-        path = os.path.join(base, "erniem-np", "numba")
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(path, os.W_OK):
-            return path
-    return tempfile.mkdtemp(prefix="erniem-np-numba-")
-
-
-def _choose_cache_dir() -> str | None:
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return None  # the user's choice
-    pycache = os.path.join(_HERE, "__pycache__")
-    try:
-        os.makedirs(pycache, exist_ok=True)
-        writable = os.access(pycache, os.W_OK)
-    except OSError:
-        writable = False
-    return None if writable else _user_cache_dir()
-
-
-def _layer_loadable(name: str) -> bool:
-    try:
-        if name == "omp":
-            from numba.np.ufunc import omppool  # noqa: F401
-        elif name == "tbb":
-            from numba.np.ufunc import tbbpool  # noqa: F401
-        else:
-            return False
-    except (ImportError, OSError):
-        return False
-    return True
-
-
-_cache_dir = _choose_cache_dir()
-if _cache_dir is not None:
-    if "numba" in sys.modules:
-        import numba.core.config as _cfg
-
-        _cfg.CACHE_DIR = _cache_dir
-    else:
-        os.environ["NUMBA_CACHE_DIR"] = _cache_dir
-
-import numba  # noqa: E402
-
-if os.environ.get("NUMBA_THREADING_LAYER"):
-    THREADING_LAYER = os.environ["NUMBA_THREADING_LAYER"]
-else:
-    THREADING_LAYER = next((n for n in ("omp", "tbb") if _layer_loadable(n)), "workqueue")
-    numba.config.THREADING_LAYER = THREADING_LAYER
-THREAD_SAFE = THREADING_LAYER in ("omp", "tbb", "threadsafe", "safe")
-_lock = threading.RLock()  # re-entrant: linear() calls the locked GELU
-
-
-def locked(fn):
-    """Decorator for the public kernel wrappers: hold ``kernel_lock`` while the kernel runs."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with kernel_lock():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def kernel_lock():
-    """Serialise parallel kernels when the threading layer is not thread-safe (workqueue)."""
-    if THREAD_SAFE:
-        yield
-    else:
-        with _lock:
-            yield
-
-
-# Compile flags. fastmath is limited to the flags that leave NaN and inf semantics intact: reassociation (so
-# reductions vectorise), contraction into FMA, and no signed zeros. error_model="numpy" makes a division by
-# zero give inf/nan instead of raising, and removes the checks that block vectorisation.
+# ------------------------------------------------------------------------------------------------ compile flags
+# fastmath is limited to the flags that leave NaN and inf semantics intact: reassociation (so reductions
+# vectorise), contraction into FMA, and no signed zeros. error_model="numpy" makes a division by zero give
+# inf/nan instead of raising, and removes the checks that block vectorisation. Caching is not a flag here:
+# ``jit`` attaches the private cache.
 FASTMATH = {"reassoc", "contract", "nsz"}
-JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+JIT = dict(nogil=True, fastmath=FASTMATH, error_model="numpy")
 PARALLEL_JIT = dict(JIT, parallel=True)
 
 
-# Below this much work a parallel launch costs more than it saves (waking the pool is ~10-50 us, more on a
-# busy machine), so each parallel kernel also has a serial twin compiled from the same source.
-SERIAL_BELOW_FLOPS = 4_000_000
+# ------------------------------------------------------------------------------------------------ the cache
+class CacheDirWarning(UserWarning):
+    """The kernels run uncached: no private cache directory could be made."""
+
+
+def _private_dir(path: str, create: bool) -> str | None:
+    """Why ``path`` is unfit for the cache (a sentence), or None when it is fit.
+
+    Fit: a real directory (not a symlink) owned by the current user and writable by nobody else, below
+    ancestors that are each owned by the user or root and, where others may write to them, sticky (so no one
+    else can rename our directory away and put theirs in its place). With ``create``, the missing
+    directories are made first, each 0700.
+    """
+    path = os.path.abspath(path)
+    uid = os.getuid()
+    if create:
+        missing = []
+        p = path
+        while not os.path.lexists(p) and p != os.path.dirname(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                return f"{d} cannot be created ({e.strerror})"
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if st.st_uid != uid:
+        return f"{path} belongs to another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    parent = os.path.realpath(os.path.dirname(path))
+    while True:  # the ancestors, from the nearest up, symbolic links resolved
+        try:
+            st = os.stat(parent)
+        except OSError as e:
+            return f"{parent} cannot be read ({e.strerror})"
+        if st.st_uid not in (uid, 0):
+            return f"{parent} belongs to another user (uid {st.st_uid})"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            return f"{parent} is writable by other users and not sticky"
+        if parent == os.path.dirname(parent):
+            return None
+        parent = os.path.dirname(parent)
+
+
+def _cache_candidates() -> list[str]:
+    """Where the cache may go, in order of preference (``ERNIEM_NP_CACHE_DIR`` alone when it is set)."""
+    if "ERNIEM_NP_CACHE_DIR" in os.environ:
+        chosen = os.environ["ERNIEM_NP_CACHE_DIR"]
+        return [os.path.abspath(chosen)] if chosen else []
+    found = []
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        found.append(os.path.join(xdg, "erniem-np", "numba"))
+    home = os.path.expanduser("~")
+    if os.path.isabs(home) and os.path.isdir(home):
+        found.append(os.path.join(home, ".cache", "erniem-np", "numba"))
+    found.append(os.path.join(tempfile.gettempdir(), f"erniem-np-{os.getuid()}", "numba"))
+    return found
+
+
+def choose_cache_dir() -> tuple[str | None, list[str]]:
+    """The private cache directory (None: run uncached) and, for each candidate refused, why."""
+    refused = []
+    for path in _cache_candidates():
+        why = _private_dir(path, create=True)
+        if why is None:
+            return path, refused
+        refused.append(why)
+    return None, refused
+
+
+CACHE_DIR, _refused = choose_cache_dir()
+if CACHE_DIR is None and _refused:
+    warnings.warn("erniem-np: compiled kernels will not be cached (each process compiles them anew, 20-30 s): "
+                  + "; ".join(_refused) + ". Set ERNIEM_NP_CACHE_DIR to a directory of your own.",
+                  CacheDirWarning, stacklevel=2)  # fmt: skip
+
+
+def _kernels_stamp() -> bytes:
+    """A hash of every kernel source and Numba's version: a cached kernel is reused only while all of them are
+    unchanged (a kernel inlines helpers from the other kernel files, which Numba's per-file stamp misses)."""
+    h = hashlib.sha256(numba.__version__.encode())
+    for name in sorted(os.listdir(_HERE)):
+        if name.endswith(".py"):
+            with open(os.path.join(_HERE, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.digest()
+
+
+def _private_cache_class():
+    """A Numba FunctionCache that stores in ``CACHE_DIR`` only, whatever Numba's own locator settings say."""
+    from numba.core import caching
+
+    stamp = _kernels_stamp()
+
+    class Locator(caching._CacheLocator):
+        def __init__(self, py_func, py_file):
+            self._lineno = py_func.__code__.co_firstlineno
+            self._path = os.path.join(CACHE_DIR, self.get_suitable_cache_subpath(py_file))
+
+        def ensure_cache_path(self):
+            os.makedirs(self._path, mode=0o700, exist_ok=True)
+
+        def get_cache_path(self):
+            return self._path
+
+        def get_source_stamp(self):
+            return stamp
+
+        def get_disambiguator(self):
+            return str(self._lineno)
+
+    class Impl(caching.CompileResultCacheImpl):
+        def __init__(self, py_func):  # as Numba's, with our locator in place of its list
+            self._lineno = py_func.__code__.co_firstlineno
+            self._locator = Locator(py_func, os.path.abspath(py_func.__code__.co_filename))
+            modname = os.path.splitext(os.path.basename(py_func.__code__.co_filename))[0]
+            abiflags = getattr(sys, "abiflags", "")
+            self._filename_base = self.get_filename_base(f"{modname}.{py_func.__qualname__}", abiflags)
+
+    class PrivateCache(caching.FunctionCache):
+        _impl_class = Impl
+
+    return PrivateCache
+
+
+_PrivateCache = None
+if CACHE_DIR is not None and not numba.config.DISABLE_JIT:
+    try:
+        _PrivateCache = _private_cache_class()
+    except (ImportError, AttributeError) as e:  # a Numba whose caching internals differ
+        warnings.warn(f"erniem-np: compiled kernels will not be cached: this Numba has no {e.name!r}",
+                      CacheDirWarning, stacklevel=2)  # fmt: skip
+
+
+def jit(fn=None, *, parallel=False):
+    """``numba.njit`` with the package's flags and the private cache: ``@jit`` or ``@jit(parallel=True)``."""
+    if fn is None:
+        return lambda f: jit(f, parallel=parallel)
+    dispatcher = numba.njit(**(PARALLEL_JIT if parallel else JIT))(fn)
+    if _PrivateCache is not None and hasattr(dispatcher, "py_func"):  # not under NUMBA_DISABLE_JIT=1
+        dispatcher._cache = _PrivateCache(dispatcher.py_func)
+    return dispatcher
 
 
 def serial_twin(dispatcher, name: str):
@@ -126,9 +212,86 @@ def serial_twin(dispatcher, name: str):
     twin = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
     twin.__qualname__ = name
     twin.__doc__ = f.__doc__
-    return numba.njit(**JIT)(twin)
+    return jit(twin)
 
 
+# ------------------------------------------------------------------------------------------------ which kernel
+# Below this much work a parallel launch costs more than it saves (waking the pool is ~10-50 us, more on a
+# busy machine), so each parallel kernel also has a serial twin compiled from the same source.
+SERIAL_BELOW_FLOPS = 4_000_000
+
+_lock = threading.Lock()
+_thread_safe: bool | None = None  # whether the running threading layer is; known once the pool has started
+_forked_from_gnu_omp = False  # this process is a fork child of one whose GNU OpenMP pool had started
+
+
+def threading_layer() -> str | None:
+    """The threading layer Numba runs, or None before its pool has started."""
+    from numba.np.ufunc import parallel
+
+    return parallel._threading_layer if parallel._is_initialized else None
+
+
+def _gnu_omp_running() -> bool:
+    if threading_layer() != "omp":
+        return False
+    try:
+        from numba.np.ufunc import omppool
+
+        return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+    except ImportError:
+        return True
+
+
+def _after_fork_in_child() -> None:
+    global _forked_from_gnu_omp
+    try:
+        _forked_from_gnu_omp = _forked_from_gnu_omp or _gnu_omp_running()
+    except Exception:  # noqa: BLE001 - an at-fork hook must not raise; serial is always safe
+        _forked_from_gnu_omp = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def parallel_allowed() -> bool:
+    """Whether the parallel kernels may run in this process (not in a fork child of a GNU OpenMP process)."""
+    return not _forked_from_gnu_omp
+
+
+def _layer_is_thread_safe() -> bool:
+    """Start Numba's pool (with the layer the user's settings pick) and say whether that layer is thread-safe."""
+    global _thread_safe
+    if _thread_safe is None:
+        if numba.config.DISABLE_JIT:
+            return True  # prange is range: no pool
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()
+        _thread_safe = threading_layer() in ("omp", "tbb")
+    return _thread_safe
+
+
+@contextlib.contextmanager
+def kernel_lock():
+    """Held around each parallel kernel call: a no-op on a thread-safe layer, a lock on ``workqueue``."""
+    if _layer_is_thread_safe():
+        yield
+    else:
+        with _lock:
+            yield
+
+
+def run(parallel_kernel, serial_kernel, flops, *args):
+    """Run ``parallel_kernel(*args)`` when ``flops`` pays for a parallel launch and that is safe here, else
+    its serial twin. The one place the package chooses between them."""
+    if flops >= SERIAL_BELOW_FLOPS and parallel_allowed():
+        with kernel_lock():
+            return parallel_kernel(*args)
+    return serial_kernel(*args)
+
+
+# ------------------------------------------------------------------------------------------------ threads
 def set_num_threads(n: int) -> None:
     """Threads the kernels use (at most NUMBA_NUM_THREADS, fixed when Numba starts)."""
     limit = numba.config.NUMBA_NUM_THREADS
