@@ -15,7 +15,7 @@ from typing import Any
 
 FLAVORS = ("hf", "paddle")
 
-# Every activation name HF's ACT2FN accepts (transformers/activations.py); layers.ACTIVATIONS implements them.
+# Every activation name HF's ACT2FN accepts (transformers/activations.py); activations.ACTIVATIONS implements them.
 ACTIVATION_NAMES = (
     "gelu", "gelu_10", "gelu_fast", "gelu_new", "gelu_python", "gelu_pytorch_tanh", "gelu_accurate",
     "laplace", "leaky_relu", "linear", "mish", "quick_gelu", "relu", "relu2", "relu6", "sigmoid", "silu",

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf, expit
+
+from .activations import ACTIVATIONS
 
 # HF fills masked positions with the float32 minimum, whatever the model's dtype
 # (modeling_ernie_m.py: `.to(torch.float32)` then `*= torch.finfo(torch.float32).min`).
@@ -28,72 +29,6 @@ PADDLE_BOOL_MASK_SCALE = 1e9
 # QUIRK: both references add 2 to every position id, default or user-given ("to mimic paddlenlp
 # implementation"); rows 0 and 1 of the position table are never read by default.
 POSITION_OFFSET = 2
-
-
-# ----------------------------------------------------------------------------------------- activations
-def gelu(x):
-    """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)): HF ACT2FN["gelu"] and Paddle F.gelu(approximate=False)."""
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
-
-
-def gelu_python(x):
-    return x * 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
-
-
-def gelu_new(x):
-    """The tanh approximation (GPT-2's); differs from exact GELU by up to ~5e-4."""
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * np.power(x, 3.0))))
-
-
-def gelu_fast(x):
-    return 0.5 * x * (1.0 + np.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-def gelu_pytorch_tanh(x):
-    # torch.nn.functional.gelu(approximate="tanh"): kBeta = sqrt(2) * (2 / sqrt(pi)) * 0.5, kKappa = 0.044715
-    k_beta = math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5
-    return 0.5 * x * (1.0 + np.tanh(k_beta * (x + 0.044715 * x * x * x)))
-
-
-def gelu_10(x):
-    return np.clip(gelu(x), -10.0, 10.0)
-
-
-def laplace(x, mu=0.707107, sigma=0.282095):
-    return 0.5 * (1.0 + erf((x - mu) / (sigma * math.sqrt(2.0))))
-
-
-def mish(x):
-    # torch softplus(beta=1, threshold=20) returns x itself above 20
-    softplus = np.where(x > 20.0, x, np.logaddexp(x * 0, x))
-    return x * np.tanh(softplus)
-
-
-def relu(x):
-    return np.maximum(x, x.dtype.type(0))
-
-
-ACTIVATIONS = {
-    "gelu": gelu,
-    "gelu_10": gelu_10,
-    "gelu_fast": gelu_fast,
-    "gelu_new": gelu_new,
-    "gelu_python": gelu_python,
-    "gelu_pytorch_tanh": gelu_pytorch_tanh,
-    "gelu_accurate": gelu_new,  # AccurateGELUActivation: the same formula as gelu_new
-    "laplace": laplace,
-    "leaky_relu": lambda x: np.where(x >= 0, x, x * x.dtype.type(0.01)),
-    "linear": lambda x: x,
-    "mish": mish,
-    "quick_gelu": lambda x: x * expit(1.702 * x),
-    "relu": relu,
-    "relu2": lambda x: np.square(relu(x)),
-    "relu6": lambda x: np.clip(x, 0.0, 6.0).astype(x.dtype),
-    "sigmoid": expit,
-    "silu": lambda x: x * expit(x),
-    "swish": lambda x: x * expit(x),
-    "tanh": np.tanh,
-}
 
 
 # ----------------------------------------------------------------------------------------- basic layers
@@ -231,9 +166,10 @@ def self_attention(x, self_attn, out_proj, n_heads, mask, flavor, head_mask=None
 
 # ----------------------------------------------------------------------------------------- encoder
 def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, activation, eps, mask, flavor,
-                  head_mask=None, past=None, probes=None):  # fmt: skip
+                  head_mask=None, past=None, need_probs=True, probes=None):  # fmt: skip
     """One post-LN Transformer layer (HF ErnieMEncoderLayer = Paddle TransformerEncoderLayer with
-    normalize_before=False): [B, L, H] -> [B, L, H]. Dropouts are identity at inference.
+    normalize_before=False): [B, L, H] -> ([B, L, H], probs [B, nh, L, Lk] or None when not ``need_probs``,
+    (k, v) [B, nh, Lk, d]). Dropouts are identity at inference.
     ``probes``: None, or a dict that receives every intermediate by its parity-bundle name (``attn.*``,
     ``norm1.out``, ``ffn.up``, ``ffn.act``, ``ffn.down``, ``out``)."""
     attn, probs, cache = self_attention(
@@ -246,7 +182,7 @@ def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, acti
     out = layer_norm(x + down, norm2["weight"], norm2["bias"], eps)
     if probes is not None:
         probes.update({"norm1.out": x, "ffn.up": up, "ffn.act": h, "ffn.down": down, "out": out})
-    return out, probs, cache
+    return out, (probs if need_probs else None), cache
 
 
 def pooler(x, dense):

@@ -45,7 +45,7 @@ def param_specs(config, ffn_size: int | None = None) -> list[tuple[str, tuple[in
     config says, so the Paddle golden script passes it).
     """
     from .config import ErnieMConfig
-    from .model import base_parameter_shapes
+    from .parameters import base_parameter_shapes
 
     keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "max_position_embeddings")  # fmt: skip

@@ -218,7 +218,7 @@ def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_pr
     hm = (
         np.ones(n_heads, dtype=dtype)
         if head_mask is None
-        else np.ascontiguousarray(head_mask, dtype=dtype).reshape(n_heads)
+        else np.array(head_mask, dtype=dtype).reshape(n_heads)  # a writable copy: one Numba type
     )
     run(_attention, _attention_serial, 4 * B * L * Lk * H,
         q, k, v, m4, hm, n_heads, scaling == "hf", mask is not None, need_probs, ctx, probs)

@@ -69,8 +69,16 @@ def layer_norm(x, weight, bias, eps, residual=None):
     x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])
     r2 = x2 if residual is None else np.ascontiguousarray(residual, dtype=x.dtype).reshape(x2.shape)
     out = np.empty_like(x2)
+    weight, bias = (_readonly(np.ascontiguousarray(a, dtype=x.dtype)) for a in (weight, bias))  # one Numba type
     run(_layer_norm, _layer_norm_serial, 10 * x2.size, x2, r2, weight, bias, eps, out, residual is not None)
     return out.reshape(shape)
+
+
+def _readonly(a):
+    """A read-only view, so that memory-mapped and in-memory weights have one Numba type."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
 
 
 # Exact-GELU through a rational approximation of erf that vectorises (scalar math.erf does not, and costs

@@ -38,7 +38,7 @@ import numpy as np
 
 from erniem_np.checkpoints.safetensors_file import write_safetensors
 from erniem_np.config import ErnieMConfig
-from erniem_np.model import base_parameter_shapes
+from erniem_np.parameters import base_parameter_shapes
 
 HF_PY = ROOT / ".venv-ref-hf" / "bin" / "python"
 PADDLE_PY = ROOT / ".venv-ref-paddle" / "bin" / "python"

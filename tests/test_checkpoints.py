@@ -454,11 +454,17 @@ def test_model_reads_word_rows_from_the_file_with_the_same_numbers(tmp_path, mon
     shutil.copytree(os.path.join(FIXTURES, "hf-base-safetensors"), tmp_path / "m")
     mapped = ErnieMModel.from_pretrained(str(tmp_path / "m"), backend="numpy")
     whole = ErnieMModel.from_pretrained(str(tmp_path / "m"), backend="numpy", mmap=False)
-    assert mapped._word_rows is not None and whole._word_rows is None
-    assert ErnieMModel.from_pretrained(str(tmp_path / "m"), dtype=np.float64)._word_rows is None
+    from erniem_np.checkpoints.tensors import RowReadTable
+
+    def table(model):
+        return model.base_params["embeddings"]["word_embeddings"]["weight"]
+
+    assert isinstance(table(mapped), RowReadTable) and isinstance(table(whole), np.ndarray)
+    assert isinstance(table(ErnieMModel.from_pretrained(str(tmp_path / "m"), dtype=np.float64)), np.ndarray)
+    assert np.asarray(table(mapped)) is table(mapped).array and table(mapped).shape == table(whole).shape
     calls = []
-    reader = mapped._word_rows
-    mapped._word_rows = lambda ids: calls.append(ids.shape) or reader(ids)
+    reader = table(mapped).read_rows
+    table(mapped).read_rows = lambda ids: calls.append(ids.shape) or reader(ids)
     ids = np.array([[0, 5, 9, 2, 1], [0, 7, 2, 1, 1]])
     a = mapped(input_ids=ids, output_hidden_states=True)
     b = whole(input_ids=ids, output_hidden_states=True)

@@ -88,7 +88,7 @@ def test_errors_name_the_file(tmp_path):
 def test_every_hf_activation_is_implemented():
     import numpy as np
 
-    from erniem_np.layers import ACTIVATIONS
+    from erniem_np.activations import ACTIVATIONS
 
     x = np.linspace(-30, 30, 101, dtype=np.float32)
     for name in ACTIVATION_NAMES:

@@ -14,7 +14,7 @@
 # # 2. Embeddings and positions: the +2 offset and why it exists
 #
 # The code this chapter explains: `erniem_np/layers.py`, functions `embeddings`, `default_position_ids`,
-# `layer_norm` and the constant `POSITION_OFFSET`; and the input checks in `erniem_np/model.py`
+# `layer_norm` and the constant `POSITION_OFFSET`; and the input checks in `erniem_np/inputs.py`
 # (`prepare_inputs`).
 #
 # The first layer of the model turns ids into vectors: a row of the word table for each token, plus a row of

@@ -14,7 +14,7 @@
 # # 4. The encoder layer and the whole model, checked layer by layer against a golden bundle
 #
 # The code this chapter explains: `erniem_np/layers.py` (`encoder_layer`, `pooler`, `gelu`) and
-# `erniem_np/model.py` (`ErnieMPreTrainedModel._encode`, the forward pass top to bottom); the parity toolkit in
+# `erniem_np/model.py` (`ErnieMPreTrainedModel.encode`, the forward pass top to bottom); the parity toolkit in
 # `erniem_np/parity/` (`load_bundle`, `compare_bundles`) and `docs/parity-testing.md`.
 #
 # With embeddings (chapter 2) and attention (chapter 3) in hand, the rest of ErnieM is short. Each of the

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import tempfile
 import weakref
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from ..atomic import atomic_file
 from .errors import CheckpointError
 from .tensors import NUMPY_DTYPES, StoredTensor, float32_to_bfloat16
 
@@ -264,34 +264,20 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Ma
     blob += b" " * (-(8 + len(blob)) % ALIGNMENT)
     total = offset
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
-            done = 0
-            for name in order:
-                a, stored = plan[name]
-                if stored == "bfloat16":
-                    a = float32_to_bfloat16(np.asarray(a, dtype=np.float32))
-                flat = np.ascontiguousarray(a, dtype=NUMPY_DTYPES[stored]).reshape(-1).view(np.uint8)
-                for start in range(0, flat.size, 1 << 26):  # 64 MiB at a time, for progress on big tensors
-                    chunk = flat[start : start + (1 << 26)]
-                    f.write(memoryview(chunk))
-                    done += chunk.size
-                    if progress is not None:
-                        progress(done, total)
-        _default_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:  # written beside path, renamed over it when complete
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        done = 0
+        for name in order:
+            a, stored = plan[name]
+            if stored == "bfloat16":
+                a = float32_to_bfloat16(np.asarray(a, dtype=np.float32))
+            flat = np.ascontiguousarray(a, dtype=NUMPY_DTYPES[stored]).reshape(-1).view(np.uint8)
+            for start in range(0, flat.size, 1 << 26):  # 64 MiB at a time, for progress on big tensors
+                chunk = flat[start : start + (1 << 26)]
+                f.write(memoryview(chunk))
+                done += chunk.size
+                if progress is not None:
+                    progress(done, total)
 
 
-def _default_permissions(path: str) -> None:
-    """mkstemp creates files readable by the owner only; give them the usual mode (0666 less umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)

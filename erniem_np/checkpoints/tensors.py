@@ -98,3 +98,31 @@ class StoredTensor:
         if a is not source and self.release is not None and not np.may_share_memory(a, source):
             self.release(source)
         return a
+
+
+class RowReadTable:
+    """A 2-D table whose ``table[ids]`` (an integer array of ids) reads just those rows from the checkpoint
+    file with ``read_rows`` (``StoredTensor.row_reader``) instead of indexing the memory mapping; every other
+    use (``np.asarray(table)``, slicing, ``shape``) sees the mapped array itself. The model's word-embedding
+    lookup indexes it as it would the array: the same numbers, read without mapping MB-sized page-cache
+    folios per token."""
+
+    def __init__(self, array: np.ndarray, read_rows: Callable[[np.ndarray], np.ndarray]):
+        self.array = array
+        self.read_rows = read_rows
+
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+    ndim = property(lambda self: self.array.ndim)
+    size = property(lambda self: self.array.size)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array if dtype is None else self.array.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        if isinstance(key, np.ndarray) and np.issubdtype(key.dtype, np.integer):
+            return self.read_rows(key)  # [...] ids -> [..., H]
+        return self.array[key]

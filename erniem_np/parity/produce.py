@@ -194,7 +194,7 @@ def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: lis
     """(tensors, metadata) of a reference bundle made by this implementation.
 
     ``weights``: random_weights naming (base names plus ``<head>.<param>``); ``heads`` must all have their
-    weights in it. ``backend="numpy"`` records every probe; "numba" only the core tier (see backend.py).
+    weights in it. ``backend="numpy"`` records every probe; "numba" only the core tier (see fused.py).
     ``calibrate`` (float32 bundles): also run float64 and record, per probe, the float32 run's own error
     ``max |f32 - f64|`` on valid positions in ``tolerances.calibration`` (compare_bundles(calibrated=True)
     then allows CALIBRATION_FACTOR times that where it exceeds the profile's atol).
@@ -304,7 +304,7 @@ def layer_local_probes(ref, config: ErnieMConfig, weights: dict[str, np.ndarray]
     reference's last layer output and pooled output. Errors then do not compound from layer to layer, so a
     bug shows where it is, at its own size (compare with profile fp32-strict). ``ref``: a reference Bundle.
     """
-    from ..model import _unflatten
+    from ..parameters import unflatten as _unflatten
 
     dtype = np.dtype(dtype)
     base = {k: np.asarray(v, dtype) for k, v in split_head(weights, None).items()}

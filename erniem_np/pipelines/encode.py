@@ -134,7 +134,7 @@ class Encoder(EncodeMethods):
     def _embed_batch(self, rows: list[list[int]]) -> list[np.ndarray]:
         """One forward pass over a batch of id lists; one embedding per row, in the order given."""
         ids, mask = pad_batch(rows, self.tokenizer.pad_token_id)  # [B, L] each
-        out = self.model._encode(ids, mask)  # always with the mask: padding never attended (base.py)
+        out = self.model.encode(ids, attention_mask=mask)  # always with the mask: padding never attended (base.py)
         x = out.last_hidden_state  # [B, L, H]
         if self.pooling == "pooled":
             v = out.pooler_output  # [B, H]
