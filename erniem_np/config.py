@@ -1,6 +1,6 @@
 """ErnieMConfig: the model's hyper-parameters, read from HF or Paddle config files.
 
-Field names and defaults are HuggingFace transformers 4.46.3's ``ErnieMConfig`` (erniem-reference.md A.1).
+Field names and defaults are HF transformers 4.46.3's ``ErnieMConfig`` (docs/reference.md#c1-configuration-fields).
 One field is ours: ``flavor``, which picks the reference whose behaviour we reproduce where HF and PaddleNLP
 differ (the implicit attention mask, the mask fill value and hence fully-masked rows; see layers.py).
 """

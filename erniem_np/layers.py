@@ -1,4 +1,4 @@
-"""The layers of ErnieM as plain NumPy functions: the reference backend, read beside erniem-reference.md.
+"""The layers of ErnieM as plain NumPy functions: the reference backend, read beside docs/reference.md.
 
 Dimension legend: B batch, L query length, P past length, Lk = P + L key length, H hidden size,
 nh attention heads, d = H / nh head size, F FFN width, V vocabulary size, T position-table rows.
@@ -79,7 +79,7 @@ def default_position_ids(batch, length, past_length=0):
 def additive_mask(input_ids, attention_mask, past_length, flavor, pad_token_id, dtype):
     """The additive mask each reference adds to the attention scores, broadcastable to [B, nh, L, Lk].
 
-    attention_mask None (the implicit mask), per flavor (QUIRK, erniem-reference.md B.2):
+    attention_mask None (the implicit mask), per flavor (QUIRK, docs/reference.md#m3-attention-mask):
       * "hf": keys whose id == pad_token_id get float32-min; everything else 0.
       * "paddle": keys whose id == 0 ([CLS]!) get -1e4; padding (id 1) is attended.
       With a cache, P zeros (attend) come first. HF itself crashes on that combination and on inputs_embeds

@@ -42,7 +42,7 @@ from erniem_np.parameters import base_parameter_shapes
 
 HF_PY = ROOT / ".venv-ref-hf" / "bin" / "python"
 PADDLE_PY = ROOT / ".venv-ref-paddle" / "bin" / "python"
-BASE = ErnieMConfig()  # the defaults are ernie-m-base (A.1/A.3)
+BASE = ErnieMConfig()  # the defaults are ernie-m-base (docs/reference.md#c3-named-checkpoints)
 
 TO_BIN = """
 import sys, torch

@@ -10,7 +10,7 @@ Each file follows tests/goldens/README.md (format ``erniem-np-golden/1``). The w
 drawn from ``np.random.default_rng(INPUT_SEED)`` (one fixed seed per config) in case order, so a re-run writes
 the same tensors. Needs torch + transformers 4.46.x; the package itself never imports this script.
 
-HF behaviour the cases pin down (docs/erniem-reference.md, sections B and G):
+HF behaviour the cases pin down (docs/reference.md, sections M1-M8 and V1):
 
 * no ``attention_mask``: ids equal to ``pad_token_id`` (1) are masked with float32 min (c02);
 * a fully masked row gives uniform attention (c03);

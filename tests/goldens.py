@@ -32,7 +32,7 @@ MODEL_CLASS = {
     "ie": ErnieMForInformationExtraction,
 }
 
-# The fp32 profile of parity-bundles.md: |ours - ref| <= atol + rtol * |ref|.
+# The fp32 profile of docs/parity-testing.md#4-profiles: |ours - ref| <= atol + rtol * |ref|.
 PROFILE_FP32 = {
     "hidden": (5e-5, 1e-4),
     "probs": (1e-5, 1e-4),

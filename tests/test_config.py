@@ -9,7 +9,7 @@ import pytest
 from erniem_np import ErnieMConfig
 from erniem_np.config import ACTIVATION_NAMES
 
-# susnato/ernie-m-base_pytorch's first config.json: the Paddle-style file (erniem-reference.md A.2)
+# susnato/ernie-m-base_pytorch's first config.json: the Paddle-style file (docs/reference.md#c2-paddle-configs)
 PADDLE_BASE = {
     "architectures": ["ErnieMModel"], "attention_probs_dropout_prob": 0.1, "dtype": "float32", "hidden_act": "gelu",
     "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,

@@ -453,7 +453,7 @@ def test_attention_non_finite_matches_twin(B, L, P, nh, d, dtype, seed, scaling,
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("flavor", ["hf", "paddle"])
 def test_fully_masked_row_follows_each_flavor(flavor, dtype, size, kernel_calls):
-    """A batch row whose every key is masked (docs/erniem-reference.md: "Fully masked rows: HF -> uniform
+    """A batch row whose every key is masked (docs/reference.md#q5-fully-masked-rows: "Fully masked rows: HF -> uniform
     attention; Paddle -> unmasked softmax"). HF fills with float32-min, so every score collapses to the same
     value and the row is uniform; Paddle adds -1e4, which keeps the score differences, so the row is the
     softmax of the raw scaled scores (up to float32 rounding of score - 1e4). The kernel, serial and parallel,

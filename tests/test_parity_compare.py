@@ -1,4 +1,4 @@
-"""The comparator: statistics, first divergence, and the negative controls of issue 7.
+"""The comparator: statistics, first divergence, and the negative controls that prove it can fail.
 
 Each control is a candidate computed by this implementation with one classic ErnieM porting bug, compared
 with the shipped tiny bundle; it must fail at the probe where the bug first shows, with the debug tier and

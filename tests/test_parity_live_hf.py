@@ -1,5 +1,5 @@
 """The HF reference, driven by scripts/produce_bundle_hf.py from exported inputs, passes against the shipped
-bundles (issue 7's acceptance test). Needs torch and transformers (the `reference` extra)."""
+bundles: the parity toolkit's acceptance test. Needs torch and transformers (the `reference` extra)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ TOKENIZER_FILES = ("sentencepiece.bpe.model", "vocab.txt", "tokenizer_config.jso
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "model_state.pdparams")  # fmt: skip
 
-# PaddleNLP short names are not hub ids; say where their files live (erniem-reference.md C.4).
+# PaddleNLP short names are not hub ids; say where their files live (docs/reference.md#w4-checkpoint-directories).
 PADDLE_NAMES = {
     "ernie-m-base": "https://paddlenlp.bj.bcebos.com/models/transformers/ernie_m/ernie_m_base.pdparams",
     "ernie-m-large": "https://paddlenlp.bj.bcebos.com/models/transformers/ernie_m/ernie_m_large.pdparams",

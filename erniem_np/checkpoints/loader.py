@@ -42,7 +42,7 @@ FORMAT_OF_SUFFIX = {".safetensors": "safetensors", ".bin": "torch", ".pt": "torc
                     ".pdparams": "pdparams"}  # fmt: skip
 READERS = {"safetensors": lambda p, m: read_safetensors(p, m)[0], "torch": read_torch, "pdparams": read_pdparams}
 
-# Named checkpoints (erniem-reference.md A.3): used only for a bare weights file with no config beside it.
+# Named checkpoints (docs/reference.md#c3-named-checkpoints): only for a bare weights file with no config beside it.
 PRESETS = {
     "ernie-m-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                          vocab_size=250002, max_position_embeddings=514),

@@ -1,6 +1,6 @@
 """Checkpoint names -> HF names, as a visible rename table; Paddle's Linear layout; the head from the keys.
 
-HF names (erniem-reference.md C.1), torch [out, in] Linear layout:
+HF names (docs/reference.md#w1-hf-names), torch [out, in] Linear layout:
 
     embeddings.{word,position}_embeddings.weight, embeddings.layer_norm.{weight,bias}
     encoder.layers.{i}.self_attn.self_attn.{q,k,v}_proj.{weight,bias}     <- q/k/v nested one level deeper
@@ -11,7 +11,7 @@ HF names (erniem-reference.md C.1), torch [out, in] Linear layout:
            linear_start.*, linear_end.* (UIE-M)
     the base carries the prefix ``ernie_m.`` in a head model's state dict
 
-Paddle (C.2) differs in exactly these ways, each handled below:
+Paddle (docs/reference.md#w2-paddle-name-map) differs in exactly these ways, each handled below:
 
     q/k/v directly under self_attn          encoder.layers.{i}.self_attn.q_proj.*  -> ...self_attn.self_attn.q_proj.*
     Linear weights stored [in, out]         transposed (every 2-D weight of a module in LINEAR_MODULES)

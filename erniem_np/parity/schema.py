@@ -81,8 +81,8 @@ def tier_includes(tier: str, probe_tier: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- profiles
-# Gate per element: |cand - ref| <= atol + rtol * |ref| on valid positions (../shared/docs/parity-bundles.md
-# §3.4). Kinds: hidden (embeddings, q/k/v, context, every [B, L, H|F] state, pooler), scores, probs, logits.
+# Gate per element: |cand - ref| <= atol + rtol * |ref| on valid positions (docs/parity-bundles.md#b7-tolerances).
+# Kinds: hidden (embeddings, q/k/v, context, every [B, L, H|F] state, pooler), scores, probs, logits.
 # Integers (inputs) always compare exactly. Secondary gates apply to low-precision profiles only: cosine and
 # NMSE are nearly blind to real fp32 bugs (tanh GELU moves 1 - cos by 1e-7), so they never gate fp32.
 PROFILES = {
