@@ -13,7 +13,6 @@ import sys
 
 from . import __version__, commands
 from .commands._common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, IntermixedParser, Progress, UserError
-from .commands.demo import DATA_DIR, LANGID_MODEL, TINY_MODEL  # noqa: F401  (public: the bundled models)
 
 _Progress = Progress  # older name, kept for callers
 

@@ -15,6 +15,26 @@ import numpy as np
 from .config import ErnieMConfig
 
 
+class WeightsMismatchError(ValueError):
+    """A state dict whose names or shapes are not the ones a model class needs; ``missing``, ``unexpected``
+    and ``misshapen`` list them, and the message names every one."""
+
+    def __init__(self, owner: str, missing: list[str], unexpected: list[str], misshapen: list[str],
+                 where: str | None = None):  # fmt: skip
+        self.owner, self.where = owner, where
+        self.missing, self.unexpected, self.misshapen = missing, unexpected, misshapen
+        parts = [f"{label} ({len(items)}): " + ", ".join(items)
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen))
+                 if items]  # fmt: skip
+        self.detail = "; ".join(parts)
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}{owner} weights do not match the config: {self.detail}")
+
+    def located(self, where: str) -> WeightsMismatchError:
+        """The same error, its message prefixed with the files it came from."""
+        return WeightsMismatchError(self.owner, self.missing, self.unexpected, self.misshapen, where)
+
+
 def base_parameter_shapes(config: ErnieMConfig, with_pooler: bool = True) -> dict[str, tuple[int, ...]]:
     """HF state-dict names and shapes of the bare encoder ([out, in] Linear layout)."""
     H, F, V, T = config.hidden_size, config.intermediate_size, config.vocab_size, config.max_position_embeddings
@@ -73,11 +93,7 @@ def checked_state_dict(expected: dict[str, tuple[int, ...]], state_dict: dict[st
         if k in state_dict and tuple(np.shape(state_dict[k])) != expected[k]
     ]
     if missing or unexpected or misshapen:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
-            if items:
-                parts.append(f"{label} ({len(items)}): " + ", ".join(items))
-        raise ValueError(f"{owner} weights do not match the config: " + "; ".join(parts))
+        raise WeightsMismatchError(owner, missing, unexpected, misshapen)
     flat = {}
     for k in expected:
         a = np.asarray(state_dict[k])

@@ -13,7 +13,8 @@ from safetensors import safe_open
 
 from erniem_np import ErnieMForSequenceClassification, ErnieMTokenizer
 from erniem_np.cli import main
-from erniem_np.commands.demo import LANGID_MODEL, LANGID_SAMPLES, TINY_MODEL
+from erniem_np.bundled import LANGID_MODEL, TINY_MODEL
+from erniem_np.commands.demo import LANGID_SAMPLES
 
 # Sentences written for this test (not in the training corpus), with their language.
 OWN_TEXTS = [

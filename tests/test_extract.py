@@ -376,7 +376,7 @@ def test_extractor_errors(model):
         Extractor(MODEL, "人物")
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         Extractor("/nonexistent/uie", "人物")
-    with pytest.raises(ValueError, match="no UIE-M extraction head"):
+    with pytest.raises(ValueError, match="extract needs a checkpoint with a UIE-M extraction head"):
         Extractor(str(ROOT / "tests" / "fixtures" / "checkpoints" / "paddle-base"), "人物", max_seq_len=8)
     with pytest.raises(ValueError, match="schema_lang"):
         Extractor(model[0], "x", tokenizer=model[1], schema_lang="fr", max_seq_len=64)
@@ -424,9 +424,9 @@ def test_cli_readable_output_and_text_after_options():
         ((MODEL, "--schema", "[1]", "x"), "invalid schema"),
         (("/nonexistent/uie", "--schema", "a", "x"), "no such checkpoint directory"),
         ((str(ROOT / "tests/fixtures/checkpoints/paddle-base"), "--schema", "a", "--max-seq-len", "8", "x"),
-         "no UIE-M extraction head"),
+         "extract needs a checkpoint with a UIE-M extraction head"),
         ((str(ROOT / "tests/fixtures/checkpoints/hf-seq_cls-bin"), "--schema", "a", "--max-seq-len", "8", "x"),
-         "no UIE-M extraction head"),
+         "extract needs a checkpoint with a UIE-M extraction head"),
         ((MODEL, "x"), "no schema"),
         ((MODEL, "--schema-file", "/nonexistent.json", "x"), "no such file"),
     ],

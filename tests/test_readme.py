@@ -55,7 +55,8 @@ def test_readme_python_example_runs():
 def test_texts_may_follow_options(tmp_path, capsys):
     """TEXT arguments after options parse on every Python we support (argparse before 3.12 drops them unless
     the subcommand parsers are intermixed): the error below is about the tokenizer, not the arguments."""
-    from erniem_np.cli import TINY_MODEL, main
+    from erniem_np.bundled import TINY_MODEL
+    from erniem_np.cli import main
 
     assert main(["classify", TINY_MODEL, "--max-length", "8", "hello", "world"]) == 1
     err = capsys.readouterr().err

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from ..config import ErnieMConfig
+from ..parameters import WeightsMismatchError
 from .loader import open_checkpoint
 from ..atomic import atomic_write
 from .safetensors_file import write_safetensors
@@ -31,7 +32,9 @@ def load_pretrained(cls, path_or_name, flavor=None, dtype=np.float32, backend="n
     state_dict, config = adapt_state_dict(cls, ckpt.state_dict(dtype), ckpt.config)
     try:
         model = cls(config, state_dict, dtype=dtype, backend=backend)
-    except (ValueError, TypeError) as e:  # name the files: the model's message names the keys
+    except WeightsMismatchError as e:  # name the files: the model's message names the keys
+        raise e.located(ckpt.describe()) from None
+    except (ValueError, TypeError) as e:
         raise type(e)(f"{ckpt.describe()}: {e}") from None
     name = cls.base_prefix + "embeddings.word_embeddings.weight"
     stored = ckpt.tensors.get(name) or ckpt.tensors.get(name.removeprefix("ernie_m."))

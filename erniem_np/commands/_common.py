@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -75,6 +76,38 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
 
 def checkpoint_options(args: argparse.Namespace) -> dict:
     return {"config": args.config, "flavor": args.flavor, "download": args.download, "revision": args.revision}
+
+
+def wrap(text: str) -> str:
+    """A --help description wrapped to 79 columns (the parsers use RawDescriptionHelpFormatter for their
+    examples, which would print it as one line)."""
+    return "\n".join(textwrap.wrap(text, 79))
+
+
+def add_model_options(p: argparse.ArgumentParser, *, batch_size: int = 32) -> None:
+    """MODEL and the options every pipeline command shares."""
+    p.add_argument("model", metavar="MODEL", help="checkpoint directory (HF or PaddleNLP layout), weights file, or "
+                   "hub id in the local cache")  # fmt: skip
+    p.add_argument("--tokenizer", metavar="DIR", help="directory with sentencepiece.bpe.model and vocab.txt "
+                   "(default: MODEL's directory)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"sequences per forward pass, grouped by "
+                   f"length (default {batch_size})")  # fmt: skip
+    p.add_argument("--max-length", type=int, help="cut inputs to this many tokens (default: the model's limit, "
+                   "512 for ErnieM)")  # fmt: skip
+    p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="compute kernels (default numba)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    add_checkpoint_options(p)
+
+
+def pipeline_options(args: argparse.Namespace) -> dict:
+    opts = checkpoint_options(args)
+    flavor = opts.pop("flavor")
+    if opts.get("config") is None:
+        opts.pop("config")
+    if opts.get("revision") is None:
+        opts.pop("revision")
+    return {"tokenizer": args.tokenizer, "max_length": args.max_length, "batch_size": args.batch_size,
+            "flavor": flavor, "backend": args.backend, **opts}  # fmt: skip
 
 
 def add_input_options(p: argparse.ArgumentParser, *, field_help: str = "the text") -> None:

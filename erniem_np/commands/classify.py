@@ -6,8 +6,17 @@ import argparse
 import json
 from collections import deque
 
-from ._common import EXIT_OK, JsonOutput, Progress, UserError, add_input_options, iter_inputs
-from .encode import add_model_options, pipeline_options, wrap
+from ._common import (
+    EXIT_OK,
+    JsonOutput,
+    Progress,
+    UserError,
+    add_input_options,
+    add_model_options,
+    iter_inputs,
+    pipeline_options,
+    wrap,
+)
 
 EPILOG = "exit codes: 0 success; 1 bad input or checkpoint (one line on stderr); 2 bad command line."
 

@@ -17,11 +17,9 @@ import time
 import numpy as np
 
 from .. import __version__
+from ..bundled import LANGID_MODEL
 from ._common import EXIT_ERROR, EXIT_OK, UserError, add_input_options, iter_inputs, print_json
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
-TINY_MODEL = os.path.join(DATA_DIR, "tiny-random")
-LANGID_MODEL = os.path.join(DATA_DIR, "langid")
 TOLERANCE = 1e-4  # max |difference| from HF's logits accepted as agreement (float32)
 BATCH = 32
 

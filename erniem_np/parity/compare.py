@@ -202,7 +202,7 @@ def _mism(s) -> str:
 
 
 # ============================================================================================ statistics
-def _valid_mask(shape, axis, valid) -> np.ndarray:
+def valid_mask(shape, axis, valid) -> np.ndarray:
     """valid [B, L] broadcast to a probe of ``shape`` whose token axis is ``axis`` (batch axis 0)."""
     if (
         axis is None
@@ -223,7 +223,7 @@ def probe_stats(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float, val
     """Statistics of one probe on the valid positions (see the module docstring)."""
     r = np.asarray(ref, dtype=np.float64)
     c = np.asarray(cand, dtype=np.float64)
-    keep = _valid_mask(r.shape, axis, valid)
+    keep = valid_mask(r.shape, axis, valid)
     nf_r, nf_c = ~np.isfinite(r), ~np.isfinite(c)
     stats: dict = {"count": int(keep.sum())}
     disagree = keep & ((nf_r != nf_c) | (nf_r & nf_c & ~((np.isnan(r) & np.isnan(c)) | (r == c))))

@@ -17,6 +17,7 @@ from .. import layers
 from ..config import ErnieMConfig
 from ..testing import HEAD_LABELS, random_weights, split_head, weights_digest
 from . import schema
+from .compare import valid_mask
 
 ALL_HEADS = ("seq_cls", "token_cls", "qa", "mc", "ie")
 
@@ -227,7 +228,7 @@ def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: lis
             tensors[f"{name}/{probe}"] = np.ascontiguousarray(value)
         if models64 is not None:
             for probe, exact in record_case(models64, ids, mask, pos, tier).items():
-                keep = _valid(exact.shape, schema.token_axis(probe), mask.astype(bool))
+                keep = valid_mask(exact.shape, schema.token_axis(probe), mask.astype(bool))
                 calibration[f"{name}/{probe}"] = float(np.abs(tensors[f"{name}/{probe}"] - exact)[keep].max())
         info = {"name": name, "description": case.get("description", ""), "batch": int(B), "seq_len": int(L)}
         if "texts" in case:
@@ -254,12 +255,6 @@ def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: lis
         "weights": {"stored": bool(store_weights), "digest": weights_digest(weights), **(weights_info or {})},
     }
     return tensors, metadata
-
-
-def _valid(shape, axis, valid):
-    from .compare import _valid_mask
-
-    return _valid_mask(shape, axis, valid)
 
 
 def head_labels(weights, head) -> int:

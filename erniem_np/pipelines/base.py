@@ -22,6 +22,7 @@ Dimension legend: ``B`` batch, ``L`` sequence (the batch's longest), ``N`` input
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,7 +30,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..checkpoints.names import HEAD_OF_ARCHITECTURE
 from ..model import ErnieMPreTrainedModel
+from ..parameters import WeightsMismatchError
 from ..tokenizer import ErnieMTokenizer
 
 T = TypeVar("T")
@@ -115,13 +118,38 @@ def _load_head(path, model_class, task, flavor, dtype, backend, quiet_unused, op
             if quiet_unused:
                 warnings.filterwarnings("ignore", message=".*does not use these weights", category=UserWarning)
             return model_class.from_pretrained(path, flavor=flavor, dtype=dtype, backend=backend, **options)
-    except ValueError as e:
-        msg = str(e)
-        if "weights do not match the config" in msg and ("missing" in msg or "wrong shape" in msg):
-            detail = msg.split("weights do not match the config: ", 1)[-1]
-            raise ValueError(f"{path}: {task} needs a checkpoint with a {head}; this one does not have it "
-                             f"({detail})") from None  # fmt: skip
-        raise
+    except WeightsMismatchError as e:
+        if not (e.missing or e.misshapen):
+            raise
+        raise ValueError(f"{path}: {task} needs a checkpoint with a {head}; this one does not have it "
+                         f"({e.detail})") from None  # fmt: skip
+
+
+def check_declared_head(model: Any, model_class: type, task: str) -> None:
+    """Refuse a checkpoint whose config declares another head class (its ``architectures``, or a legacy
+    ``init_class``): a sequence classifier's ``classifier`` has the same names as a token classifier's and
+    would load, then tag nonsense. Checkpoints that declare nothing are left to the loader."""
+    if not isinstance(model, (str, os.PathLike)):
+        return
+    path = os.fspath(model)
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for name in ("config.json", "model_config.json"):
+        config_path = os.path.join(directory, name)
+        if not os.path.isfile(config_path):
+            continue
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            return  # the loader names an unreadable config
+        if not isinstance(config, dict):
+            return
+        declared = config.get("architectures")
+        declared = declared[0] if isinstance(declared, list) and declared else config.get("init_class")
+        if isinstance(declared, str) and declared in HEAD_OF_ARCHITECTURE and declared != model_class.architecture:
+            raise ValueError(f"{path}: {task} needs an {model_class.architecture} checkpoint; its {name} "
+                             f"declares {declared}")  # fmt: skip
+        return
 
 
 def _looks_like_hub_id(s: str) -> bool:

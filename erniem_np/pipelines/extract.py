@@ -47,7 +47,6 @@ where most of the time goes on short texts; ``dynamic_max_length`` is Taskflow's
 from __future__ import annotations
 
 import copy
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -341,36 +340,21 @@ class Extractor:
                  position_prob: float = 0.5, batch_size: int = 16, split_sentence: bool = False,
                  dynamic_max_length: Sequence[int] | None = None, flavor: str = "paddle", tokenizer=None,
                  backend: str = "numba", dtype=np.float32):  # fmt: skip
-        from ..model import ErnieMForInformationExtraction
-        from ..tokenizer import ErnieMTokenizer
+        from ..model import ErnieMForInformationExtraction, ErnieMPreTrainedModel
+        from .base import load_model_and_tokenizer
 
         if flavor not in ("paddle", "hf"):
             raise ValueError(f"flavor must be 'paddle' (UIE-M, as Taskflow) or 'hf', got {flavor!r}")
         if schema_lang not in SCHEMA_LANGS:
             raise ValueError(f"schema_lang must be 'ch' or 'en', got {schema_lang!r}")
-        if isinstance(model, (str, os.PathLike)):
-            path = os.fspath(model)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{path}: no such checkpoint directory")
-            try:
-                model = ErnieMForInformationExtraction.from_pretrained(path, flavor=flavor, dtype=dtype,
-                                                                       backend=backend)  # fmt: skip
-            except ValueError as e:
-                if "missing" in str(e) and "linear_start" in str(e):
-                    raise ValueError(f"{path} has no UIE-M extraction head (linear_start / linear_end): it is "
-                                     "not a UIE-M checkpoint") from None  # fmt: skip
-                raise
-            if tokenizer is None:
-                tokenizer = ErnieMTokenizer.from_pretrained(path if os.path.isdir(path) else os.path.dirname(path),
-                                                            flavor=flavor)  # fmt: skip
-        elif not isinstance(model, ErnieMForInformationExtraction):
-            raise TypeError(f"model must be a checkpoint path or an ErnieMForInformationExtraction, "
-                            f"got {type(model).__name__}")  # fmt: skip
-        elif model.config.flavor != flavor:
+        if isinstance(model, ErnieMPreTrainedModel) and model.config.flavor != flavor:
             model = copy.copy(model)  # the caller's model keeps its flavor; the weights are shared
             model.config = model.config.replace(flavor=flavor)
-        if tokenizer is None:
+        if isinstance(model, ErnieMPreTrainedModel) and tokenizer is None:
             raise TypeError("a loaded model needs tokenizer= (an ErnieMTokenizer)")
+        model, tokenizer = load_model_and_tokenizer(model, ErnieMForInformationExtraction, task="extract",
+                                                    tokenizer=tokenizer, flavor=flavor, dtype=dtype,
+                                                    backend=backend)  # fmt: skip
         if tokenizer.flavor != flavor:
             raise ValueError(f"the tokenizer's flavor is {tokenizer.flavor!r}, the extractor's {flavor!r}")
         self.model, self.tokenizer, self.flavor = model, tokenizer, flavor

@@ -40,8 +40,7 @@ import numpy as np
 
 from ..model import ErnieMForQuestionAnswering
 from ..tokenizer import ErnieMTokenizer
-from .base import iter_chunks, load_model_and_tokenizer, map_bucketed, max_tokens, pad_batch
-from .tag import check_declared_head
+from .base import check_declared_head, iter_chunks, load_model_and_tokenizer, map_bucketed, max_tokens, pad_batch
 
 
 class QuestionAnswerer:

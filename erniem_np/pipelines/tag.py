@@ -35,17 +35,15 @@ Dimension legend: ``L`` tokens of one row, ``N`` labels.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..checkpoints.names import HEAD_OF_ARCHITECTURE
 from ..model import ErnieMForTokenClassification
 from ..tokenizer import ErnieMTokenizer
-from .base import check_texts, iter_chunks, load_model_and_tokenizer, map_bucketed, max_tokens, pad_batch
+from .base import check_declared_head, check_texts, iter_chunks, load_model_and_tokenizer, map_bucketed, max_tokens, pad_batch
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 WORD_AGGREGATIONS = ("first", "average", "max")
@@ -148,32 +146,6 @@ class Tagger:
         logits = self.model(input_ids=ids, attention_mask=mask).logits  # [B, L, N]
         return [logits[i, : len(r)] for i, r in enumerate(rows)]  # unpadded [L, N] per row
 
-
-def check_declared_head(model: Any, model_class: type, task: str) -> None:
-    """Refuse a checkpoint whose config declares another head class (its ``architectures``, or a legacy
-    ``init_class``): a sequence classifier's ``classifier`` has the same names as a token classifier's and
-    would load, then tag nonsense. Checkpoints that declare nothing are left to the loader."""
-    if not isinstance(model, (str, os.PathLike)):
-        return
-    path = os.fspath(model)
-    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    for name in ("config.json", "model_config.json"):
-        config_path = os.path.join(directory, name)
-        if not os.path.isfile(config_path):
-            continue
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError):
-            return  # the loader names an unreadable config
-        if not isinstance(config, dict):
-            return
-        declared = config.get("architectures")
-        declared = declared[0] if isinstance(declared, list) and declared else config.get("init_class")
-        if isinstance(declared, str) and declared in HEAD_OF_ARCHITECTURE and declared != model_class.architecture:
-            raise ValueError(f"{path}: {task} needs an {model_class.architecture} checkpoint; its {name} "
-                             f"declares {declared}")  # fmt: skip
-        return
 
 
 def _label(entity: dict) -> str:
