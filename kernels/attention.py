@@ -8,21 +8,8 @@ made. ``mask`` is additive and broadcastable to [B, nh, L, Lk] (4-D, any axis bu
 ``scaling`` is "hf" ((q k^T) / sqrt(d)) or "paddle" ((q d^-0.5) k^T): identical maths, different rounding.
 Fully-masked rows follow from the mask values, exactly as in the twin (uniform for HF's float32-min fill).
 
-Measured (2026-11-24, 2-core AMD EPYC, AVX2 + FMA, shared with other jobs; float32, H = 768, nh = 12, d = 64,
-float32-min mask on 20% of the keys, need_probs False; one call, best of 7, variants interleaved round by round
-in one process, NUMBA_NUM_THREADS=2 OMP_NUM_THREADS=1). Against the previous kernel (dot-form 4x3 tiles, libm
-exp; kernels/attention.py of commit f40729f, imported from a copy):
-                              this kernel   previous          attention_ref   per-head np.matmul (1 BLAS thread)
-  2 threads  B=1 L=512 hf       8.8 ms      20.3 ms (2.3x)      31.1 ms         19.4 ms
-             B=1 L=512 paddle   8.8 ms      20.1 ms (2.3x)      29.7 ms
-             B=8 L=128 hf       4.9 ms       9.7 ms (2.0x)      13.2 ms         12.5 ms
-  1 thread   B=1 L=512 hf      17.4 ms      39.0 ms (2.2x)      33.3 ms         19.9 ms
-             B=8 L=128 hf       9.9 ms      19.3 ms (2.0x)      14.2 ms         12.9 ms
-``scripts/bench_kernels.py --threads 2 --reps 7 --only attention`` times this kernel, the twin and the per-head
-np.matmul formulation (there with OpenBLAS on the same 2 threads; same day, busier machine: B=1 L=512 9.8 vs
-18.8 ms, B=8 L=128 6.2 vs 13.6 ms). Where the 8.6 ms of B=1 L=512 (2 threads) goes, by removing one part at a
-time: scores ~2.4 ms, context ~2.1 ms, exp ~2.4 ms, the rest (packing, max, sum, scale) ~1.7 ms; each product
-runs at ~180 GFLOP/s.
+Its speed against the twin and a per-head np.matmul formulation:
+``scripts/bench_kernels.py --threads 2 --reps 7 --only attention``; the measured runs are in docs/performance.md.
 """
 
 from __future__ import annotations

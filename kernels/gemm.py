@@ -57,7 +57,7 @@ def _micro_tile_ir(typingctx, w, j0, nc, k0, kc, panel, c):
     """``micro_tile`` written in LLVM IR with vector types, the register tile BLAS uses.
 
     Numba's own loops cannot produce it: LLVM's loop vectorizer turns any k loop with scalar accumulators into
-    one reduction per accumulator (the dot form of the previous kernel), and Numba disables the SLP
+    one reduction per accumulator (a dot form, which reloads x for every 3 FMAs), and Numba disables the SLP
     vectorizer (enabled, it shuffled the accumulators across vectors). Here, per k step: load the packed
     panel row (TILE_ROWS values = NV vectors), broadcast w[j0 + j, k0 + k] for each of the TILE_COLS rows of W
     and accumulate with fma into TILE_COLS x NV vector accumulators held in registers (phis); after the loop,
@@ -169,18 +169,8 @@ def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
     Remainders: rows past M are zero panel rows whose results are dropped; a narrow last strip (N % 6)
     repeats its last W row and drops those results. float64 runs the same tile with 4-double vectors (24
     accumulators, which spill: correct, not tuned).
-    Measured speed relative to OpenBLAS sgemm (x @ w.T + b, same thread count, interleaved in one process,
-    best of 10 calls each; scripts/gemm_experiments.py --threads T --rounds 5 --reps 2 --variants 4x3:128:3072;
-    2-core AMD EPYC, AVX2 + FMA, no AVX-512; 2026-11-24), over M in {128, 1024, 4096} and (K, N) in
-    {(768, 768), (768, 3072), (3072, 768), (1024, 4096), (4096, 1024)}:
-      2 threads: 93-114% (M = 128: 97-114%, 1024: 97-102%, 4096: 93-102%); median call: 80-108%
-      1 thread: 85-117% (M = 128: 91-117%, 1024: 100-105%, 4096: 85-101%); median call: 83-116%
-    ("median call": OpenBLAS's best time over the kernel's median one.) The dot-form 4x3 kernel it replaced
-    measured 63-94% (2 threads) and 66-88% (1 thread) in the same runs; its hot loop was clean (7 loads, 12
-    ymm FMAs) but each x vector it loaded from L2/L3 fed only 3 FMAs, and every 4x3 tile ended in 12
-    horizontal sums. The smallest shape (128 x 768 x 768, 0.15 GFLOP) is the most
-    variable: the two parallel passes per call weigh most there (these figures were measured while the
-    packing buffer was still allocated per call; it is now kept per thread, see ``_scratch``).
+    Its speed against OpenBLAS sgemm on ErnieM's shapes: ``scripts/bench_kernels.py --threads 2 --only gemm``
+    (and ``--only model-gemms`` for one forward's 48 calls); the measured runs are in docs/performance.md.
     """
     M, K = x.shape
     n_parts = len(ws)
