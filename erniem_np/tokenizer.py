@@ -15,7 +15,8 @@ The pipeline, for one text (both references, [HF] transformers 4.46.3 and [PD] P
 
 Speed: the piece -> (tokens, ids) post-split of step 4 is memoised on the piece string, the chunks of a whole
 batch go through SentencePiece's batch API in one call (its C++ thread pool), and offsets are found with
-``str.find`` from a moving cursor (linear, where PaddleNLP slices the string at every token).
+``str.find`` from a moving cursor, in time linear in the text (``_SuffixFinder``: a token that is not in the
+rest of the text is looked for once, not once per occurrence).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import os
 import re
 import unicodedata
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -91,6 +94,62 @@ def _normalise_for_offsets(text: str) -> tuple[str, list[int]]:
             else:
                 cmap.extend([i] * len(n))
     return "".join(parts), cmap
+
+
+class _SuffixFinder:
+    """``hay.find(needle, cursor)`` for a caller whose cursor never moves back, in linear time overall.
+
+    A needle found at ``s`` costs the scan from the cursor to ``s + len(needle)``, where the caller's cursor
+    then moves: those scans add up to at most ``len(hay)``. A needle that is absent from ``hay[cursor:]`` would
+    cost a scan of the whole rest, once per token; as the cursor only grows it stays absent, so each needle is
+    scanned for once (``_absent``), and after ``_INDEX_AFTER`` different needles of one length have been missed
+    one pass over the rest indexes the last occurrence of every needle of that length (``_last``), which settles
+    every later search of that length without a scan. In all, when every needle asked for is one of
+    ``needles``, at most ``(1 + (_INDEX_AFTER + 1) * K) * len(hay)`` characters are examined, K being the number
+    of different lengths among the missed needles (a token is at most one SentencePiece piece, so K is small).
+    ``scanned`` counts them. Any other needle is answered exactly too, by a scan.
+    """
+
+    _INDEX_AFTER = 2
+
+    def __init__(self, hay: str, needles: Sequence[str]) -> None:
+        self.hay = hay
+        self.needles = needles  # the needles the caller will ask for: an index covers those of its length
+        self.scanned = 0
+        self._absent: dict[str, int] = {}  # needle -> a cursor from which it is absent
+        self._misses: Counter[int] = Counter()  # needle length -> needles missed by a full scan
+        # needle length -> (the needles indexed, {needle: start of its last occurrence at or after the index's
+        # start}); an indexed needle missing from the dict does not occur there
+        self._last: dict[int, tuple[frozenset[str], dict[str, int]]] = {}
+
+    def find(self, needle: str, cursor: int) -> int:
+        """Exactly ``self.hay.find(needle, cursor)`` for a non-empty needle."""
+        since = self._absent.get(needle)
+        if since is not None and cursor >= since:
+            return -1
+        length = len(needle)
+        index = self._last.get(length)
+        if index is not None and needle in index[0] and index[1].get(needle, -1) < cursor:
+            return -1
+        s = self.hay.find(needle, cursor)
+        if s >= 0:
+            self.scanned += s + length - cursor
+            return s
+        self.scanned += len(self.hay) - cursor
+        self._absent[needle] = cursor
+        self._misses[length] += 1
+        if index is None and self._misses[length] >= self._INDEX_AFTER:
+            self._last[length] = self._index(length, cursor)
+        return -1
+
+    def _index(self, length: int, start: int) -> tuple[frozenset[str], dict[str, int]]:
+        """The needles of this length, and the start of the last occurrence in hay[start:] of those that occur."""
+        hay = self.hay
+        wanted = frozenset(x for x in self.needles if len(x) == length)
+        starts = range(start, max(start, len(hay) - length + 1))
+        windows = map(hay.__getitem__, map(slice, starts, range(start + length, len(hay) + 1)))
+        self.scanned += len(hay) - start
+        return wanted, {hay[i : i + length]: i for i in compress(starts, map(wanted.__contains__, windows))}
 
 
 def split_piece(piece: str) -> list[str]:
@@ -536,19 +595,21 @@ class ErnieMTokenizer:
                     parts.append(lc)
                     new_cmap.extend([src] * len(lc))
                 norm, cmap = "".join(parts), new_cmap
-        # Pass 1: PaddleNLP's search; None where it would raise.
+        # Pass 1: PaddleNLP's search; None where it would raise (QUIRK, see above).
+        needles = [tok[1:] if tok[:1] == SPIECE_UNDERLINE else tok for tok in tokens]
+        if "ς" in norm:
+            # Final sigma: "ΟΔΟΣ".lower() ends in "ς" where the tokens hold "σ", and the nearest match counts
+            # ("AΣ0Σ" lowers to "aς0σ": the first "σ" token is the "ς"). Searching with every "ς" read as "σ"
+            # gives the nearest of the plain and the sigma-folded matches: a plain match is also a folded one.
+            norm_search = norm.replace("ς", "σ")
+            needles = [t.replace("ς", "σ") for t in needles]
+        else:
+            norm_search = norm
+        finder = _SuffixFinder(norm_search, needles)
         found: list[tuple[int, int] | None] = []
         cursor = 0
-        norm_sigma = norm.replace("ς", "σ") if "ς" in norm else None
-        for tok in tokens:
-            t = tok[1:] if tok[:1] == SPIECE_UNDERLINE else tok
-            s = norm.find(t, cursor) if t else -1
-            if norm_sigma is not None and t:
-                # final sigma: "ΟΔΟΣ".lower() ends in "ς" where the tokens hold "σ"; a nearer match there wins
-                # over a later plain one ("AΣ0Σ" lowers to "aς0σ": the first "σ" token is the "ς")
-                s2 = norm_sigma.find(t.replace("ς", "σ"), cursor)
-                if s2 >= 0 and (s < 0 or s2 < s):
-                    s = s2
+        for t in needles:
+            s = finder.find(t, cursor) if t else -1
             if s < 0:
                 found.append(None)
                 continue
@@ -579,14 +640,14 @@ class ErnieMTokenizer:
             while hi > lo and _is_whitespace(text[hi - 1]):
                 hi -= 1
             cur = lo
-            run = range(k, j)
-            for m in run:
+            # the last token of the run with text besides "▁": it, and any after it, take the rest up to hi
+            last_text = max((x for x in range(k, j) if tokens[x].lstrip(SPIECE_UNDERLINE)), default=-1)
+            for m in range(k, j):
                 t = tokens[m][1:] if tokens[m][:1] == SPIECE_UNDERLINE else tokens[m]
                 if not t:
                     spans[m] = (cur, cur)
                     continue
-                end = hi if m == run[-1] or all(not tokens[x].lstrip(SPIECE_UNDERLINE) for x in range(m + 1, j)) \
-                    else min(hi, cur + len(t))  # fmt: skip
+                end = hi if m >= last_text else min(hi, cur + len(t))
                 spans[m] = (cur, end)
                 cur = end
             k = j

@@ -169,3 +169,31 @@ def _check_hf_overflow(t, c, ref, ours, where):
         assert w == seq[k * step : k * step + kept], f"{where} window {k}"
     assert k * step + kept >= len(seq), where
     assert ours["overflow_to_sample_mapping"] == [0] * len(windows), where
+
+
+SPECIAL_TEXT = json.loads((FIX / "special_text_paddle.json").read_text(encoding="utf-8"))
+
+
+def test_special_token_text_goldens():
+    """Special-token strings inside the text ("[SEP] inside [CLS] text", "a[SEP]b", "[sep]", "[[SEP]]"...), as
+    PaddleNLP 2.8.1 tokenizes them when loaded with from_pretrained: each whole string is one special token
+    (with do_lower_case too), and "[sep]" or "[ＳＥＰ]" are text. Tokens, the ids of a call and the offsets
+    where PaddleNLP returns them (with do_lower_case its get_offset_mapping raises on them; ours is sound)."""
+    assert SPECIAL_TEXT["meta"]["paddlenlp"].startswith("2.8.1")
+    failures, raised = [], 0
+    for r in SPECIAL_TEXT["records"]:
+        t, s = tok("paddle", r["model"], r["lower"]), r["text"]
+        where = f"[paddle {r['model']} lower={r['lower']} {s!r}]"
+        tokens = t.tokenize(s)
+        offsets = [list(o) for o in t.get_offset_mapping(s)]
+        _check_spans(offsets, tokens, s, where)
+        for key, ours in (("tokens", tokens), ("input_ids", t(s)["input_ids"]), ("offsets", offsets)):
+            if key in r and r[key] != ours:
+                failures.append(f"{where} {key}: " + _first_diff(r[key], ours))
+        raised += "offsets_error" in r
+        # A directly constructed PaddleNLP tokenizer lets SentencePiece cut the string (docs/reference.md#t7);
+        # this package keeps it whole, as from_pretrained does.
+        if any(x in s for x in t.all_special_tokens):
+            assert not set(r["direct_tokens"]) & set(t.all_special_tokens), where
+    assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures[:20])
+    assert len(SPECIAL_TEXT["records"]) >= 100 and 0 < raised < len(SPECIAL_TEXT["records"]) / 2

@@ -6,6 +6,7 @@ truncated batch of pairs. Needs the ``reference`` extra (transformers); skips cl
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from functools import cache
@@ -86,3 +87,15 @@ def test_directories_load_both_ways(tmp_path):
     from_hf = ErnieMTokenizer.from_pretrained(tmp_path / "hf")
     assert from_hf.flavor == "hf" and from_hf.do_lower_case and from_hf.tokenize(text) == ref.tokenize(text)
     assert from_hf.get_vocab() == ref.get_vocab()
+
+
+def test_special_token_text_matches_hf():
+    # The texts of tests/fixtures/tokenizer/special_text_paddle.json: HF keeps each special-token string whole
+    # too (an added token), lower-casing or not.
+    texts = sorted({r["text"] for r in json.loads((FIX / "special_text_paddle.json").read_text("utf-8"))["records"]})
+    for model in ("bpe", "unigram"):
+        for lower in (False, True):
+            ref, ours = pair(model, lower)
+            for text in texts:
+                assert ours.tokenize(text) == ref.tokenize(text), (model, lower, text)
+                assert ours(text)["input_ids"] == ref(text)["input_ids"], (model, lower, text)
