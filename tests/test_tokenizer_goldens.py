@@ -191,8 +191,8 @@ def test_special_token_text_goldens():
             if key in r and r[key] != ours:
                 failures.append(f"{where} {key}: " + _first_diff(r[key], ours))
         raised += "offsets_error" in r
-        # A directly constructed PaddleNLP tokenizer lets SentencePiece cut the string (docs/reference.md#t7);
-        # this package keeps it whole, as from_pretrained does.
+        # A directly constructed PaddleNLP tokenizer lets SentencePiece cut the string
+        # (docs/reference.md#t7-tokenizer-files); this package keeps it whole, as from_pretrained does.
         if any(x in s for x in t.all_special_tokens):
             assert not set(r["direct_tokens"]) & set(t.all_special_tokens), where
     assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures[:20])

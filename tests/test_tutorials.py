@@ -1,6 +1,6 @@
 """Every tutorial runs, from the repository root, as a plain script: its assertions hold and its figures are written.
 
-A tutorial is a jupytext percent-format ``.py`` file (``tutorials/NN_name.py``); it writes its figures to
+A tutorial is a jupytext percent-format ``.py`` file (``tutorials/<NN>_<name>.py``); it writes its figures to
 ``$TUTORIAL_FIGURES``. The figures a tutorial promises are the ``FIGURES / "....png"`` paths in its source.
 """
 
@@ -38,3 +38,14 @@ def test_tutorial_runs_and_writes_its_figures(path, tmp_path):
     for name in figures:
         png = tmp_path / name
         assert png.is_file() and png.stat().st_size > 1000, f"{path.name} did not write {name}"
+
+
+def test_kernels_chapter_asserts_the_gemm_tile_it_teaches():
+    """Chapter 6 checks its tile against kernels/gemm.py's constants (its prose can then not drift from the kernel
+    unnoticed) and names no tile the kernel does not run."""
+    source = (ROOT / "tutorials" / "06_kernels.py").read_text(encoding="utf-8")
+    asserts = [line for line in source.splitlines() if line.lstrip().startswith("assert ")]
+    for name in ("gemm.TILE_ROWS", "gemm.TILE_COLS"):
+        assert any(name in line for line in asserts), f"06_kernels.py has no assert on {name}"
+    for stale in ("4x3", "4 x 3"):
+        assert stale not in source, f"06_kernels.py mentions a {stale} tile; kernels/gemm.py runs TILE_COLS x TILE_ROWS"

@@ -11,100 +11,84 @@
 # ---
 
 # %% [markdown]
-# # 6. Kernels: a GEMM in Numba from a naive loop to a register-blocked kernel; fused softmax and LayerNorm
+# # 6. Kernels: a GEMM from a naive loop to a 6x16 register tile in LLVM IR; fused softmax, LayerNorm, GELU
 #
-# The code this chapter explains: `kernels/gemm.py` (`linear_ref`, the NumPy twin, and `_gemm`, the Numba
-# kernel behind `linear`), `kernels/attention.py` (`attention_ref` and `_attention`), `kernels/norm.py`
-# (`layer_norm_ref`, `_layer_norm`, `erf_approx`, `gelu`), and `kernels/settings.py` (the Numba flags). In the
-# installed package they are `erniem_np.kernels.*`.
+# The code this chapter explains: `kernels/gemm.py` (`linear_ref`, the NumPy twin; `micro_tile`, the register
+# tile, and its LLVM form `_micro_tile_ir`; `_gemm`, the kernel behind `linear` and `linear_many`),
+# `kernels/attention.py` (`attention_ref`, `_attention`), `kernels/norm.py` (`layer_norm_ref`, `_layer_norm`,
+# `erf_approx`, `gelu_row`, `gelu`), `kernels/settings.py` (`JIT`). Installed: `erniem_np.kernels.*`.
 #
-# Almost all of an encoder's time goes into one operation: `y = x W^T + b`, the Linear layer, with `x` of
-# shape `[M, K]` (M = batch x sequence rows), `W` of shape `[N, K]` (stored `[out, in]` as in the
-# checkpoint). It costs `2 M K N` floating-point operations. We write it four times in Numba, each step
-# removing one bottleneck, and measure each against the BLAS library NumPy calls (OpenBLAS), which is the
-# roofline here: what this machine's CPU can do for this operation.
+# Most of an encoder's time goes into the Linear layer, $y = x W^\top + b$, $x$ of shape $M \times K$ ($M$ =
+# batch $\times$ sequence) and $W$ of shape $N \times K$ (`[out, in]`, as in the checkpoint). Each of the $MN$
+# outputs is a dot product of length $K$: $\text{FLOP} = 2\,M K N$.
 #
-# Timings below are from *your* machine, when you run this; nothing here asserts a speed (speed is measured
-# by `scripts/bench_kernels.py` and `scripts/bench_model.py`, not by tests). What is asserted is that every
-# version computes the same numbers as the NumPy twin.
+# We build the kernel up step by step, check each version against the NumPy twin `gemm.linear_ref`, then time
+# it against OpenBLAS (what `x @ W.T` calls) on the same shape, on your machine as this runs (a busy machine
+# slows every rate, parallel ones most). Nothing here asserts a speed.
 
 # %%
+import inspect
 import math
 import os
+import re
 import time
+import types as pytypes
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import llvmlite.binding as llvm
 import matplotlib.pyplot as plt
+import numba
 import numpy as np
-from numba import njit
-
 from erniem_np.kernels import attention, gemm, norm
-from erniem_np.kernels.settings import FASTMATH, get_num_threads
+from erniem_np.kernels.settings import JIT, get_num_threads, set_num_threads
+from numba import njit
+from numba.extending import intrinsic
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "erniem_np").is_dir() and (p / "tutorials").is_dir())
 FIGURES = Path(os.environ.get("TUTORIAL_FIGURES", ROOT / "tutorials" / "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
+COMPILED = not numba.config.DISABLE_JIT  # NUMBA_DISABLE_JIT=1 runs every kernel as Python: small shapes then
 
 rng = np.random.default_rng(0)
-M, K, N = 128, 768, 768  # one sequence of 128 tokens through ErnieM-base's q_proj
+M, K, N = (128, 768, 768) if COMPILED else (32, 64, 48)  # 128 tokens through ErnieM-base's q_proj
 x = rng.standard_normal((M, K), dtype=np.float32)
 W = rng.standard_normal((N, K), dtype=np.float32) * 0.03
 b = rng.standard_normal(N, dtype=np.float32)
 reference = gemm.linear_ref(x, W, b)  # the NumPy twin: x @ W.T + b
-FLOPS = 2 * M * K * N
+results, errors = {}, {}
 
 
-def gflops(fn, *args, repeat=10):
-    """Best of `repeat` calls, in GFLOP/s (the first call, which compiles, is not counted)."""
-    fn(*args)
-    best = min(_timed(fn, *args) for _ in range(repeat))
-    return FLOPS / best / 1e9
+def check_then_time(name, fn, *args, calls=5, seconds=0.5):
+    """Check against the twin (this call also compiles), then time: the best of >= `calls` calls, >= `seconds`."""
+    errors[name] = float(np.abs(fn(*args) - reference).max())
+    assert errors[name] < 1e-4, f"{name}: max |error| {errors[name]:.2e} against linear_ref, M={M} K={K} N={N}"
+    best, n, end = math.inf, 0, time.perf_counter() + seconds
+    while n < calls or time.perf_counter() < end:
+        t0 = time.perf_counter()
+        fn(*args)
+        best, n = min(best, time.perf_counter() - t0), n + 1
+    results[name] = 2 * M * K * N / best / 1e9  # GFLOP/s
 
 
-def _timed(fn, *args):
-    t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
-
-
-def check(y, name):
-    err = float(np.abs(y - reference).max())
-    assert err < 1e-3, f"{name}: max |error| {err:.2e}"  # float32 sums of 768 products, in another order
-    return err
-
+check_then_time("OpenBLAS (numpy)", lambda: x @ W.T + b)
 
 # %% [markdown]
-# ## The roofline: BLAS
+# ## 1. The naive loop
 #
-# NumPy hands `x @ W.T` to OpenBLAS, decades of hand-written assembly, on all cores. That is the number to
-# approach. (On a busy machine every rate here drops, and BLAS's spinning threads suffer most: compare the
-# ratios of one run, and run it again when the machine is quiet.)
-
-# %%
-results = {}
-results["NumPy / OpenBLAS"] = gflops(lambda: x @ W.T + b)
-print(f"OpenBLAS: {results['NumPy / OpenBLAS']:.1f} GFLOP/s")
-
-# %% [markdown]
-# ## Version 1: the textbook triple loop
-#
-# `y[i, j] = sum_k x[i, k] * W[j, k]`. Numba compiles it to machine code, so there is no interpreter
-# overhead, and still it is slow: the sum is a chain of dependent additions (each waits for the previous
-# one, about 4 cycles), and in strict IEEE arithmetic the compiler may not reorder them, so it cannot use
-# the CPU's vector units (8 float32 lanes with AVX2).
+# One source, compiled in strict IEEE order (`njit`: each add waits for the previous one) and with the package's
+# flags (`JIT` in `kernels/settings.py`, `fastmath={"reassoc", "contract", "nsz"}`: LLVM may split the sum into
+# 8-lane partial sums and fuse multiply and add into one FMA). Either way each FMA needs two fresh loads.
 
 
 # %%
-@njit(cache=False)
-def gemm_naive(x, w, b):
+def naive(x, w, b):
     M, K = x.shape
-    N = w.shape[0]
-    y = np.empty((M, N), dtype=x.dtype)
+    y = np.empty((M, w.shape[0]), dtype=x.dtype)
     for i in range(M):
-        for j in range(N):
+        for j in range(w.shape[0]):
             acc = np.float32(0.0)
             for k in range(K):
                 acc += x[i, k] * w[j, k]
@@ -112,150 +96,278 @@ def gemm_naive(x, w, b):
     return y
 
 
-check(gemm_naive(x, W, b), "naive")
-results["1. naive loop"] = gflops(gemm_naive, x, W, b)
+check_then_time("1a. naive, strict", njit(naive), x, W, b)
+check_then_time("1b. naive, fastmath", njit(**JIT)(naive), x, W, b)
 
 # %% [markdown]
-# ## Version 2: allow reassociation (fastmath) and take contiguous slices
+# ## 2. Register tiling
 #
-# `fastmath` with `reassoc` (and `contract`, for fused multiply-add) lets LLVM split one sum into several
-# partial sums held in vector registers: the loop becomes 8-wide and pipelined. These flags are set once for
-# the whole package in `kernels/settings.py` (`FASTMATH`). Taking each row as a slice that starts at 0 also
-# lets Numba drop its negative-index checks inside the loop. The result differs from the strict order only by
-# float32 rounding.
+# A tile of $m_r$ rows of $W$ by $n_r$ rows of $x$ keeps $m_r n_r$ sums in registers; per step $k$ it loads
+# $m_r + n_r$ values for $m_r n_r$ multiply-adds, an *arithmetic intensity* of
+#
+# $$I_\text{tile} = \frac{2\, m_r n_r}{m_r + n_r}\ \text{FLOP per value loaded}$$
+#
+# (1 for the dot product). The package's tile, `micro_tile`, is `TILE_COLS` = 6 rows of $W$ by `TILE_ROWS` = 16
+# rows of $x$ in *broadcast form*: per $k$, load 16 values of $x$ as 2 vectors of 8 floats, broadcast each
+# $W_{j,k}$ to a vector, and do $6 \times 2 = 12$ vector FMAs into 12 accumulators:
+#
+# $$C_{j,:} \mathrel{+}= W_{j,k}\, x^\top_{k,:}, \qquad j = 0, \dots, 5 .$$
+#
+# Why 6 x 16 on AVX2: it has 16 vector registers (ymm, 8 floats), and 12 accumulators + 2 vectors of $x$ + 1
+# broadcast = 15. An FMA takes 4-5 cycles and a core starts 2 per cycle: 8-10 independent accumulators keep it
+# busy, so 12 are enough, and 8 x 16 (16 accumulators) would not fit.
+
+# %%
+TR, TC = gemm.TILE_ROWS, gemm.TILE_COLS
+VW = gemm.VECTOR_BYTES // 4  # float32 lanes per ymm register
+assert gemm.TILE_ROWS == 16 and gemm.TILE_COLS == 6 and VW == 8
+assert gemm.TILE_COLS * gemm.TILE_ROWS // VW == 12 and 12 + gemm.TILE_ROWS // VW + 1 <= 16  # + x loads + broadcast
+intensity = 2 * TC * TR / (TC + TR)
+print(f"tile {TC}x{TR}: 12 accumulators, I = {intensity:.2f} FLOP per value loaded")
+
+# %% [markdown]
+# The 16 values of $x$ a step needs sit in 16 rows of `x`, 16 cache lines apart, so the kernel first *packs* 16
+# rows into a panel, `panel[k, r] = x[i0 + r, k]` ($x^\top$, `[K, 16]`): a step reads 64 contiguous bytes, and
+# $k$ walks memory in order. Packing `x`, not `W`, leaves the weights in place (memory-mapped, never copied) and
+# costs $MK$ per call, not $NK$. One tile, by the NumPy twin (`micro_tile` called from Python runs its NumPy
+# body) and as the accumulators build it, an outer product per $k$:
+
+# %%
+panel = np.ascontiguousarray(x[:TR].T)  # [K, 16]: rows 0..15 of x, packed
+c = np.empty((TC, TR), dtype=np.float32)  # the tile holds out^T: c[j, r] = y[r, j] - b[j]
+gemm.micro_tile(W, 0, TC, 0, K, panel, c)  # c = W[0:6] @ panel
+acc = np.zeros((TC, TR), dtype=np.float32)
+for k in range(K):
+    acc += np.outer(W[:TC, k], panel[k])  # 6 broadcasts times 16 lanes
+assert np.allclose(acc, c, atol=1e-4) and np.allclose(c.T + b[:TC], reference[:TR, :TC], atol=1e-4)
+
+# %% [markdown]
+# ## 3. The tile as Numba loops, then as an intrinsic
+#
+# One driver (one thread, no cache blocking, multiples of the tile) packs 16 rows of `x` and sweeps `W` 6 rows
+# at a time with a tile function: first plain loops, `tile_loops`, then `gemm.micro_tile`.
 
 
 # %%
-@njit(fastmath=FASTMATH, cache=False)
-def gemm_dot(x, w, b):
-    M, K = x.shape
-    N = w.shape[0]
-    y = np.empty((M, N), dtype=x.dtype)
-    for i in range(M):
-        xi = x[i, :]
-        for j in range(N):
-            wj = w[j, :]
-            acc = np.float32(0.0)
-            for k in range(K):
-                acc += xi[k] * wj[k]
-            y[i, j] = acc + b[j]
-    return y
+@njit(**JIT)
+def tile_loops(w, j0, nc, k0, kc, panel, c):
+    c[:] = 0
+    for k in range(kc):
+        for j in range(nc):
+            for r in range(TR):
+                c[j, r] += w[j0 + j, k0 + k] * panel[k, r]
 
 
-check(gemm_dot(x, W, b), "dot")
-results["2. fastmath dot"] = gflops(gemm_dot, x, W, b)
+def tiled(tile):
+    @njit(**JIT)
+    def gemm_tiled(x, w, b):  # x [M, K] @ w[N, K]^T + b for M % 16 == 0, N % 6 == 0
+        M, K = x.shape
+        y = np.empty((M, w.shape[0]), dtype=x.dtype)
+        panel = np.empty((K, TR), dtype=x.dtype)
+        c = np.empty((TC, TR), dtype=x.dtype)
+        for i0 in range(0, M, TR):
+            for r in range(TR):  # pack: panel = x[i0:i0 + 16].T
+                for k in range(K):
+                    panel[k, r] = x[i0 + r, k]
+            for j0 in range(0, w.shape[0], TC):
+                tile(w, j0, TC, 0, K, panel, c)
+                for j in range(TC):
+                    for r in range(TR):
+                        y[i0 + r, j0 + j] = c[j, r] + b[j0 + j]
+        return y
+
+    return gemm_tiled
+
+
+assert M % TR == 0 and N % TC == 0
+check_then_time("2. 6x16 tile, Numba loops", tiled(tile_loops), x, W, b)
+check_then_time("3. 6x16 tile, intrinsic", tiled(gemm.micro_tile), x, W, b)
+if COMPILED:
+    asm = tile_loops.inspect_asm(tile_loops.signatures[0])
+    scalar, vector = (len(re.findall(rf"vfmadd\w+{t}\s", asm)) for t in ("ss", "ps"))
+    print(f"tile_loops: {scalar} scalar FMAs (ss), {vector} vector FMAs (ps)")
 
 # %% [markdown]
-# ## Version 3: a register tile, 4 rows of x by 3 rows of W
+# With FMA, the count shows what LLVM made of `tile_loops`: scalar FMAs (`ss`), each accumulator loaded from and
+# stored back to `c` (LLVM cannot prove that `c` does not overlap `panel`). From scalar accumulators its loop
+# vectoriser makes one reduction each, the dot product again, never the broadcast form. Hence the intrinsic.
 #
-# Version 2 loads two numbers from memory for each multiply-add. A register tile reuses them: for each `k`,
-# load `x[i0..i0+3, k]` (4 values) and `W[j0..j0+2, k]` (3 values) and do all 12 products into 12
-# accumulators. That is 7 loads per 12 multiply-adds. With reassociation each accumulator becomes a vector
-# register, and 12 accumulators + 7 operands still fit the 16 vector registers of AVX2, which is why the
-# package's kernel uses 4 x 3 (the docstring of `_gemm` in `kernels/gemm.py`). For brevity this version needs
-# M to be a multiple of 4 and N of 3; the package's kernel handles the remainders.
+# ## 4. The intrinsic, step by step
+#
+# `@intrinsic` lets a function write LLVM IR itself. In `kernels/gemm.py` the tile has three pieces:
+#
+# 1. `micro_tile(w, j0, nc, k0, kc, panel, c)`, the twin (printed below): rows of `w` past `nc` repeat the last
+#    valid one (the caller drops those results). Python and `NUMBA_DISABLE_JIT=1` run it.
+# 2. `@overload(micro_tile, jit_options=JIT)`: inside compiled code, `micro_tile` calls `_micro_tile_ir`.
+# 3. `_micro_tile_ir` runs at compile time, on Numba *types*: one float dtype throughout, or no match (`None`).
+#    It returns the signature `none(w, int64 x 4, panel, c)` and `codegen`, which emits the IR:
+#    - sizes: `VW = VECTOR_BYTES // itemsize` = 8 lanes, `NV = TILE_ROWS // VW` = 2, `VT = <8 x float>`;
+#    - `w_rows`: six pointers to `w[j0 + j, k0]`, from `w`'s row stride (past `nc`, a `select`);
+#    - `fma` (`llvm.fma.v8f32`), a zero vector, `splat_mask` (all zeros: a shuffle with it broadcasts);
+#    - block `tile.head`: `k` and the 12 accumulators are **phi nodes**, SSA values rather than memory: that is
+#      what lets them live in registers;
+#    - block `tile.body` (printed below): 2 vector loads of panel row `k`; per row of `W`, load `w[j, k]`, splat
+#      it (`insert_element` + `shuffle_vector`: a `vbroadcastss`), 2 `fma` calls, whose results feed the phis;
+#    - block `tile.done`: store the 12 vectors to `c`.
+
+# %%
+twin = inspect.getsource(gemm.micro_tile).splitlines()
+body_ir = inspect.getsource(gemm._micro_tile_ir._defn).splitlines()
+start = next(i for i, s in enumerate(body_ir) if "position_at_end(body)" in s)
+end = next(i for i, s in enumerate(body_ir) if "builder.branch(head)" in s and i > start)
+print("the twin:", *twin[-2:], "tile.body:", *body_ir[start : end + 1], sep="\n")
+
+# %% [markdown]
+# `codegen` reads `TILE_COLS` from the module's globals when it runs, so a copy of the generator (Numba keeps it
+# as `_defn`) with other globals compiles another tile: `tile_variant(6)` is the package's; exercises try others.
 
 
 # %%
-@njit(fastmath=FASTMATH, cache=False)
-def gemm_tile(x, w, b):
-    M, K = x.shape
-    N = w.shape[0]
-    y = np.empty((M, N), dtype=x.dtype)
-    for i0 in range(0, M, 4):
-        x0, x1, x2, x3 = x[i0, :], x[i0 + 1, :], x[i0 + 2, :], x[i0 + 3, :]
-        for j0 in range(0, N, 3):
-            w0, w1, w2 = w[j0, :], w[j0 + 1, :], w[j0 + 2, :]
-            s00 = s01 = s02 = s10 = s11 = s12 = np.float32(0.0)
-            s20 = s21 = s22 = s30 = s31 = s32 = np.float32(0.0)
-            for k in range(K):
-                c0, c1, c2 = w0[k], w1[k], w2[k]
-                s00 += x0[k] * c0
-                s01 += x0[k] * c1
-                s02 += x0[k] * c2
-                s10 += x1[k] * c0
-                s11 += x1[k] * c1
-                s12 += x1[k] * c2
-                s20 += x2[k] * c0
-                s21 += x2[k] * c1
-                s22 += x2[k] * c2
-                s30 += x3[k] * c0
-                s31 += x3[k] * c1
-                s32 += x3[k] * c2
-            y[i0, j0], y[i0, j0 + 1], y[i0, j0 + 2] = s00 + b[j0], s01 + b[j0 + 1], s02 + b[j0 + 2]
-            y[i0 + 1, j0], y[i0 + 1, j0 + 1], y[i0 + 1, j0 + 2] = s10 + b[j0], s11 + b[j0 + 1], s12 + b[j0 + 2]
-            y[i0 + 2, j0], y[i0 + 2, j0 + 1], y[i0 + 2, j0 + 2] = s20 + b[j0], s21 + b[j0 + 1], s22 + b[j0 + 2]
-            y[i0 + 3, j0], y[i0 + 3, j0 + 1], y[i0 + 3, j0 + 2] = s30 + b[j0], s31 + b[j0 + 1], s32 + b[j0 + 2]
-    return y
+def tile_variant(w_rows):
+    """gemm's intrinsic with TILE_COLS = w_rows, as tile(w, j0, nc, k0, kc, panel, c) with c [w_rows, 16]."""
+    defn = gemm._micro_tile_ir._defn
+    tile_ir = intrinsic(pytypes.FunctionType(defn.__code__, {**vars(gemm), "TILE_COLS": w_rows}, defn.__name__))
+
+    @njit(**JIT)
+    def tile(w, j0, nc, k0, kc, panel, c):
+        tile_ir(w, j0, nc, k0, kc, panel, c)
+
+    return tile
 
 
-assert M % 4 == 0 and N % 3 == 0
-check(gemm_tile(x, W, b), "tile")
-results["3. 4x3 register tile"] = gflops(gemm_tile, x, W, b)
+if COMPILED:
+    assert np.array_equal(tiled(tile_variant(TC))(x, W, b), tiled(gemm.micro_tile)(x, W, b))
 
 # %% [markdown]
-# ## Version 4: the package's kernel, cache-blocked and parallel
+# ## 5. Reading the machine code
 #
-# `erniem_np.kernels.gemm.linear` adds what a real layer needs: blocks of 128 rows of x that stay in cache
-# while every thread sweeps them with its own strip of 3 rows of W (parallel over output columns with
-# `prange`, one level of parallelism, never BLAS inside), a K blocking for very wide inputs, remainders, and
-# fused epilogues (bias, bias + GELU, bias + residual) so the output is written once.
+# We compile `_gemm`'s source again, serial and uncached (the package's cached copy keeps no assembly), take its
+# hottest loop, and count per step $k$: FMAs on ymm registers, accumulators (the registers they write), vector
+# loads, broadcasts, spills (stack operands, `(%rsp)`). FMAs / accumulators is how often LLVM unrolled the loop.
+
 
 # %%
-check(gemm.linear(x, W, b), "package")
-results[f"4. package kernel ({get_num_threads()} threads)"] = gflops(gemm.linear, x, W, b)
-# The same product with the bias + GELU epilogue fused, against the twin:
+def hot_loop(asm):
+    """The one-block loop in `asm` with the most FMAs, as a list of instructions ([] if none has one)."""
+    loops = re.findall(r"^(\.LBB\w+):[^\n]*\n((?:(?!\.LBB)[^\n]*\n)*?)\s+j\w+\s+\1\n", asm, re.MULTILINE)
+    bodies = [[s.strip() for s in body.splitlines() if s.strip()[:1] not in ("", ".", "#")] for _, body in loops]
+    fmas = [sum(s.startswith("vfmadd") for s in body) for body in bodies]
+    return bodies[fmas.index(max(fmas))] if any(fmas) else []
+
+
+def census(body):
+    """Per-k counts in a tile loop's instructions (see the text above)."""
+    fmas = [s for s in body if re.match(r"vfmadd\d+ps\s.*%ymm", s)]
+    accumulators = len({s.rsplit(",", 1)[-1] for s in fmas})
+    unroll = max(1, len(fmas) // max(1, accumulators))
+    per_k = lambda pattern: sum(bool(re.match(pattern, s)) for s in body) // unroll
+    loads, broadcasts, spills = per_k(r"vmov\w*ps\s+-?\w*\("), per_k(r"vbroadcastss"), sum("(%rsp)" in s for s in body)
+    return {"fma": len(fmas) // unroll, "accumulators": accumulators, "loads": loads, "broadcasts": broadcasts,
+            "spills": spills, "unroll": unroll}  # fmt: skip
+
+
+TARGET = numba.config.CPU_FEATURES if numba.config.CPU_FEATURES is not None else llvm.get_host_cpu_features().flatten()
+REGISTERS = 32 if "+avx512f" in TARGET else 16  # vector registers the compiler may use (AVX-512 adds 16)
+if COMPILED:
+    kernel = njit(**JIT)(gemm._gemm.py_func)  # the same source and flags, serial, uncached
+    out = np.empty((M, N), dtype=np.float32)
+    kernel(x, (W,), (b,), out, (out,), gemm.EPILOGUE_BIAS, gemm._scratch(M, K, np.float32))
+    assert np.abs(out - reference).max() < 1e-4
+    body = hot_loop(kernel.inspect_asm(kernel.signatures[0]))
+    found = census(body)
+    print(f"_gemm's hot loop, per k: {found}")
+    if found["fma"]:
+        print("\n".join(body[:10]), "\n...")
+        assert [found[n] for n in ("fma", "accumulators", "loads", "broadcasts", "spills")] == [12, 12, 2, 6, 0]
+    else:
+        print("no ymm FMA: this CPU (or NUMBA_CPU_NAME / NUMBA_CPU_FEATURES) gives no AVX2 + FMA target")
+else:
+    print("NUMBA_DISABLE_JIT=1: nothing is compiled, there is no assembly to read")
+
+# %% [markdown]
+# ## 6. Cache blocking, parallelism, remainders: `_gemm`
+#
+# `_gemm` (its docstring is the reference) runs the tile inside the loops a real layer needs:
+#
+# * **Blocking.** A pass packs `BLOCK_M` = 256 rows of `x` by `BLOCK_K` = 4096 of $K$ into panels
+#   `[BLOCK_M / 16, kc, 16]` (a buffer kept per Python thread, `_scratch`). 4096 is the whole $K$ of ErnieM-base
+#   (768, 3072) and -large (1024, 4096); a wider $K$ takes several passes, each adding to the output.
+# * **Parallelism**, one level, never BLAS inside: `prange` over strips of 6 rows of `W`; a task keeps its strip
+#   in cache and sweeps every panel of the block. Packing is parallel over panels. `linear_many` puts the strips
+#   of several weights (q, k, v) into one parallel loop over one packing of `x`.
+# * **Remainders.** Rows past $M$ are zero rows of the last panel; a narrow last strip repeats its last row.
+
+# %%
+assert gemm.BLOCK_M % gemm.TILE_ROWS == 0 and gemm.BLOCK_K >= max(768, 3072, 1024, 4096)
+xr, wr, br = (rng.standard_normal(s, dtype=np.float32) for s in ((37, gemm.BLOCK_K + 9), (29, gemm.BLOCK_K + 9), 29))
+assert np.allclose(gemm.linear(xr, wr, br), gemm.linear_ref(xr, wr, br), atol=1e-3)  # remainders, two K passes
+
+threads = get_num_threads()
+set_num_threads(1)
+check_then_time("4. package linear, 1 thread", gemm.linear, x, W, b)
+set_num_threads(threads)
+check_then_time(f"5. package linear, {threads} threads", gemm.linear, x, W, b)
+
+# %% [markdown]
+# ## 7. Fused epilogues
+#
+# After a tile's last $K$ slice its values are still in L1: `_gemm` finishes them there and writes the output
+# once. `EPILOGUE_BIAS` adds the bias; `EPILOGUE_GELU` then applies `norm.gelu_row` to each row of the tile;
+# `EPILOGUE_RESIDUAL` then adds a residual. The encoder (`erniem_np/fused.py`) uses `linear_many` for q, k, v,
+# GELU for the FFN's first Linear, the residual for `out_proj` and the FFN's second.
+
+# %%
+h = rng.standard_normal((M, N), dtype=np.float32)
 assert np.allclose(gemm.linear(x, W, b, activation="gelu"), gemm.linear_ref(x, W, b, activation="gelu"), atol=1e-4)
+assert np.allclose(gemm.linear(x, W, b, residual=h), gemm.linear_ref(x, W, b, residual=h), atol=1e-4)
+three = [(W, b), (W[::-1].copy(), None), (W[:29], b[:29])]
+for got, (w_, b_) in zip(gemm.linear_many(x, three), three, strict=True):
+    assert np.allclose(got, gemm.linear_ref(x, w_, b_), atol=1e-4)
 
-# %% [markdown]
-# The figure: GFLOP/s of each version, with the BLAS rate as the roofline. Before drawing, the data are
-# checked: every rate is a positive finite number, and every version above agreed with the NumPy twin.
-
-# %%
+# The measurements, checked before drawing: every rate positive and finite, every version within 1e-4.
+blas = results["OpenBLAS (numpy)"]
+print(f"M={M} K={K} N={N} float32; Numba {threads} threads, OpenBLAS its default"
+      + ("" if COMPILED else "; NUMBA_DISABLE_JIT=1: all ran as Python"))  # fmt: skip
 for name, rate in results.items():
-    assert math.isfinite(rate) and rate > 0, (name, rate)
-    print(f"{name:32} {rate:7.1f} GFLOP/s  ({rate / results['NumPy / OpenBLAS']:.0%} of OpenBLAS)")
+    assert math.isfinite(rate) and rate > 0 and errors[name] < 1e-4, name
+    print(f"{name:30} {rate:8.2f} GFLOP/s {rate / blas:7.0%} of OpenBLAS   max |error| {errors[name]:.1e}")
 
-names = [n for n in results if n != "NumPy / OpenBLAS"]
+names = [n for n in results if n != "OpenBLAS (numpy)"]
 fig, ax = plt.subplots(figsize=(8, 4))
 ax.bar(names, [results[n] for n in names], color="tab:blue")
-ax.axhline(results["NumPy / OpenBLAS"], color="tab:red", linestyle="--", label="OpenBLAS (roofline)")
-ax.set_ylabel("GFLOP/s")
-ax.set_title(f"y = x W^T + b, M={M}, K={K}, N={N}, float32, this machine")
+ax.axhline(blas, color="tab:red", linestyle="--", label="OpenBLAS, same shape")
+ax.set(yscale="log", ylabel="GFLOP/s (log scale)", title=f"y = x W^T + b, M={M}, K={K}, N={N}, float32, this machine")
 ax.legend()
-plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
+plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
 fig.tight_layout()
 fig.savefig(FIGURES / "06_gemm_gflops.png", dpi=100)
 
 # %% [markdown]
-# On the project's 2-core AVX2 machine the package kernel reaches 61-95% of OpenBLAS depending on the shape
-# (`scripts/bench_kernels.py`); its remaining gap is the 7 loads per 12 multiply-adds of the tile. BLAS
-# packs W into panels so that one broadcast value meets a whole vector of W: that is the next step for the
-# kernel.
-#
 # ## Softmax, fused into attention
 #
-# Attention computes, per head, `softmax(q k^T / sqrt(d) + mask) v`. The softmax must subtract the row's
-# maximum before `exp`: scores of a few hundred overflow float32's `exp` (which tops out near 88.7), and a
-# masked key holds a large negative number (HF fills with float32's minimum, Paddle with -1e4).
+# Per head, attention is $\mathrm{softmax}(q k^\top / \sqrt{d} + \text{mask})\, v$. The softmax must subtract
+# the row's maximum before `exp`: scores of a few hundred overflow float32's `exp` (which tops out near 88.7),
+# and a masked key holds a large negative number (HF fills with float32's minimum, Paddle with -1e4).
 
 # %%
 scores = np.array([[10.0, 100.0, 95.0, np.finfo(np.float32).min]], dtype=np.float32)
 with np.errstate(over="ignore", invalid="ignore"):
-    naive = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+    naive_softmax = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
 stable = np.exp(scores - scores.max(-1, keepdims=True))
 stable /= stable.sum(-1, keepdims=True)
-print("naive :", naive)
-print("stable:", stable)
-assert np.isnan(naive).any() and np.isfinite(stable).all() and abs(stable.sum() - 1) < 1e-6
+print("naive :", naive_softmax, "\nstable:", stable)
+assert np.isnan(naive_softmax).any() and np.isfinite(stable).all() and abs(stable.sum() - 1) < 1e-6
 
 # %% [markdown]
-# `kernels/attention.py` does the whole of it in one pass per (batch, head, 4 query rows): scores by 4 x 3
-# register tiles over the head channels, add the mask, subtract the row max, `exp`, normalise, multiply by the
-# values, without materialising the `[B, heads, L, L]` probabilities unless they are asked for. Its twin,
+# `_attention` (`kernels/attention.py`) runs both products on the GEMM's tile, one task per (batch, head). It
+# packs the head's keys into 16-key panels of $k^\top$ and its values into 16-channel panels; per block of 6
+# query rows (read in place: the broadcast operand), `micro_tile` gives the scores, which are scaled, masked and
+# soft-maxed in an L1 buffer (`exp_shifted`: a vectorised polynomial `exp`), and `micro_tile` again multiplies
+# the probabilities by the value panels. `[B, heads, L, L]` is built only if asked for. The twin,
 # `attention_ref`, is the textbook version; they agree:
 
 # %%
+assert attention.micro_tile is gemm.micro_tile and (attention.TILE_ROWS, attention.TILE_COLS) == (TR, TC)
 B, L, H, nh = 2, 33, 96, 4
 q, k, v = (rng.standard_normal((B, L, H), dtype=np.float32) for _ in range(3))
 mask = np.zeros((B, 1, 1, L), dtype=np.float32)
@@ -269,11 +381,10 @@ print("fused attention == attention_ref; masked keys get probability exactly 0")
 # %% [markdown]
 # ## LayerNorm: two passes, summed in float64
 #
-# `LN(x) = (x - mean) / sqrt(var + eps) * weight + bias`, with the biased variance (divide by H), in both
-# references. The one-pass formula `var = E[x^2] - E[x]^2` is cheaper but cancels catastrophically in float32
-# when the mean is large compared with the spread. The kernel (`_layer_norm`) makes two passes, mean then
-# squared deviations, and accumulates them in float64, fused with the residual add that precedes every
-# LayerNorm in the post-LN encoder.
+# $\mathrm{LN}(x) = (x - \mu) / \sqrt{\sigma^2 + \varepsilon} \cdot w + b$, biased variance (divide by $H$), in
+# both references. The one-pass $\sigma^2 = E[x^2] - E[x]^2$ cancels catastrophically in float32 when the mean
+# is large next to the spread. `_layer_norm` makes two passes (mean, then squared deviations) accumulated in
+# float64, and can add a residual first (the encoder adds its residuals in the GEMM's epilogue instead).
 
 # %%
 row = (1000.0 + rng.standard_normal((1, 768))).astype(np.float32)  # mean 1000, spread 1
@@ -282,26 +393,24 @@ two_pass = float(np.mean((row - row.mean()) ** 2))
 exact = float(np.var(row.astype(np.float64)))
 print(f"variance: one pass {one_pass:.4f}, two passes {two_pass:.6f}, float64 {exact:.6f}")
 assert abs(two_pass - exact) < 1e-3 < abs(one_pass - exact)
-
-w_ln, b_ln = rng.standard_normal(768, dtype=np.float32), rng.standard_normal(768, dtype=np.float32)
-residual = rng.standard_normal((1, 768), dtype=np.float32)
-assert np.allclose(
-    norm.layer_norm(row, w_ln, b_ln, 1e-5, residual=residual),
-    norm.layer_norm_ref(row, w_ln, b_ln, 1e-5, residual=residual),
-    atol=2e-4,
+w_ln, b_ln, res = (rng.standard_normal(s, dtype=np.float32) for s in (768, 768, (1, 768)))
+exact_ln = norm.layer_norm_ref((row + res).astype(np.float64), w_ln, b_ln, 1e-5)  # the float32 sum, then float64
+err_kernel, err_twin = (
+    np.abs(f(row, w_ln, b_ln, 1e-5, res) - exact_ln).max() for f in (norm.layer_norm, norm.layer_norm_ref)
 )
-print("layer_norm kernel == layer_norm_ref")
+print(f"LN(x + residual) against float64: kernel {err_kernel:.1e}, float32 twin {err_twin:.1e}")
+assert err_kernel < min(1e-5, err_twin) or not COMPILED  # as Python, `s = 0.0` + float32 stays float32 (NumPy 2)
 
 # %% [markdown]
 # ## GELU: exact erf, vectorised
 #
-# Both references use the exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, not the tanh approximation (which is off
-# by up to about 5e-4, enough to fail a parity test). libm's `erf` does not vectorise, so the float32 kernel
-# uses a rational approximation of erf (`erf_approx` in `kernels/norm.py`) accurate to within 1e-6 of the
-# exact GELU. Here is its error over a dense grid, against float64 erf:
+# Both references use the exact GELU, $\tfrac12 x\,(1 + \mathrm{erf}(x/\sqrt2))$, not the tanh approximation
+# (off by up to about 5e-4, enough to fail a parity test). libm's `erf` does not vectorise, so the float32
+# kernels use a rational approximation (`erf_approx` in `kernels/norm.py`, evaluated in float64) within 1e-6 of
+# the exact GELU, in `gelu` and in the GEMM's GELU epilogue (`gelu_row`). Its error against float64 erf:
 
 # %%
-grid = np.linspace(-10, 10, 200_001, dtype=np.float32)
+grid = np.linspace(-10, 10, 200_001 if COMPILED else 20_001, dtype=np.float32)
 exact_gelu = norm.gelu_ref(grid.astype(np.float64))
 err = np.abs(norm.gelu(grid.copy()).astype(np.float64) - exact_gelu)
 tanh_gelu = 0.5 * grid * (1 + np.tanh(np.sqrt(2 / np.pi) * (grid + 0.044715 * grid**3)))
@@ -312,11 +421,33 @@ assert err.max() < 1e-6 < err_tanh.max()
 fig, ax = plt.subplots(figsize=(8, 3.5))
 ax.semilogy(grid, np.maximum(err_tanh, 1e-12), label="tanh approximation", color="tab:red")
 ax.semilogy(grid, np.maximum(err, 1e-12), label="kernel (rational erf, float32)", color="tab:blue")
-ax.set_xlabel("x")
-ax.set_ylabel("|GELU(x) - exact|")
+ax.set(xlabel="x", ylabel="|GELU(x) - exact|")
 ax.legend()
 fig.tight_layout()
 fig.savefig(FIGURES / "06_gelu_error.png", dpi=100)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Build a 4 x 16 tile, `tile_variant(4)`. How many accumulators, FMAs and broadcasts per $k$, and what
+#    arithmetic intensity? Check with `census(hot_loop(tile.inspect_asm(tile.signatures[0])))`.
+# 2. Build 8 x 16. How many vector registers does it need, and what does the assembly show here?
+#
+# **Answers** (spoilers: the next cell is collapsed in Jupyter; it asserts them).
+
+# %% jupyter={"source_hidden": true} tags=["answers"]
+assert [rows * TR // VW for rows in (4, 8)] == [8, 16] and 2 * 4 * 16 / (4 + 16) == 6.4 < intensity
+print("1. 4x16: 4 x 2 = 8 accumulators, 8 FMAs and 4 broadcasts per k; I = 6.4 FLOP per value, less than 6x16's")
+print(f"2. 8x16: 16 accumulators + 2 + 1 = 19 registers; this target has {REGISTERS}: with 16, some accumulators spill")
+for rows in (4, 8) if COMPILED else ():
+    tile, out = tile_variant(rows), np.empty((rows, TR), dtype=np.float32)
+    tile(W, 0, rows, 0, K, panel, out)
+    assert np.allclose(out, W[:rows] @ panel, atol=1e-4)
+    found = census(hot_loop(tile.inspect_asm(tile.signatures[0])))
+    print(f"   {rows}x16, per k: {found}")
+    if found["fma"]:
+        assert found["fma"] == 2 * rows and found["broadcasts"] == rows
+        assert (found["spills"] > 0) == (2 * rows + 3 > REGISTERS)  # accumulators that do not fit live on the stack
 
 # %% [markdown]
 # **Next:** chapter 7 loads real checkpoints.
