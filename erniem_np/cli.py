@@ -10,6 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from . import __version__, commands
 from .commands._common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, IntermixedParser, Progress, UserError
@@ -45,18 +46,40 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return args.func(args)
-    except (UserError, ValueError, TypeError, FileNotFoundError, KeyError, NotADirectoryError,
-            IsADirectoryError, PermissionError) as e:  # fmt: skip
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"erniem-np: error: {msg}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("erniem-np: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `erniem-np ... | head`
-        return EXIT_OK
+    with warnings.catch_warnings(record=True) as caught:  # shown after success; a failure prints one line only
+        warnings.simplefilter("default")
+        try:
+            code = args.func(args)
+        except BrokenPipeError:  # `erniem-np ... | head`
+            return EXIT_OK
+        except Exception as e:  # noqa: BLE001 - the one place a failure becomes one line
+            message = _failure(e)
+            if message is None:
+                raise
+            print(f"erniem-np: error: {message}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("erniem-np: interrupted", file=sys.stderr)
+            return 130
+    for w in caught:
+        print(f"erniem-np: warning: {w.message}", file=sys.stderr)
+    return code
+
+
+def _failure(e: Exception) -> str | None:
+    """The one line for a failure the user can act on (bad input, a broken file, a full disk, too little
+    memory), or None for an error in erniem-np itself, which keeps its traceback."""
+    if isinstance(e, KeyError):
+        return str(e.args[0]) if e.args else "missing key"
+    if isinstance(e, (UserError, ValueError, TypeError, OSError)):  # OSError: missing files, full disk, ...
+        return str(e)
+    if isinstance(e, OverflowError):
+        return f"a number is out of range: {e}"
+    if isinstance(e, MemoryError):
+        return "out of memory: the input or checkpoint needs more memory than this machine has"
+    if isinstance(e, RecursionError):
+        return "an input file is nested too deeply to read"
+    return None
 
 
 if __name__ == "__main__":

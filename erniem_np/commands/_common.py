@@ -14,6 +14,7 @@ Exit codes (documented in ``erniem-np --help``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import textwrap
@@ -186,7 +187,7 @@ class JsonOutput:
     array written item by item (``--json``), so nothing is held until the end."""
 
     def __init__(self, array: bool, stream=None):
-        self.array, self.stream, self.n = array, stream or sys.stdout, 0
+        self.array, self.stream, self.n, self.closed = array, stream or sys.stdout, 0, False
 
     def write(self, obj) -> None:
         text = json.dumps(obj, ensure_ascii=False)
@@ -196,9 +197,25 @@ class JsonOutput:
         self.n += 1
 
     def close(self) -> None:
+        """End the output; called however the command ends, so an error after some results still leaves a
+        valid JSON array of those results on stdout (the error itself goes to stderr)."""
+        if self.closed:
+            return
+        self.closed = True
         if self.array:
             self.stream.write("[]\n" if self.n == 0 else "\n]\n")
         self.stream.flush()
+
+    def __enter__(self) -> JsonOutput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def json_output(enabled: bool, array: bool = True) -> contextlib.AbstractContextManager[JsonOutput | None]:
+    """``with json_output(args.json) as out:``: a JsonOutput closed however the block ends, or None."""
+    return JsonOutput(array) if enabled else contextlib.nullcontext()
 
 
 class IntermixedParser(argparse.ArgumentParser):

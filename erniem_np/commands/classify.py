@@ -8,12 +8,12 @@ from collections import deque
 
 from ._common import (
     EXIT_OK,
-    JsonOutput,
     Progress,
     UserError,
     add_input_options,
     add_model_options,
     iter_inputs,
+    json_output,
     pipeline_options,
     wrap,
 )
@@ -47,7 +47,6 @@ def run_classify(args: argparse.Namespace) -> int:
                      **pipeline_options(args))  # fmt: skip
     top_k = None if args.all else args.top_k if args.top_k is not None else _LEGACY
     progress = None if args.quiet else Progress()
-    out = JsonOutput(array=True) if args.json else None
     seen: deque = deque()
 
     def tap():
@@ -55,8 +54,14 @@ def run_classify(args: argparse.Namespace) -> int:
             seen.append(pair)
             yield pair
 
+    with json_output(args.json) as out:
+        _print_classified(clf.iter(tap(), top_k=top_k, progress=progress), seen, out, progress)
+    return EXIT_OK
+
+
+def _print_classified(results, seen, out, progress):
     try:
-        for result in clf.iter(tap(), top_k=top_k, progress=progress):
+        for result in results:
             text, pair = seen.popleft()
             if out is not None:
                 record = {"text": text} if pair is None else {"text": text, "text_pair": pair}
@@ -69,9 +74,6 @@ def run_classify(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-    if out is not None:
-        out.close()
-    return EXIT_OK
 
 
 # ============================================================================================ choose
@@ -108,7 +110,6 @@ def run_choose(args: argparse.Namespace) -> int:
 
     ch = Chooser(args.model, chunk_size=args.chunk_size, **pipeline_options(args))
     progress = None if args.quiet else Progress()
-    out = JsonOutput(array=True) if args.json else None
     seen: deque = deque()
 
     def tap():
@@ -117,20 +118,19 @@ def run_choose(args: argparse.Namespace) -> int:
             yield item
 
     try:
-        for result in ch.iter(tap(), progress=progress):
-            question, choices = seen.popleft()
-            if out is not None:
-                out.write({"question": question, "choices": choices, **result})
-            else:
-                best = result["best"]
-                print(f"{result['choice']}\t{result['scores'][best]:.4f}\t{question}")
+        with json_output(args.json) as out:
+            for result in ch.iter(tap(), progress=progress):
+                question, choices = seen.popleft()
+                if out is not None:
+                    out.write({"question": question, "choices": choices, **result})
+                else:
+                    best = result["best"]
+                    print(f"{result['choice']}\t{result['scores'][best]:.4f}\t{question}")
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
     finally:
         if progress is not None:
             progress.close()
-    if out is not None:
-        out.close()
     return EXIT_OK
 
 

@@ -50,11 +50,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"wrote {what} {n} texts ({encoder.pooling}, {encoder.dim} wide, {encoder.dtype}) to "
                       f"{args.output}")  # fmt: skip
         else:
-            out = JsonOutput(array=args.json)
-            for block, chunk in _blocks_with_texts(encoder, texts, progress):
-                for text, v in zip(chunk, block, strict=True):
-                    out.write({"text": text, "embedding": v.tolist()})
-            out.close()
+            with JsonOutput(array=args.json) as out:  # closed however the command ends: valid JSON
+                for block, chunk in _blocks_with_texts(encoder, texts, progress):
+                    for text, v in zip(chunk, block, strict=True):
+                        out.write({"text": text, "embedding": v.tolist()})
     finally:
         if progress is not None:
             progress.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import warnings
 
 from ._common import EXIT_OK, Progress, UserError, add_input_options, iter_inputs, print_json
 
@@ -116,15 +115,10 @@ def run(args: argparse.Namespace) -> int:
     for i, t in enumerate(texts, 1):
         if not isinstance(t, str):
             raise UserError(f"input {i} is not a string: {t!r}")
-    with warnings.catch_warnings(record=True) as caught:  # one line on failure, warnings only on success
-        warnings.simplefilter("always")
-        extractor = Extractor(args.model, schema, schema_lang=args.schema_lang, max_seq_len=args.max_seq_len,
-                              position_prob=args.position_prob, batch_size=args.batch_size,
-                              split_sentence=args.split_sentence,
-                              dynamic_max_length=_lengths(args.dynamic_max_length), flavor=args.flavor,
-                              backend=args.backend)  # fmt: skip
-    for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    extractor = Extractor(args.model, schema, schema_lang=args.schema_lang, max_seq_len=args.max_seq_len,
+                          position_prob=args.position_prob, batch_size=args.batch_size,
+                          split_sentence=args.split_sentence, dynamic_max_length=_lengths(args.dynamic_max_length),
+                          flavor=args.flavor, backend=args.backend)  # fmt: skip
     progress = Progress()
     results = extractor(texts, progress=progress)
     progress.close()

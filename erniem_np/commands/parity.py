@@ -112,12 +112,12 @@ def run_compare(args: argparse.Namespace) -> int:
                              probes=split(args.probes) if args.probes else None,
                              include_padding=args.include_padding, atol=args.atol, rtol=args.rtol,
                              mode=args.mode, calibrated=args.calibrated)  # fmt: skip
+    from ..atomic import atomic_write
+
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(report.to_json() + "\n")
+        atomic_write(args.json, (report.to_json() + "\n").encode("utf-8"))
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(report.to_markdown())
+        atomic_write(args.markdown, report.to_markdown().encode("utf-8"))
     print(report.to_markdown() if args.format == "markdown" else report.to_text())
     return report.exit_code
 

@@ -11,20 +11,17 @@ does), and stream: a chunk of inputs is read, answered and printed before the ne
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import sys
-import warnings
 from collections.abc import Iterator
 
 from ._common import (
     EXIT_OK,
-    JsonOutput,  # --json: one array, written item by item (as classify and encode do)
     UserError,
     add_checkpoint_options,
     add_input_options,
     checkpoint_options,
     iter_inputs,
+    json_output,  # --json: one array, written item by item, closed however the command ends
 )
 
 EPILOG = "exit codes: 0 success; 1 bad input or checkpoint (one line on stderr says what); 2 bad command line."
@@ -47,25 +44,22 @@ def run_tag(args: argparse.Namespace) -> int:
 
     texts = iter_inputs(args)
     first = next(texts)  # an empty input fails here, before the model loads
-    with _load_warnings():
-        tagger = Tagger(args.model, aggregation_strategy=args.aggregation, ignore_labels=args.ignore_labels,
-                        stride=args.stride, max_length=args.max_length, batch_size=args.batch_size,
-                        tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
-    out = JsonOutput(array=True) if args.json else None
-    for chunk in iter_chunks(_strings(_chain(first, texts), "text"), 64):
-        for text, entities in zip(chunk, tagger.tag(chunk), strict=True):
-            if out is not None:
-                out.write({"text": text, "entities": entities})
-                continue
-            print(text)
-            if not entities:
-                print("  (no entities)")
-            for e in entities:
-                label = e.get("entity_group", e.get("entity"))
-                index = f"  token {e['index']}" if "index" in e else ""
-                print(f"  {label:<12} {e['score']:.4f}  [{e['start']}:{e['end']}]  {e['word']!r}{index}")
-    if out is not None:
-        out.close()
+    tagger = Tagger(args.model, aggregation_strategy=args.aggregation, ignore_labels=args.ignore_labels,
+                    stride=args.stride, max_length=args.max_length, batch_size=args.batch_size,
+                    tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
+    with json_output(args.json) as out:
+        for chunk in iter_chunks(_strings(_chain(first, texts), "text"), 64):
+            for text, entities in zip(chunk, tagger.tag(chunk), strict=True):
+                if out is not None:
+                    out.write({"text": text, "entities": entities})
+                    continue
+                print(text)
+                if not entities:
+                    print("  (no entities)")
+                for e in entities:
+                    label = e.get("entity_group", e.get("entity"))
+                    index = f"  token {e['index']}" if "index" in e else ""
+                    print(f"  {label:<12} {e['score']:.4f}  [{e['start']}:{e['end']}]  {e['word']!r}{index}")
     return EXIT_OK
 
 
@@ -76,24 +70,21 @@ def run_qa(args: argparse.Namespace) -> int:
 
     pairs = _qa_inputs(args)
     first = next(pairs)  # an empty input fails here, before the model loads
-    with _load_warnings():
-        qa = QuestionAnswerer(args.model, top_k=args.top_k, max_answer_len=args.max_answer_len,
-                              max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
-                              handle_impossible_answer=args.handle_impossible_answer,
-                              align_to_words=not args.no_align_to_words, batch_size=args.batch_size,
-                              tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
-    out = JsonOutput(array=True) if args.json else None
-    for chunk in iter_chunks(_chain(first, pairs), 16):
-        for (question, _context), result in zip(chunk, qa.answer(chunk), strict=True):
-            answers = result if isinstance(result, list) else [result]
-            if out is not None:
-                out.write({"question": question, "answers": answers})
-                continue
-            print(f"Q: {question}")
-            for a in answers:
-                print(f"  {a['score']:.4f}  [{a['start']}:{a['end']}]  {a['answer']!r}")
-    if out is not None:
-        out.close()
+    qa = QuestionAnswerer(args.model, top_k=args.top_k, max_answer_len=args.max_answer_len,
+                          max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
+                          handle_impossible_answer=args.handle_impossible_answer,
+                          align_to_words=not args.no_align_to_words, batch_size=args.batch_size,
+                          tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
+    with json_output(args.json) as out:
+        for chunk in iter_chunks(_chain(first, pairs), 16):
+            for (question, _context), result in zip(chunk, qa.answer(chunk), strict=True):
+                answers = result if isinstance(result, list) else [result]
+                if out is not None:
+                    out.write({"question": question, "answers": answers})
+                    continue
+                print(f"Q: {question}")
+                for a in answers:
+                    print(f"  {a['score']:.4f}  [{a['start']}:{a['end']}]  {a['answer']!r}")
     return EXIT_OK
 
 
@@ -135,17 +126,6 @@ def _qa_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         if not isinstance(q, str) or not isinstance(c, str) or not q.strip() or not c.strip():
             raise UserError(f'input line {n}: "question" and "context" must be non-empty strings')
         yield q, c
-
-
-@contextlib.contextmanager
-def _load_warnings():
-    """Warnings raised while loading are shown as one line each, and only if the loading succeeds: a
-    checkpoint without the needed head gets its one-line error alone."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        print(f"erniem-np: warning: {w.message}", file=sys.stderr)
 
 
 def _chain(first, rest) -> Iterator:

@@ -38,6 +38,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from ..atomic import check_output_path, commit, discard, open_beside
 from ..model import ErnieMModel, ErnieMPreTrainedModel
 from .base import ProgressFn, check_texts, iter_chunks, load_model_and_tokenizer, map_bucketed, max_tokens, pad_batch
 
@@ -192,7 +193,7 @@ class NpyWriter:
     def __init__(self, path: str, dim: int, dtype=np.float32):
         self.path, self.dim, self.dtype = path, int(dim), np.dtype(dtype)
         self.rows = 0
-        self.f = open(path, "wb")  # noqa: SIM115  (closed in close())
+        self.f, self.tmp = open_beside(path)  # renamed over path by close(); abort() removes it
         self._write_header()
 
     def _write_header(self) -> None:
@@ -216,6 +217,12 @@ class NpyWriter:
         if not self.f.closed:
             self._write_header()
             self.f.close()
+            commit(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop what was written; ``path`` stays as it was."""
+        self.f.close()
+        discard(self.tmp)
 
 
 _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int64): "I64"}
@@ -236,7 +243,7 @@ class SafetensorsWriter:
         self.rows = 0  # embeddings written (texts)
         self.tokens = 0  # rows of last_hidden_state written
         self.offsets = [0]
-        self.f = open(path, "wb")  # noqa: SIM115  (closed in close())
+        self.f, self.tmp = open_beside(path)  # renamed over path by close(); abort() removes it
         self.f.write(b"\0" * (8 + self.RESERVED))
 
     def write(self, block) -> None:
@@ -281,6 +288,9 @@ class SafetensorsWriter:
         self.f.seek(0)
         self.f.write(struct.pack("<Q", self.RESERVED) + text + b" " * (self.RESERVED - len(text)))
         self.f.close()
+        commit(self.tmp, self.path)
+
+    abort = NpyWriter.abort
 
 
 def open_writer(path: str, pooling: str, dim: int, dtype=np.float32, metadata=None):
@@ -300,21 +310,22 @@ def encode_to_file(encoder, texts: Iterable[str], path: str, progress: ProgressF
     """Encode ``texts`` into ``path`` (.npy or .safetensors, module docstring) chunk by chunk; returns N.
 
     ``encoder`` is an ``Encoder`` or a ``distributed.DaskEncoder`` (anything with ``encode_chunks``,
-    ``pooling``, ``dim`` and ``dtype``). A failure midway removes the partial file."""
+    ``pooling``, ``dim`` and ``dtype``). The file is written beside ``path`` and renamed over it when complete:
+    a failure midway leaves ``path`` as it was. A file this process has mapped (a loaded checkpoint) is refused."""
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"{path}: directory {parent} does not exist")
+    check_output_path(path, "embeddings")
     writer = open_writer(path, encoder.pooling, encoder.dim, encoder.dtype,
                          metadata={"pooling": encoder.pooling, "format": "np"})  # fmt: skip
     try:
         for block in encoder.encode_chunks(texts, progress):
             writer.write(block)
+        writer.close()
     except BaseException:
-        writer.f.close()
-        os.remove(path)
+        writer.abort()  # an interrupted run (an error, Ctrl-C, a full disk) leaves path as it was
         raise
-    writer.close()
     return writer.rows
 
 
