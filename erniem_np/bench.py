@@ -88,6 +88,14 @@ def make_batch(B, L, lengths=None, seed=0, vocab=250002):
     return ids, mask
 
 
+CHECK_TOLERANCE = 1e-3  # max |difference| of last_hidden_state from erniem-np's NumPy layers, float32
+
+
+def check_batch(vocab):
+    """The batch every implementation computes before it is timed: two rows, the second padded."""
+    return make_batch(2, 0, [24, 13], seed=1, vocab=vocab)
+
+
 def flops(lengths, H=768, F=3072, layers=12, **_):
     """Useful FLOPs of the encoder: Linear layers 2 L (4 H^2 + 2 H F) + attention 4 L^2 H, per layer."""
     return sum(layers * (2 * n * (4 * H * H + 2 * H * F) + 4 * n * n * H) for n in lengths)
@@ -166,6 +174,12 @@ def load(impl, ckpt, threads):
             ids, mask = make_batch(B, L, vocab=vocab)
             calls[name] = lambda ids=ids, mask=mask: run(ids, mask)
     warmed = set()
+    check_ids, check_mask = check_batch(vocab)
+
+    def check():
+        """last_hidden_state of the check batch, float32, padding rows zeroed (they are not compared)."""
+        out = np.asarray(run(check_ids, check_mask), dtype=np.float32)
+        return out * check_mask[..., None].astype(np.float32)
 
     def timed(name):
         if name not in warmed and name != "mixed64":  # mixed64 runs on the shapes the others warmed
@@ -175,20 +189,27 @@ def load(impl, ckpt, threads):
         calls[name]()
         return time.perf_counter() - t
 
-    return timed, time.perf_counter() - t0
+    return timed, check, time.perf_counter() - t0
 
 
 def serve(impl, ckpt, threads):
     """The worker: load, then answer the driver's lines on stdin ("<workload>" -> seconds, "rss" -> peak RSS
-    in MB) on the original stdout; everything else the libraries print goes to stderr."""
+    in MB, "check" -> the check batch's output) on the original stdout; everything else the libraries print
+    goes to stderr."""
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    timed, load_s = load(impl, ckpt, threads)
+    timed, check, load_s = load(impl, ckpt, threads)
     proto.write(json.dumps({"load_s": load_s, "thread_env": _THREAD_ENV_AT_START}) + "\n")
     proto.flush()
     for line in sys.stdin:
         cmd = line.strip()
-        reply = {"peak_rss_mb": peak_rss_mb()} if cmd == "rss" else {"s": timed(cmd)}
+        if cmd == "rss":
+            reply = {"peak_rss_mb": peak_rss_mb()}
+        elif cmd == "check":
+            out = check()
+            reply = {"check": out.tobytes().hex(), "shape": list(out.shape)}
+        else:
+            reply = {"s": timed(cmd)}
         proto.write(json.dumps(reply) + "\n")
         proto.flush()
 
@@ -213,6 +234,16 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait()
+
+
+def reference_output(ckpt, vocab):
+    """The check batch through erniem-np's NumPy layers (float32), the anchor every implementation must
+    match before it is timed."""
+    from erniem_np import ErnieMModel
+
+    ids, mask = check_batch(vocab)
+    out = ErnieMModel.from_pretrained(ckpt, backend="numpy")(input_ids=ids, attention_mask=mask).last_hidden_state
+    return out.astype(np.float32) * mask[..., None].astype(np.float32)
 
 
 def peak_rss_mb():
@@ -251,9 +282,21 @@ def prepare_checkpoint(directory, size="base", onnx=True):
         import torch
         from transformers import ErnieMModel as HFModel
 
+        class Export(torch.nn.Module):
+            """HF's ErnieMModel called by keyword: its second positional argument is position_ids, not the
+            attention mask, so exporting ``hf`` with ``(ids, mask)`` traced the mask as position ids."""
+
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask):
+                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
         hf = HFModel.from_pretrained(directory).eval()
         ids, mask = make_batch(2, 16, vocab=c.vocab_size)
-        torch.onnx.export(hf, (torch.from_numpy(ids), torch.from_numpy(mask)), os.path.join(directory, "model.onnx"),
+        torch.onnx.export(Export(hf).eval(), (torch.from_numpy(ids), torch.from_numpy(mask)),
+                          os.path.join(directory, "model.onnx"),
                           input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                           dynamic_axes={"input_ids": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"}},
                           opset_version=17, dynamo=False)  # fmt: skip
@@ -324,10 +367,25 @@ def run(args) -> int:
             print(f"skipping {skipped}: {why}", flush=True)
         workers, results = {}, {}
         try:
-            for impl in impls:  # loaded one after another, so a load never competes with another's
+            reference = reference_output(ckpt, shape["vocab"])
+            for impl in list(impls):  # loaded one after another, so a load never competes with another's
                 print(f"loading {impl} ...", flush=True)
                 workers[impl] = Worker(impl, ckpt, args.threads)
                 results[impl] = dict(workers[impl].ask(), **{w: {"times_s": []} for w in WORKLOADS})
+                reply = workers[impl].ask("check")
+                got = np.frombuffer(bytes.fromhex(reply["check"]), np.float32).reshape(reply["shape"])
+                diff = float(np.abs(got - reference).max()) if got.shape == reference.shape else float("inf")
+                results[impl]["check_max_abs_diff"] = diff
+                if not diff <= CHECK_TOLERANCE:
+                    print(f"not timing {impl}: its output differs from erniem-np's NumPy layers by {diff:.3g} "
+                          f"(tolerance {CHECK_TOLERANCE:g}): it computes something else", flush=True)  # fmt: skip
+                    impls.remove(impl)
+                    workers.pop(impl).close()
+                    results.pop(impl)
+                else:
+                    print(f"  {impl} computes the same output (max |difference| {diff:.2g})", flush=True)
+            if not impls:
+                raise ValueError("no implementation computes the reference output: nothing to time")
             lengths, _ = mixed_lengths()
             for name in WORKLOADS:
                 rounds = args.reps if name != "mixed64" else max(1, min(args.reps, 3))

@@ -32,6 +32,7 @@ def test_bench_runs_end_to_end_on_the_tiny_size(tmp_path, capsys):
     assert data["meta"]["size"] == "tiny" and data["meta"]["shape"]["layers"] == 2
     for impl, r in data["results"].items():
         assert r["peak_rss_mb"] > 0 and r["load_s"] > 0, impl
+        assert 0 <= r["check_max_abs_diff"] <= bench.CHECK_TOLERANCE, impl  # checked before it was timed
         assert r["thread_env"] == bench.thread_env(1), (impl, r["thread_env"])  # set before numpy loads OpenBLAS
         for w in bench.WORKLOADS:
             rounds = 2  # mixed64 takes min(reps, 3)
@@ -55,3 +56,32 @@ def test_bench_rejects_an_unknown_implementation(tmp_path, capsys):
 def test_bench_rejects_bad_counts(tmp_path, capsys, flag, value):
     assert cli(["bench", "--size", "tiny", flag, value, "--out", str(tmp_path)]) == 1
     assert "--reps and --threads must be at least 1" in capsys.readouterr().err
+
+
+def test_an_implementation_that_computes_something_else_is_not_timed(tmp_path, capsys, monkeypatch):
+    """Every implementation's output on the check batch is compared with erniem-np's NumPy layers before
+    anything is timed; one that differs is dropped with a message (here the reference is perturbed, so all
+    are dropped and the run fails with one line)."""
+    real = bench.reference_output
+    monkeypatch.setattr(bench, "reference_output", lambda ckpt, vocab: real(ckpt, vocab) + 0.5)
+    code = cli(["bench", "--size", "tiny", "--impls", "erniem-np numpy", "--reps", "1", "--pause", "0",
+                "--threads", "1", "--out", str(tmp_path)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 1 and "no implementation computes the reference output" in err
+    assert "not timing erniem-np numpy: its output differs from erniem-np's NumPy layers by 0.5" in out
+
+
+@pytest.mark.parametrize("impl", ["torch eager", "onnxruntime"])
+def test_the_frameworks_compute_the_same_output(tmp_path, capsys, impl):
+    """torch eager and the ONNX export pass the check (the export once traced the mask as position ids)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    if impl == "onnxruntime":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    code = cli(["bench", "--size", "tiny", "--impls", impl, "--reps", "1", "--pause", "0", "--threads", "1",
+                "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and f"{impl} computes the same output" in out, out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["results"][impl]["check_max_abs_diff"] <= bench.CHECK_TOLERANCE
