@@ -10,6 +10,8 @@ import numpy as np
 from safetensors import safe_open
 
 from erniem_np import ErnieMConfig
+from erniem_np.parity import schema
+from erniem_np.parity.compare import probe_stats
 from erniem_np.model import (
     ErnieMForInformationExtraction,
     ErnieMForMultipleChoice,
@@ -32,13 +34,9 @@ MODEL_CLASS = {
     "ie": ErnieMForInformationExtraction,
 }
 
-# The fp32 profile of docs/parity-testing.md#4-profiles: |ours - ref| <= atol + rtol * |ref|.
-PROFILE_FP32 = {
-    "hidden": (5e-5, 1e-4),
-    "probs": (1e-5, 1e-4),
-    "logits": (1e-4, 1e-4),
-    "loss": (1e-5, 1e-5),
-}
+# The fp32 profile of the parity toolkit (erniem_np.parity.schema.PROFILES, docs/parity-testing.md#4-profiles),
+# per kind: |ours - ref| <= atol + rtol * |ref|. One tolerance table for the goldens and the bundles.
+PROFILE_FP32 = {kind: schema.profile("fp32")[kind] for kind in ("hidden", "probs", "logits", "loss")}
 
 
 def probe_kind(name: str) -> str:
@@ -134,21 +132,19 @@ def output_by_name(out, name: str):
 
 
 def compare(name: str, actual, expected, atol: float, rtol: float) -> str | None:
-    """None when |actual - expected| <= atol + rtol |expected| everywhere (NaNs must agree), else a message
-    naming the tensor, the max error, where it is, and both values there."""
+    """None when |actual - expected| <= atol + rtol |expected| everywhere (non-finite values must agree), else
+    a message naming the tensor, the max error, where it is, and both values there. The element rule and the
+    statistics are the parity comparator's (``erniem_np.parity.compare.probe_stats``)."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
         return f"{name}: shape {actual.shape}, reference {expected.shape}"
-    nan_a, nan_e = ~np.isfinite(actual), ~np.isfinite(expected)
-    if (nan_a != nan_e).any():
-        where = tuple(int(i) for i in np.argwhere(nan_a != nan_e)[0])
-        return f"{name}: non-finite values disagree at {where}: {actual[where]} vs {expected[where]}"
-    err = np.where(nan_e, 0.0, np.abs(actual - expected))
-    bound = atol + rtol * np.abs(np.where(nan_e, 0.0, expected))
-    if (err <= bound).all():
+    st = probe_stats(expected, actual, atol, rtol)
+    if not st["mismatch"]:
         return None
-    where = tuple(int(i) for i in np.unravel_index(np.argmax(err - bound), err.shape))
-    n_bad = int((err > bound).sum())
-    return (f"{name}: max |error| {err.max():.3g} (atol {atol:g}, rtol {rtol:g}); {n_bad} of {err.size} elements "
-            f"out of tolerance; worst at index {where}: ours {actual[where]:.8g}, reference {expected[where]:.8g}")
+    if st["nonfinite_disagree"]:
+        return f"{name}: non-finite values disagree at {st['nonfinite_disagree']} of {st['count']} elements"
+    where = tuple(st["worst_index"])
+    return (f"{name}: max |error| {st['max_abs']:.3g} (atol {atol:g}, rtol {rtol:g}); {st['mismatch']} of "
+            f"{st['count']} elements out of tolerance; worst at index {where}: ours {st['worst_cand']:.8g}, "
+            f"reference {st['worst_ref']:.8g}")
