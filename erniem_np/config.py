@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +59,7 @@ class ErnieMConfig:
 
     def __post_init__(self) -> None:
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.id2label = _label_names(self.id2label)
             self.num_labels = len(self.id2label)
         self.validate()
 
@@ -68,34 +70,41 @@ class ErnieMConfig:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "num_labels"):  # fmt: skip
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {_show(value)}")
         if not problems and self.hidden_size % self.num_attention_heads:
             problems.append(
                 f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
                 f"({self.num_attention_heads})"
             )
-        if isinstance(self.max_position_embeddings, int) and self.max_position_embeddings < 3:
+        if _is_int(self.max_position_embeddings) and self.max_position_embeddings < 3:
             problems.append(
                 f"max_position_embeddings must be at least 3 (positions are shifted by +2), "
                 f"got {self.max_position_embeddings}"
             )
-        if not isinstance(self.pad_token_id, int) or isinstance(self.vocab_size, int) and not (
+        if not _is_int(self.pad_token_id) or _is_int(self.vocab_size) and not (
             0 <= self.pad_token_id < self.vocab_size
         ):
-            problems.append(f"pad_token_id {self.pad_token_id!r} is not an id in [0, vocab_size)")
-        if self.hidden_act not in ACTIVATION_NAMES:
+            problems.append(f"pad_token_id {_show(self.pad_token_id)} is not an id in [0, vocab_size)")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATION_NAMES:
             problems.append(
-                f"hidden_act {self.hidden_act!r} is not one of the activations HF accepts: "
+                f"hidden_act {_show(self.hidden_act)} is not one of the activations HF accepts: "
                 + ", ".join(ACTIVATION_NAMES)
             )
-        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            problems.append(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
-        if self.flavor not in FLAVORS:
-            problems.append(f"flavor must be one of {FLAVORS}, got {self.flavor!r}")
-        if self.problem_type not in (None, "regression", "single_label_classification",
-                                     "multi_label_classification"):  # fmt: skip
-            problems.append(f"unknown problem_type {self.problem_type!r}")
+        if not (_is_number(self.layer_norm_eps) and self.layer_norm_eps > 0):
+            problems.append(f"layer_norm_eps must be a positive number, got {_show(self.layer_norm_eps)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "classifier_dropout",
+                     "act_dropout"):  # fmt: skip
+            value = getattr(self, name)
+            if not (_is_number(value) or value is None and name in ("classifier_dropout", "act_dropout")):
+                problems.append(f"{name} must be a number, got {_show(value)}")
+        if self.num_choices is not None and not (_is_int(self.num_choices) and self.num_choices >= 1):
+            problems.append(f"num_choices must be a positive integer, got {_show(self.num_choices)}")
+        if not isinstance(self.flavor, str) or self.flavor not in FLAVORS:
+            problems.append(f"flavor must be one of {FLAVORS}, got {_show(self.flavor)}")
+        if not (self.problem_type is None or isinstance(self.problem_type, str) and self.problem_type in (
+                "regression", "single_label_classification", "multi_label_classification")):  # fmt: skip
+            problems.append(f"unknown problem_type {_show(self.problem_type)}")
         if problems:
             raise ValueError("invalid ErnieMConfig: " + "; ".join(problems))
 
@@ -128,12 +137,18 @@ class ErnieMConfig:
         if "dropout" in d and "classifier_dropout" not in d:  # attribute_map: dropout -> classifier_dropout
             d["classifier_dropout"] = d.pop("dropout")
         if flavor is None:
-            flavor = d.get("flavor") or ("paddle" if _looks_like_paddle(d) else "hf")
+            flavor = d.get("flavor")
+        if flavor is None:
+            flavor = "paddle" if _looks_like_paddle(d) else "hf"
         d["flavor"] = flavor
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         label2id = d.pop("label2id", None)  # derived from id2label when saving
         extra = {k: v for k, v in d.items() if k not in names and k not in _BOOKKEEPING}
+        if label2id is not None and not (isinstance(label2id, dict) and all(
+                isinstance(k, str) and _is_int(v) for k, v in label2id.items())):  # fmt: skip
+            raise ValueError(f"invalid ErnieMConfig: label2id must map label names to integer ids, got "
+                             f"{_show(label2id)}")  # fmt: skip
         if label2id and "id2label" not in known:
             known["id2label"] = {v: k for k, v in label2id.items()}
         return cls(**known, extra=extra)
@@ -143,8 +158,12 @@ class ErnieMConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a usable config: its JSON nests too deeply") from None
+        except ValueError as e:  # e.g. an integer literal too long to convert
+            raise ValueError(f"{path}: not a usable config: {e}") from None
         try:
             return cls.from_dict(d, flavor=flavor)
         except (TypeError, ValueError) as e:
@@ -188,19 +207,87 @@ class ErnieMConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _unwrap_legacy(d: dict[str, Any]) -> dict[str, Any]:
+def _unwrap_legacy(d: dict[str, Any], depth: int = 0) -> dict[str, Any]:
     """Legacy Paddle ``model_config.json``: hyper-parameters sit in ``init_args`` (possibly nested, as when a
     head such as UIEM wraps an ErnieMModel) or directly beside ``init_class``."""
     if "init_args" not in d and "init_class" not in d:
         return d
+    args = d.get("init_args") or []
+    if not isinstance(args, list):
+        raise ValueError(f"invalid ErnieMConfig: init_args must be a list, got {_show(args)}")  # noqa: TRY004
+    if depth > 8:
+        raise ValueError("invalid ErnieMConfig: init_args nest more than 8 levels deep")
     flat = {k: v for k, v in d.items() if k not in ("init_args", "init_class")}
-    for arg in d.get("init_args") or []:
+    for arg in args:
         if isinstance(arg, dict):
-            inner = _unwrap_legacy(arg)
+            inner = _unwrap_legacy(arg, depth + 1)
             flat = {**inner, **flat}
     flat.setdefault("paddlenlp_version", None)  # marks the file as Paddle's
     return flat
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+
+
+def _show(x) -> str:
+    """A value for an error message: short, whatever a file holds."""
+    if isinstance(x, (dict, list, tuple)):
+        return f"a {'JSON object' if isinstance(x, dict) else type(x).__name__} of {len(x)} items"
+    if isinstance(x, int) and not isinstance(x, bool) and x.bit_length() > 64:
+        return f"an integer of {x.bit_length()} bits"
+    text = repr(x)
+    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]}"
+
+
+def _label_names(id2label) -> dict[int, str]:
+    """id2label as ``{int id: str name}``; the ids may be written as strings ("0"), as JSON requires."""
+    if not isinstance(id2label, dict):
+        raise ValueError(  # noqa: TRY004  (a file's content: ValueError, as for every invalid config)
+            f"invalid ErnieMConfig: id2label must map label ids to names ({{\"0\": \"name\", ...}}), got "
+            f"{_show(id2label)}"
+        )
+    out = {}
+    for k, v in id2label.items():
+        key = k if _is_int(k) else int(k) if isinstance(k, str) and re.fullmatch(r"-?[0-9]{1,18}", k) else None
+        if key is None or not isinstance(v, str):
+            raise ValueError(f"invalid ErnieMConfig: id2label must map label ids to names, got the entry "
+                             f"{_show(k)}: {_show(v)}")  # fmt: skip
+        out[key] = v
+    return out
+
+
 def _looks_like_paddle(d: dict[str, Any]) -> bool:
     return "transformers_version" not in d and ("paddlenlp_version" in d or "init_class" in d)
+
+
+# What the tokenizer reads from tokenizer_config.json and special_tokens_map.json.
+TOKENIZER_SPECIAL_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def tokenizer_config_problems(d: dict[str, Any]) -> list[str]:
+    """What is wrong with the settings the tokenizer reads from a tokenizer_config.json or
+    special_tokens_map.json dict, one entry per key (empty when nothing is): ``do_lower_case`` a boolean,
+    ``model_max_length`` a positive number, ``flavor`` one of FLAVORS, each special token a non-empty string
+    or an AddedToken object (``{"content": "[SEP]", ...}``). Absent keys and nulls are fine."""
+    problems = []
+    value = d.get("do_lower_case")
+    if value is not None and not isinstance(value, bool):
+        problems.append(f"do_lower_case must be true or false, got {_show(value)}")
+    value = d.get("model_max_length")
+    if value is not None and not (_is_number(value) and value >= 1):
+        problems.append(f"model_max_length must be a positive number, got {_show(value)}")
+    value = d.get("flavor")
+    if value is not None and not (isinstance(value, str) and value in FLAVORS):
+        problems.append(f"flavor must be one of {', '.join(FLAVORS)}, got {_show(value)}")
+    for key in TOKENIZER_SPECIAL_TOKENS:
+        value = d.get(key)
+        content = value.get("content") if isinstance(value, dict) else value
+        if value is not None and not (isinstance(content, str) and content):
+            problems.append(f"{key} must be a non-empty string or an AddedToken object with a \"content\" "
+                            f"string, got {_show(value)}")  # fmt: skip
+    return problems

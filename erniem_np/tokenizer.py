@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import tokenizer_config_problems
+
 SPIECE_UNDERLINE = "▁"
 SP_MODEL_NAME = "sentencepiece.bpe.model"  # the name ERNIE-M uses, whatever the SentencePiece model type
 VOCAB_NAME = "vocab.txt"
@@ -229,6 +231,8 @@ class ErnieMTokenizer:
             if not isinstance(tok, str) or not tok:
                 raise TypeError(f"{name} must be a non-empty str, got {tok!r}")
         self.flavor = flavor
+        if not isinstance(do_lower_case, (bool, np.bool_)):
+            raise TypeError(f"do_lower_case must be True or False, got {do_lower_case!r}")
         self.do_lower_case = bool(do_lower_case)
         self.model_max_length = _NO_LIMIT if model_max_length is None else int(model_max_length)
         self.sp_model_kwargs = dict(sp_model_kwargs or {})
@@ -296,6 +300,9 @@ class ErnieMTokenizer:
             p = os.path.join(path, name)
             if os.path.isfile(p):
                 d = _read_json(p)
+                problems = tokenizer_config_problems(d) if isinstance(d, dict) else ["it is not a JSON object"]
+                if problems:  # "do_lower_case": "no" would otherwise lower-case (a non-empty string is true)
+                    raise ValueError(f"{p}: " + "; ".join(problems))
                 if name == TOKENIZER_CONFIG_NAME:
                     # transformers writes added_tokens_decoder; PaddleNLP writes special_tokens_map_file/init_class
                     if "added_tokens_decoder" in d:

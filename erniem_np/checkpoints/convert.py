@@ -6,6 +6,7 @@ transformers 4.46.3, and here it maps without a copy, which makes later loads fa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
+from ..config import tokenizer_config_problems
 from .errors import CheckpointError
 from .hub import TOKENIZER_FILES
-from .loader import Checkpoint, open_checkpoint
+from .loader import Checkpoint, open_checkpoint, read_json_object
 from .safetensors_file import write_safetensors
 
 ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
@@ -33,12 +36,16 @@ def convert_checkpoint(src, dst, *, dtype: str = "float32", flavor: str | None =
     ``dtype``: the stored float type ("float32", the fast-loading default; "float16" or "bfloat16" halve
     the file). The flavor decided for ``src`` (or given) is recorded in ``dst/config.json``. With ``verify``,
     the written file is read back and compared tensor by tensor. Returns the opened ``dst``.
+
+    Every file is written beside its destination and renamed into place only once all of them are complete
+    (the weights first, then config.json and the tokenizer files): a failure (a full disk) changes no file in
+    ``dst`` and leaves no partial one. A ``dst`` that is the source's directory, by any path, is refused.
     """
     ckpt = open_checkpoint(src, config=config, flavor=flavor, download=download, revision=revision,
                            cache_dir=cache_dir, progress=progress)  # fmt: skip
     dst = os.fspath(dst)
-    if os.path.isdir(dst) and os.path.abspath(dst) == os.path.abspath(ckpt.path):
-        raise CheckpointError(f"{dst}: the destination is the source directory; choose another directory")
+    _refuse_the_source_directory(dst, ckpt)
+    check_tokenizer_files(ckpt.tokenizer_files)
     weights_path = os.path.join(dst, "model.safetensors")
     clobbered = [n for n in ("config.json", "model.safetensors") if os.path.exists(os.path.join(dst, n))]
     if clobbered and not overwrite:
@@ -48,23 +55,54 @@ def convert_checkpoint(src, dst, *, dtype: str = "float32", flavor: str | None =
     arrays = ckpt.state_dict(np.float32)  # views of the source's mapping where possible
     metadata = {"format": "pt", "erniem_np.source_format": ckpt.format,
                 "erniem_np.source": os.path.basename(os.path.normpath(ckpt.source))}  # fmt: skip
-    write_safetensors(weights_path, arrays, metadata=metadata, dtype=dtype,
-                      progress=None if progress is None else lambda d, t: progress("writing model.safetensors",
-                                                                                    d, t))  # fmt: skip
     config = ckpt.config.to_dict()  # records flavor
     config["architectures"] = [ckpt.architecture]
     config["torch_dtype"] = dtype
-    with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
-    for name, path in ckpt.tokenizer_files.items():
-        if os.path.abspath(path) != os.path.abspath(os.path.join(dst, name)):
-            shutil.copyfile(path, os.path.join(dst, name))
+    try:
+        with contextlib.ExitStack() as staged:  # each file renamed into place as the block exits without error
+            for name, path in ckpt.tokenizer_files.items():
+                copy = staged.enter_context(atomic_file(os.path.join(dst, name)))
+                with open(path, "rb") as f:
+                    shutil.copyfileobj(f, copy)
+            text = staged.enter_context(atomic_file(os.path.join(dst, "config.json"), "w", encoding="utf-8"))
+            text.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_safetensors(weights_path, arrays, metadata=metadata, dtype=dtype, progress=None if progress is None
+                              else lambda d, t: progress("writing model.safetensors", d, t))  # fmt: skip
+    except OSError as e:  # a full disk, a file size limit, a read-only directory
+        raise OSError(e.errno, f"{dst}: cannot write the converted checkpoint: {e.strerror or e}; no file there was "
+                               "changed") from None
 
     out = open_checkpoint(dst)
     if verify:
         _verify(arrays, out, dtype, progress)
     return out
+
+
+def _refuse_the_source_directory(dst: str, ckpt: Checkpoint) -> None:
+    """Writing into the directory the source is read from would replace the source's own files."""
+    if not os.path.isdir(dst):
+        return
+    sources = [*ckpt.files, *([ckpt.config_file] if ckpt.config_file else []), *ckpt.tokenizer_files.values()]
+    directories = {os.path.dirname(os.path.abspath(f)) for f in sources}
+    if os.path.isdir(ckpt.path):
+        directories.add(ckpt.path)
+    for directory in directories:
+        if os.path.samefile(dst, directory):
+            same = "" if os.path.abspath(dst) == os.path.abspath(directory) else f" ({directory}, by another path)"
+            raise CheckpointError(f"{dst}: the destination is the source directory{same}; choose another "
+                                  "directory")  # fmt: skip
+
+
+def check_tokenizer_files(tokenizer_files: dict[str, str]) -> None:
+    """Refuse a tokenizer_config.json or special_tokens_map.json whose settings have the wrong type, naming the
+    file and the key (the tokenizer would otherwise read, say, ``"do_lower_case": "no"`` as true)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = tokenizer_files.get(name)
+        if path is None:
+            continue
+        problems = tokenizer_config_problems(read_json_object(path, name))
+        if problems:
+            raise CheckpointError(f"{path}: " + "; ".join(problems))
 
 
 def _verify(expected: dict[str, np.ndarray], written: Checkpoint, dtype: str, progress) -> None:
@@ -91,6 +129,7 @@ def _verify(expected: dict[str, np.ndarray], written: Checkpoint, dtype: str, pr
 def inspect_checkpoint(path_or_name, **open_kwargs) -> dict[str, Any]:
     """A plain-data description of a checkpoint (nothing but the headers/pickles is read)."""
     ckpt = open_checkpoint(path_or_name, **open_kwargs)
+    check_tokenizer_files(ckpt.tokenizer_files)
     cfg = ckpt.config
     return {
         "path": ckpt.path,

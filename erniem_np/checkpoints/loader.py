@@ -7,10 +7,15 @@ layout (``model_state.pdparams`` + ``config.json`` or legacy ``model_config.json
 Checkpoint whose ``tensors`` carry HF names and torch layout; nothing is read until ``state_dict()``, and then
 float32 data stays memory-mapped.
 
+Every file may be hostile or broken. The readers check each tensor against the bytes its file holds; here
+every name and shape is then checked against the config (whose FFN width and unrecorded label count come
+from the weights), all before any weight is read: what ``state_dict()`` allocates is what the config
+describes. Any malformed file or value becomes one CheckpointError naming the file (and the key).
+
 The flavor (which reference's behaviour the model reproduces, config.py): the ``flavor`` argument, else a
-flavor recorded in the config (our own saves record it), else the weights format: ``.pdparams`` -> "paddle",
-HF formats -> "hf". (So ``susnato/ernie-m-base_pytorch``, whose config.json is PaddleNLP's file but whose
-weights are HF's, loads as "hf".)
+flavor recorded in the config (our own saves record it; a value other than "hf" or "paddle" is refused), else
+the weights format: ``.pdparams`` -> "paddle", HF formats -> "hf". (So ``susnato/ernie-m-base_pytorch``,
+whose config.json is PaddleNLP's file but whose weights are HF's, loads as "hf".)
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ErnieMConfig
+from ..config import FLAVORS, ErnieMConfig
+from ..parameters import base_parameter_shapes
 from . import names as nm
-from .errors import CheckpointError
+from .errors import CheckpointError, clip, short_repr
 from .hub import CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES, resolve
 from .pdparams_file import read_pdparams
 from .safetensors_file import read_safetensors
@@ -128,19 +134,39 @@ def find_weights(directory: str) -> tuple[str, list[str], str | None]:
                             f"(found: {', '.join(present) or 'nothing'})")  # fmt: skip
 
 
-def _shards(index: str) -> tuple[list[str], str]:
+def read_json_object(path: str, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; any way it can be unreadable becomes a CheckpointError naming it."""
     try:
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a usable {what}: its JSON nests too deeply") from None
+    except ValueError as e:  # e.g. an integer literal too long to convert
+        raise CheckpointError(f"{path}: not a usable {what}: {clip(str(e))}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: a {what} must be a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _weight_map(index: str) -> dict[str, Any]:
+    try:
+        weight_map = read_json_object(index, "sharded-checkpoint index")["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (CheckpointError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index}: not a sharded-checkpoint index (no weight_map): {e}") from None
+    return weight_map
+
+
+def _shards(index: str) -> tuple[list[str], str]:
+    weight_map = _weight_map(index)
     directory = os.path.dirname(index)
     shards = []
     for shard in weight_map.values():
-        if not isinstance(shard, str) or os.path.basename(shard) != shard:
-            raise CheckpointError(f"{index}: the shard name {shard!r} is not a file name")
+        if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard:
+            raise CheckpointError(f"{index}: the shard name {short_repr(shard)} is not a file name")
         if shard not in shards:
             shards.append(shard)
     missing = [s for s in shards if not os.path.isfile(os.path.join(directory, s))]
@@ -164,9 +190,7 @@ def read_weights(fmt: str, files: list[str], index: str | None, use_mmap: bool =
     if progress is not None:
         progress("read", len(files), len(files))
     if index is not None:
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        for name, shard in weight_map.items():
+        for name, shard in _weight_map(index).items():
             t = tensors.get(name)
             if t is None or os.path.basename(t.file) != shard:
                 where = f"it is in {os.path.basename(t.file)}" if t else "no shard holds it"
@@ -190,14 +214,7 @@ def find_tokenizer_files(directory: str | None) -> dict[str, str]:
 
 # -------------------------------------------------------------------------------------------- config
 def _read_config_dict(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: a config must be a JSON object, got {type(d).__name__}")
-    return d
+    return read_json_object(path, "config")
 
 
 def _config_source(config, directory: str | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -286,6 +303,42 @@ def _reconcile(config: ErnieMConfig, d: dict[str, Any], tensors: dict[str, Store
     return config
 
 
+def _check_recorded_flavor(d: dict[str, Any], config_file: str | None) -> None:
+    recorded = d.get("flavor")
+    if recorded is not None and (not isinstance(recorded, str) or recorded not in FLAVORS):
+        raise CheckpointError(f"{config_file or 'the config'}: flavor must be one of {', '.join(FLAVORS)}, got "
+                              f"{short_repr(recorded)}")  # fmt: skip
+
+
+def expected_shapes(config: ErnieMConfig, head: str) -> dict[str, tuple[int, ...]]:
+    """Every parameter a checkpoint of ``head`` may hold, with its shape (names without the base prefix): the
+    encoder with its pooler, and the head's Linear layers (rows: the label count, 1 for multiple choice and
+    the UIE-M pointers)."""
+    shapes = base_parameter_shapes(config, with_pooler=True)
+    params = nm.HEAD_PARAMS.get(head, ())
+    rows = 1 if head in ("mc", "ie") else config.num_labels
+    for param in (params,) if isinstance(params, str) else params:
+        shapes[f"{param}.weight"] = (rows, config.hidden_size)
+        shapes[f"{param}.bias"] = (rows,)
+    return shapes
+
+
+def _check_shapes(config: ErnieMConfig, tensors: dict[str, StoredTensor], head: str, source: str) -> None:
+    """Every tensor is a parameter of the checkpoint's class, of the shape the config gives it: checked before
+    any weight is read, so that what loading allocates is what the config describes."""
+    expected = expected_shapes(config, head)
+    hf = lambda k: nm.BASE_PREFIX + k if head != "base" and k.startswith(nm.BASE_ROOTS) else k
+    unexpected = [hf(k) for k in tensors if k not in expected]
+    misshapen = [f"{hf(k)}: {t.shape} (expected {expected[k]})" for k, t in tensors.items()
+                 if k in expected and t.shape != expected[k]]  # fmt: skip
+    if unexpected or misshapen:
+        parts = [f"{label} ({len(items)}): " + ", ".join(clip(i, 160) for i in items[:8])
+                 + (" ..." if len(items) > 8 else "")
+                 for label, items in (("unexpected", unexpected), ("wrong shape", misshapen)) if items]  # fmt: skip
+        raise CheckpointError(f"{source}: {nm.ARCHITECTURES[head]} weights do not match the config: "
+                              + "; ".join(parts))
+
+
 # -------------------------------------------------------------------------------------------- entry point
 def open_checkpoint(path_or_name: str | os.PathLike, *, config=None, flavor: str | None = None,
                     target: str | None = None, download: bool = False, revision: str | None = None,
@@ -314,7 +367,10 @@ def open_checkpoint(path_or_name: str | os.PathLike, *, config=None, flavor: str
         if os.path.basename(path).endswith(".index.json"):
             files, index = _shards(path)
         config_dict, config_file = _config_source(config, directory)
+        config_dict, config_file = _config_source(config, directory)
 
+    if config_dict is not None:
+        _check_recorded_flavor(config_dict, config_file)
     raw = read_weights(fmt, files, index, use_mmap, progress)
     source = ", ".join(files) if len(files) <= 2 else f"{files[0]} (+{len(files) - 1} more)"
     notes = []
@@ -372,6 +428,7 @@ def open_checkpoint(path_or_name: str | os.PathLike, *, config=None, flavor: str
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{config_file or 'config'}: {e}") from None
     cfg = _reconcile(cfg, config_dict, tensors, head, config_file)
+    _check_shapes(cfg, tensors, head, source)
     return Checkpoint(
         source=os.fspath(path_or_name), path=path, hub_id=hub_id, format=fmt,
         files=files + ([index] if index else []), config=cfg, config_file=config_file,

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..atomic import atomic_file
-from .errors import CheckpointError
-from .tensors import NUMPY_DTYPES, StoredTensor, float32_to_bfloat16
+from .errors import CheckpointError, clip, short_repr
+from .tensors import NUMPY_DTYPES, StoredTensor, float32_to_bfloat16, is_count, shape_problem
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 ROW_READER_MIN_BYTES = 1 << 24  # tables of 16 MB or more are read row by row (StoredTensor.row_reader)
@@ -65,8 +65,10 @@ def read_header(path: str) -> tuple[dict[str, dict], dict[str, str], int, int]:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _fail(path, f"the header is not UTF-8 JSON ({e})") from None
-    except ValueError as e:  # a duplicate name
-        raise _fail(path, str(e)) from None
+    except RecursionError:
+        raise _fail(path, "the header's JSON nests too deeply") from None
+    except ValueError as e:  # a duplicate name, an integer too long to read
+        raise _fail(path, clip(str(e))) from None
     if not isinstance(header, dict):
         raise _fail(path, f"the header is a JSON {type(header).__name__}, not an object")
 
@@ -78,16 +80,18 @@ def read_header(path: str) -> tuple[dict[str, dict], dict[str, str], int, int]:
     data_start, data_size = 8 + n, size - 8 - n
     entries: dict[str, dict] = {}
     for name, info in header.items():
-        where = f"tensor {name!r}"
+        where = f"tensor {clip(repr(name), 120)}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise _fail(path, f"{where}: an entry must hold exactly dtype, shape and data_offsets, got {info!r}")
+            raise _fail(path, f"{where}: an entry must hold exactly dtype, shape and data_offsets, got "
+                              f"{short_repr(info)}")  # fmt: skip
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in CODES:
-            raise _fail(path, f"{where}: unsupported dtype {code!r} (supported: {', '.join(CODES)})")
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-            raise _fail(path, f"{where}: shape must be a list of non-negative integers, got {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
-            raise _fail(path, f"{where}: data_offsets must be two non-negative integers, got {offsets!r}")
+        if not isinstance(code, str) or code not in CODES:
+            raise _fail(path, f"{where}: unsupported dtype {short_repr(code)} (supported: {', '.join(CODES)})")
+        if not isinstance(shape, list) or shape_problem(shape):
+            raise _fail(path, f"{where}: shape must be a list of non-negative integers, got {short_repr(shape)} "
+                              f"({shape_problem(shape)})")  # fmt: skip
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_count(o) for o in offsets)):
+            raise _fail(path, f"{where}: data_offsets must be two non-negative integers, got {short_repr(offsets)}")
         begin, end = offsets
         dtype = CODES[code]
         want = int(np.prod(shape, dtype=object)) * NUMPY_DTYPES[dtype].itemsize
@@ -114,10 +118,6 @@ def read_header(path: str) -> tuple[dict[str, dict], dict[str, str], int, int]:
         e["begin"] += data_start
         e["end"] += data_start
     return entries, metadata, data_start, size
-
-
-def _is_count(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _no_duplicates(pairs):

@@ -10,10 +10,13 @@ then returned as a transposed view, and ``shape`` is the shape after the transpo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from .errors import short_repr
 
 # Storage dtype names, as torch and the safetensors format spell them.
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -24,6 +27,44 @@ NUMPY_DTYPES = {
     "uint64": np.dtype("<u8"), "uint32": np.dtype("<u4"), "uint16": np.dtype("<u2"), "uint8": np.dtype("u1"),
     "bool": np.dtype("?"),
 }  # fmt: skip
+
+
+# Bounds on what a file may declare. Every count (a dimension, an element count, an offset, a stride) must lie
+# in [0, MAX_COUNT], so that sizes computed from it fit NumPy's int64; the readers then check each tensor
+# against the bytes its file holds, which bounds what loading it can allocate.
+MAX_COUNT = 1 << 62
+MAX_NDIM = 32
+
+
+def is_count(x) -> bool:
+    """A non-negative int (not a bool) no larger than MAX_COUNT."""
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_COUNT
+
+
+def shape_problem(shape) -> str | None:
+    """Why ``shape`` (a tuple or list) cannot be a tensor's shape, or None if it can."""
+    if not isinstance(shape, (tuple, list)):
+        return f"a shape must be a sequence of integers, got a {type(shape).__name__}"
+    if len(shape) > MAX_NDIM:
+        return f"a shape has at most {MAX_NDIM} dimensions, got {len(shape)}"
+    for d in shape:
+        if not is_count(d):
+            return f"every dimension must be an integer in [0, 2**62], got {short_repr(d)}"
+    if math.prod(d or 1 for d in shape) > MAX_COUNT // 8:  # NumPy refuses such a shape even with a 0 in it
+        return f"the shape {tuple(shape)} is too large for any array"
+    return None
+
+
+def first_overlap(spans: Iterable[tuple[int, int, str]]) -> tuple[str, str] | None:
+    """The names of two of ``(start, end, name)`` byte or element ranges (end exclusive) that overlap, or None.
+    Empty ranges overlap nothing."""
+    previous_end, previous = None, None
+    for start, end, name in sorted((s for s in spans if s[1] > s[0]), key=lambda s: (s[0], s[1])):
+        if previous_end is not None and start < previous_end:
+            return previous, name
+        if previous_end is None or end > previous_end:
+            previous_end, previous = end, name
+    return None
 
 
 def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -51,7 +92,7 @@ class StoredTensor:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -11,11 +11,21 @@ or call ``__setstate__``). Persistent ids go to the reader's own handler or are 
 
 It is Python's pure-Python unpickler (``pickle._Unpickler``) with those entries of its dispatch table replaced;
 being pure Python it also lets the Paddle reader hand the tensor bytes over as views of a memory-mapped file.
+
+The work a pickle can ask for is bounded too. A pickle shares an object by memo reference, so a few bytes can
+name a structure that is exponentially large when walked as a tree: nothing here walks what a pickle builds
+(the readers look only at the entries they need), error messages use a bounded repr, and the opcodes that
+hash (dict keys, set members) accept only strings, bytes and small integers, whose hashes cannot be made to
+collide or to cost more than their own bytes. What the stand-ins allocate (a copy of array bytes, a tuple or
+dict built from a list, latin1 bytes from text) and what BYTEARRAY8 declares is charged against a budget of
+a few times the pickle's own size, so that rebuilding a pickle allocates at most that much, however often it
+reuses a shared reference; and two arrays may not be built from one shared bytes object.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 from collections import OrderedDict
@@ -24,15 +34,29 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError, UnsafePickleError
+from .errors import CheckpointError, UnsafePickleError, clip, short_repr
+from .tensors import shape_problem
 
 # Python 2 module names a protocol < 3 pickle may use for the same globals.
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+# What rebuilding a pickle may allocate beyond the pickle itself: BUDGET_FACTOR times its size, plus
+# BUDGET_SLACK. A valid file charges each of its objects once (at most about twice its size in all).
+BUDGET_FACTOR = 4
+BUDGET_SLACK = 16 << 20
+MAX_MEMO_INDEX = 1 << 32  # what LONG_BINPUT can address; the text PUT opcode may not go further
 
 _REFUSED_OPCODES = {
     pickle.INST: "INST", pickle.OBJ: "OBJ", pickle.NEWOBJ: "NEWOBJ", pickle.NEWOBJ_EX: "NEWOBJ_EX",
     pickle.EXT1: "EXT1", pickle.EXT2: "EXT2", pickle.EXT4: "EXT4",
 }  # fmt: skip
+
+
+def is_plain_key(key) -> bool:
+    """A dict key or set member a pickle may use: str, bytes, bool, None, or an int below 2**61 in magnitude
+    (these hash in time linear in their size and, short of knowing the process's hash seed, without
+    collisions; a tuple's hash walks its elements, which a pickle may share)."""
+    return type(key) in (str, bytes, bool) or key is None or (type(key) is int and -(1 << 61) < key < 1 << 61)
 
 
 class Buildable:
@@ -48,26 +72,39 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch = dict(pickle._Unpickler.dispatch)  # noqa: RUF012  (pickle looks it up on the class)
 
     def __init__(self, file, *, path: str, allowed: Mapping[tuple[str, str], Any],
-                 persistent_load: Callable[[Any], Any] | None = None):  # fmt: skip
+                 persistent_load: Callable[[Any], Any] | None = None, size: int | None = None):  # fmt: skip
         # latin1: NumPy arrays pickled by Python 2 carry their bytes as str
         super().__init__(file, fix_imports=False, encoding="latin1")
         self._path = path
         self._allowed = allowed
         self._persistent = persistent_load
+        self._size = _input_size(file) if size is None else size
+        self._budget = BUDGET_FACTOR * self._size + BUDGET_SLACK
+        self._spent = 0
+        self._array_data: dict[int, Any] = {}  # id -> the raw bytes each array was built from (kept alive)
+
+    def charge(self, n: int) -> None:
+        """Count ``n`` more bytes of allocation; refuse the pickle once it exceeds the budget."""
+        self._spent += n
+        if self._spent > self._budget:
+            raise CheckpointError(
+                f"refused to load: rebuilding the pickle would allocate more than {self._budget:,} bytes for "
+                f"its {self._size:,} (it reuses shared references, or declares data it does not hold)"
+            )
 
     def find_class(self, module: str, name: str):
         key = (_PY2_MODULES.get(module, module), name)
         if key not in self._allowed:
             raise UnsafePickleError(
-                f"{self._path}: refused to load: the pickle asks for the global {module}.{name}, which does not "
-                f"rebuild an array (allowed: {', '.join(sorted({f'{m}.{n}' for m, n in self._allowed}))}); "
-                "nothing from the file was executed"
+                f"{self._path}: refused to load: the pickle asks for the global {clip(f'{module}.{name}')}, "
+                f"which does not rebuild an array (allowed: "
+                f"{', '.join(sorted({f'{m}.{n}' for m, n in self._allowed}))}); nothing from the file was executed"
             )
         return self._allowed[key]
 
     def persistent_load(self, pid):
         if self._persistent is None:
-            raise UnsafePickleError(f"{self._path}: refused to load: unexpected persistent id {pid!r}")
+            raise UnsafePickleError(f"{self._path}: refused to load: unexpected persistent id {short_repr(pid)}")
         return self._persistent(pid)
 
     def _refuse(self, opcode: bytes):
@@ -79,6 +116,15 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _load_build(self):
         state = self.stack.pop()
         inst = self.stack[-1]
+        raw = state[-1] if isinstance(inst, PendingArray) and isinstance(state, tuple) and state else None
+        # (CPython shares its empty and one-byte bytes and str objects, and so may a pickle made from them)
+        if isinstance(raw, (bytes, bytearray, str, memoryview)) and len(raw) > 1:
+            if id(raw) in self._array_data:
+                raise CheckpointError("refused to load: two arrays are built from the same shared bytes (a "
+                                      "pickle memo reference); each array must hold its own data")  # fmt: skip
+            self._array_data[id(raw)] = raw
+            if not isinstance(raw, memoryview):
+                self.charge(len(raw))  # the copy PendingArray makes
         if isinstance(inst, Buildable):
             inst.__setstate__(state)
         elif type(inst) is OrderedDict:
@@ -89,9 +135,69 @@ class RestrictedUnpickler(pickle._Unpickler):
                 "are rebuilt); nothing from the file was executed"
             )
 
+    def _load_reduce(self):
+        args = self.stack[-1]
+        if isinstance(args, tuple):  # the stand-ins do at most linear work in the sizes of their arguments
+            self.charge(sum(8 + _shallow_size(a) for a in args))
+        super().load_reduce()
+
+    @staticmethod
+    def _check_key(key) -> None:
+        if not is_plain_key(key):
+            raise CheckpointError(f"refused to load: a dict key or set member of type {type(key).__name__} "
+                                  "(only strings, bytes and small integers are accepted)")  # fmt: skip
+
+    def _load_setitem(self):
+        self._check_key(self.stack[-2])
+        super().load_setitem()
+
+    def _load_setitems(self):
+        items = self.stack
+        for i in range(0, len(items), 2):
+            self._check_key(items[i])
+        super().load_setitems()
+
+    def _load_dict(self):
+        items = self.stack
+        for i in range(0, len(items), 2):
+            self._check_key(items[i])
+        super().load_dict()
+
+    def _load_additems(self):
+        for item in self.stack:
+            self._check_key(item)
+        super().load_additems()
+
+    def _load_frozenset(self):
+        for item in self.stack:
+            self._check_key(item)
+        super().load_frozenset()
+
+    def _load_put(self):
+        line = self.readline()[:-1]
+        if len(line) > 20 or not line.isdigit() or int(line) >= MAX_MEMO_INDEX:
+            raise CheckpointError(f"refused to load: PUT to memo index {clip(repr(line), 60)}")
+        self.memo[int(line)] = self.stack[-1]
+
+    def _load_bytearray8(self):
+        (n,) = struct.unpack("<Q", self.read(8))
+        self.charge(n)  # bytearray(n) is allocated before its bytes are read
+        b = bytearray(n)
+        if self.readinto(b) != n:
+            raise EOFError(f"truncated: BYTEARRAY8 of {n} bytes")
+        self.append(b)
+
     for _op in _REFUSED_OPCODES:
         dispatch[_op[0]] = lambda self, _op=_op: self._refuse(_op)
     dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+    dispatch[pickle.FROZENSET[0]] = _load_frozenset
+    dispatch[pickle.PUT[0]] = _load_put
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
     del _op
 
     def current_name(self) -> str | None:
@@ -106,9 +212,13 @@ class RestrictedUnpickler(pickle._Unpickler):
 
 
 def unpickle(file, *, path: str, allowed: Mapping[tuple[str, str], Any],
-             persistent_load: Callable[[Any], Any] | None = None) -> Any:  # fmt: skip
-    """Run RestrictedUnpickler over ``file``; every failure becomes a CheckpointError naming ``path``."""
-    u = RestrictedUnpickler(file, path=path, allowed=allowed, persistent_load=persistent_load)
+             persistent_load: Callable[[Any], Any] | None = None, size: int | None = None) -> Any:  # fmt: skip
+    """Run RestrictedUnpickler over ``file``; every failure becomes a CheckpointError naming ``path``.
+
+    ``size`` (bytes) sets the allocation budget; by default it is the size of ``file`` (a MappedReader or an
+    in-memory file), else 64 MiB.
+    """
+    u = RestrictedUnpickler(file, path=path, allowed=allowed, persistent_load=persistent_load, size=size)
     try:
         return u.load()
     except CheckpointError as e:
@@ -118,18 +228,41 @@ def unpickle(file, *, path: str, allowed: Mapping[tuple[str, str], Any],
     except EOFError as e:
         raise CheckpointError(_truncated(path, u, e)) from None
     except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error,
-            RecursionError, MemoryError) as e:  # fmt: skip
-        if "truncated" in str(e) or "exhausted" in str(e):
-            raise CheckpointError(_truncated(path, u, e)) from None
+            RecursionError, MemoryError, OverflowError) as e:  # fmt: skip
+        text = clip(str(e), 300)
+        if "truncated" in text or "exhausted" in text:
+            raise CheckpointError(_truncated(path, u, text)) from None
         name = u.current_name()
-        where = f" (while reading {name!r})" if name else ""
-        raise CheckpointError(f"{path}: corrupt pickle{where}: {type(e).__name__}: {e}") from None
+        where = f" (while reading {clip(repr(name), 120)})" if name else ""
+        raise CheckpointError(f"{path}: corrupt pickle{where}: {type(e).__name__}: {text}") from None
 
 
-def _truncated(path: str, u: RestrictedUnpickler, e: Exception) -> str:
+def _truncated(path: str, u: RestrictedUnpickler, e) -> str:
     name = u.current_name()
-    where = f" while reading {name!r}" if name else ""
+    where = f" while reading {clip(repr(name), 120)}" if name else ""
     return f"{path}: truncated: the pickle ends before its STOP opcode{where} ({e})"
+
+
+def _input_size(file) -> int:
+    if isinstance(file, MappedReader):
+        return file.nbytes
+    if isinstance(file, io.BytesIO):
+        return file.getbuffer().nbytes
+    return 64 << 20
+
+
+def _shallow_size(obj) -> int:
+    """About the bytes a stand-in may allocate from ``obj``: its own bytes, 8 per list or tuple item (a
+    pointer), 64 per dict or set item (an entry and its hash slot)."""
+    if isinstance(obj, memoryview):
+        return obj.nbytes
+    if isinstance(obj, (str, bytes, bytearray)):
+        return len(obj)
+    if isinstance(obj, (list, tuple)):
+        return 8 * len(obj)
+    if isinstance(obj, (dict, set, frozenset)):
+        return 64 * len(obj)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ NumPy arrays
@@ -153,12 +286,13 @@ class PendingDtype(Buildable):
 
     def __init__(self, spec, align=False, copy=True):
         if not isinstance(spec, str) or spec not in ARRAY_DTYPES:
-            raise UnsafePickleError(f"refused to load: array dtype {spec!r} (only numeric dtypes are rebuilt)")
+            raise UnsafePickleError(f"refused to load: array dtype {short_repr(spec)} (only numeric dtypes are "
+                                    "rebuilt)")  # fmt: skip
         self.dtype = np.dtype(spec)
 
     def __setstate__(self, state):
         if not isinstance(state, tuple) or len(state) < 2:
-            raise ValueError(f"unexpected dtype state {state!r}")
+            raise ValueError(f"unexpected dtype state {short_repr(state)}")
         order, names = state[1], state[3] if len(state) > 3 else None
         if names is not None:
             raise UnsafePickleError("refused to load: structured array dtypes are not rebuilt")
@@ -178,14 +312,15 @@ class PendingArray(Buildable):
         shape, dtype, fortran, raw = state[-4:]
         if not isinstance(dtype, PendingDtype):
             raise ValueError("ndarray state without a dtype")
-        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ValueError(f"bad array shape {shape!r}")
+        problem = shape_problem(shape) if isinstance(shape, tuple) else "a shape must be a tuple"
+        if problem:
+            raise ValueError(f"bad array shape: {problem}")
         if isinstance(raw, str):
             raw = raw.encode("latin1")
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise UnsafePickleError("refused to load: an array whose data is not raw bytes (object arrays are "
                                     "not rebuilt)")  # fmt: skip
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if len(raw) != count * dtype.dtype.itemsize:
             raise ValueError(f"array data has {len(raw)} bytes, {shape} {dtype.dtype} needs "
                              f"{count * dtype.dtype.itemsize}")  # fmt: skip
@@ -211,6 +346,9 @@ def _scalar(dtype, raw=None):
 def _frombuffer(buf, dtype, shape, order):
     if not isinstance(dtype, PendingDtype) or not isinstance(buf, (bytes, bytearray, memoryview)):
         raise UnsafePickleError("refused to load: _frombuffer of something other than numeric bytes")
+    problem = shape_problem(shape) if isinstance(shape, tuple) else "a shape must be a tuple"
+    if problem or order not in ("C", "F"):
+        raise ValueError(f"bad array shape or order: {problem or short_repr(order)}")
     return np.frombuffer(buf, dtype=dtype.dtype).reshape(shape, order=order)
 
 
@@ -224,7 +362,18 @@ def _codecs_encode(text, encoding="utf-8"):
 def _ordered_dict(*args):
     if args and not (len(args) == 1 and isinstance(args[0], (list, tuple, dict))):
         raise UnsafePickleError("refused to load: OrderedDict with unexpected arguments")
+    if args and not isinstance(args[0], dict):
+        check_pairs(args[0])
     return OrderedDict(*args)
+
+
+def check_pairs(items) -> None:
+    """Refuse ``(key, value)`` items whose keys are not strings, bytes or small integers (see the module
+    docstring: the keys a pickle names must hash in time linear in their size)."""
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise ValueError("OrderedDict items must be (key, value) pairs")
+        RestrictedUnpickler._check_key(item[0])
 
 
 NUMPY_GLOBALS: dict[tuple[str, str], Any] = {}
@@ -240,17 +389,14 @@ NUMPY_GLOBALS[("collections", "OrderedDict")] = _ordered_dict
 del _mod
 
 
-def resolve_arrays(obj: Any) -> Any:
-    """Replace every PendingArray in a nested dict/list/tuple by its array."""
+def array_of(obj: Any) -> np.ndarray | None:
+    """The array ``obj`` stands for (a PendingArray or an ndarray), else None. It looks at ``obj`` only, never
+    into containers: what a pickle builds may share references (see the module docstring)."""
     if isinstance(obj, PendingArray):
         if obj.array is None:
             raise ValueError("an array placeholder never received its data")
         return obj.array
-    if isinstance(obj, dict):
-        return type(obj)((k, resolve_arrays(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(resolve_arrays(v) for v in obj)
-    return obj
+    return obj if isinstance(obj, np.ndarray) else None
 
 
 class MappedReader(io.RawIOBase):
@@ -269,6 +415,10 @@ class MappedReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._view)
 
     def tell(self) -> int:
         return self._pos

@@ -14,7 +14,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         out = convert_checkpoint(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,
                                  verify=not args.no_verify, progress=progress, **checkpoint_options(args))
-    except FileExistsError as e:
+    except OSError as e:  # an existing destination, a full disk: one line, as for bad input
         raise ValueError(str(e)) from None
     finally:
         if progress is not None:
