@@ -2,7 +2,7 @@
 ONNX Runtime (the model exported from HF), in one run, same weights, fp32, same thread count.
 
     pip install "erniem-np[reference,bench]"     # torch + transformers; onnx, onnxruntime, matplotlib
-    erniem-np bench --threads 2 --out bench-results    # or: python scripts/bench_model.py ... in a checkout
+    erniem-np bench --threads 2 --out bench-results    # or: python scripts/bench/bench_model.py ... in a checkout
 
 ``--size tiny`` runs the same harness on a 2-layer toy model in seconds (a smoke test, not a measurement);
 ``--impls`` picks implementations.

@@ -1,7 +1,7 @@
 """Seeded random ErnieM weights: one recipe shared by the golden scripts and the tests.
 
-The golden scripts (``scripts/make_goldens_hf.py``, ``scripts/make_goldens_paddle.py``) draw the weights of
-their random models here, load them into the reference library, and record the seed. The tests draw the same
+The golden scripts (``scripts/reference/make_goldens_hf.py``, ``scripts/reference/make_goldens_paddle.py``)
+draw the weights of their random models here, load them into the reference library, and record the seed. The tests draw the same
 weights again, so a golden file need not carry the weights of a large config. Everything is NumPy's PCG64
 stream, which is the same on every platform.
 

@@ -9,7 +9,7 @@ made. ``mask`` is additive and broadcastable to [B, nh, L, Lk] (4-D, any axis bu
 Fully-masked rows follow from the mask values, exactly as in the twin (uniform for HF's float32-min fill).
 
 Its speed against the twin and a per-head np.matmul formulation:
-``scripts/bench_kernels.py --threads 2 --reps 7 --only attention``; the measured runs are in docs/performance.md.
+``scripts/bench/bench_kernels.py --threads 2 --reps 7 --only attention``; the measured runs are in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
     Remainders: rows past M are zero panel rows whose results are dropped; a narrow last strip (N % 6)
     repeats its last W row and drops those results. float64 runs the same tile with 4-double vectors (24
     accumulators, which spill: correct, not tuned).
-    Its speed against OpenBLAS sgemm on ErnieM's shapes: ``scripts/bench_kernels.py --threads 2 --only gemm``
+    Its speed against OpenBLAS sgemm on ErnieM's shapes: ``scripts/bench/bench_kernels.py --threads 2 --only gemm``
     (and ``--only model-gemms`` for one forward's 48 calls); the measured runs are in docs/performance.md.
     """
     M, K = x.shape

@@ -84,7 +84,7 @@ def _readonly(a):
 # Exact-GELU through a rational approximation of erf that vectorises (scalar math.erf does not, and costs
 # 8-16 ns per element). erf(z) ~ z P(z^2) / Q(z^2) on |z| <= 4 (Eigen's float erf coefficients), evaluated in
 # float64; beyond 4, erf is +-1 to float32 precision. Measured against float64 exact GELU (SciPy's erf) on
-# every finite float32, 4,278,190,080 values (scripts/check_gelu_float32.py, 2026-12-03): max abs error
+# every finite float32, 4,278,190,080 values (scripts/bench/check_gelu_float32.py, 2026-12-03): max abs error
 # 4.01e-7, at x = 5.558; the tests check a sample of it (tests/test_kernels.py).
 _A = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
       -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)  # fmt: skip

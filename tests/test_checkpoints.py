@@ -1,7 +1,7 @@
 """Real checkpoint files from both references load without torch or paddle and reproduce the reference outputs.
 
 The fixtures in tests/fixtures/checkpoints/ were written by the references' own save functions
-(scripts/make_checkpoint_fixtures_{hf,paddle}.py; see the README there), each with the outputs the reference
+(scripts/reference/make_checkpoint_fixtures_{hf,paddle}.py; see the README there), each with the outputs the reference
 computed after loading its own save. Also here: the name map, memory mapping, conversion, the command line and
 the hub cache. Malicious pickles: test_checkpoints_safety.py; broken files: test_checkpoints_errors.py.
 """

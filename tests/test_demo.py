@@ -1,4 +1,5 @@
-"""`erniem-np demo` and the bundled language-ID model (erniem_np/data/langid, made by scripts/train_langid.py)."""
+"""`erniem-np demo` and the bundled language-ID model (erniem_np/data/langid, made by
+scripts/reference/train_langid.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """UIE-M extraction against PaddleNLP 2.8.1's Taskflow, and its decoding pieces one by one.
 
-The fixture (tests/fixtures/uie/, made by scripts/make_uie_fixtures_paddle.py) holds a tiny random UIEM
+The fixture (tests/fixtures/uie/, made by scripts/reference/make_uie_fixtures_paddle.py) holds a tiny random UIEM
 checkpoint and, per case (schema, options, texts), Taskflow's result and the probabilities Taskflow decoded
 (every position above position_prob, exact float32 values). Three checks per case:
 

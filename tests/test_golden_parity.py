@@ -1,6 +1,6 @@
 """Every golden from both references, every tensor, at the fp32 profile (and float64 against the same goldens).
 
-The goldens are written by scripts/make_goldens_{hf,paddle}.py inside the reference environments; see
+The goldens are written by scripts/reference/make_goldens_{hf,paddle}.py inside the reference environments; see
 tests/goldens/README.md. A failure names the file, the case, the tensor (layer included) and the worst element.
 """
 

@@ -1,4 +1,4 @@
-"""The HF reference, driven by scripts/produce_bundle_hf.py from exported inputs, passes against the shipped
+"""The HF reference, driven by scripts/reference/produce_bundle_hf.py from exported inputs, passes against the shipped
 bundles: the parity toolkit's acceptance test. Needs torch and transformers (the `reference` extra)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from erniem_np.parity import produce  # noqa: E402
 from erniem_np.parity.bundle import load_bundle  # noqa: E402
 from erniem_np.parity.compare import compare_bundles  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "produce_bundle_hf.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reference" / "produce_bundle_hf.py"
 
 
 @pytest.fixture(autouse=True)

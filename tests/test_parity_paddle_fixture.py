@@ -1,7 +1,7 @@
 """PaddleNLP 2.8.1 as a candidate: tests/fixtures/parity/tiny.paddle.paddlenlp-candidate.safetensors was written by
 
-    .venv-ref-paddle/bin/python scripts/produce_bundle_paddle.py erniem_np/data/bundles/tiny.paddle.safetensors \
-        -o tests/fixtures/parity/tiny.paddle.paddlenlp-candidate.safetensors
+    .venv-ref-paddle/bin/python scripts/reference/produce_bundle_paddle.py \
+        erniem_np/data/bundles/tiny.paddle.safetensors -o tests/fixtures/parity/tiny.paddle.paddlenlp-candidate.safetensors
 
 (paddle is not installed in CI, so its output is a committed fixture). Every probe, debug tier included,
 must pass the shipped bundle at fp32-strict; a rerun of the script after a change to the shipped bundle

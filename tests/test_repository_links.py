@@ -38,7 +38,7 @@ def anchors(md: Path) -> set[str]:
     return found
 
 
-# A repository path in prose or code: docs/reference.md#q2-..., scripts/bench_load.py, kernels/gemm.py ...
+# A repository path in prose or code: docs/reference.md#q2-..., scripts/bench/bench_load.py, kernels/gemm.py ...
 DOC_REF = re.compile(r"(?<![\w/.-])((?:docs|tutorials|tests|scripts|kernels|erniem_np)/[\w./-]*\w\.(?:md|py|json))"
                      r"(?!\w|\.\w)(#[\w-]+)?")
 MD_LINK = re.compile(r"(?<!`)\]\(([^)\s]+)\)")  # not code: `ACT2FN["gelu"](1.0)`

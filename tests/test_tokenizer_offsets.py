@@ -123,7 +123,10 @@ def test_finder_answers_as_str_find(hay, asks, all_known):
     cursor = 0
     for needle, step in asks:
         cursor += step
-        assert f.find(needle, cursor) == hay.find(needle, cursor), (hay, needle, cursor)
+        got = f.find(needle, cursor)
+        assert got == hay.find(needle, cursor), (hay, needle, cursor)
+        if got >= 0:  # as _offsets uses it: the cursor moves past each match (the bound counts on that)
+            cursor = got + len(needle)
     if all_known:
         assert f.scanned <= bound(f)
 

@@ -1,6 +1,6 @@
 """``erniem-np demo``: identify the language of a few texts with the bundled model, and check it against HF.
 
-The default model (``erniem_np/data/langid``, made by ``scripts/train_langid.py``) is a small ErnieM sequence
+The default model (``erniem_np/data/langid``, made by ``scripts/reference/train_langid.py``) is a small ErnieM sequence
 classifier trained with HF transformers to tell 31 languages apart; it ships with its tokenizer, the logits HF
 computed on the sample sentences below, and its measured held-out accuracy (``langid.json``). ``--model DIR``
 runs any sequence classifier directory instead (with ``--ids`` when it has no tokenizer).
@@ -24,7 +24,8 @@ TOLERANCE = 1e-4  # max |difference| from HF's logits accepted as agreement (flo
 BATCH = 32
 
 # The demo's sample sentences, written for this project (none is in the training corpus; the training script
-# checks). scripts/train_langid.py stores HF's ids and logits for exactly these in reference_outputs.safetensors.
+# checks). scripts/reference/train_langid.py stores HF's ids and logits for exactly these in
+# reference_outputs.safetensors.
 LANGID_SAMPLES = [
     ("en", "The train to the mountains leaves every morning at seven."),
     ("fr", "Nous avons mangé une tarte aux pommes chez ma grand-mère hier soir."),
@@ -238,7 +239,7 @@ def register(sub) -> None:
         "demo",
         help="identify the language of texts with the bundled model (and check it against HF)",
         description="Identify the language of texts with the bundled ErnieM language-ID model (31 languages, "
-        "trained by scripts/train_langid.py): prints the language and its probability, the tokens and the "
+        "trained by scripts/reference/train_langid.py): prints the language and its probability, the tokens and the "
         "time taken. With no TEXT it runs the sample sentences stored with the model and checks its token ids "
         "and logits against those HF transformers computed (exit 1 if they disagree beyond 1e-4). "
         "--model DIR runs any ErnieM sequence classifier directory.",

@@ -1,8 +1,8 @@
 """This implementation as a bundle producer: default cases, the weights recipe, recording every probe.
 
 ``make_bundle`` runs ErnieMModel (and each head) on every case with ``probes=`` and returns the tensors and
-metadata of a bundle; ``erniem-np golden`` writes it. The reference producers (scripts/produce_bundle_hf.py,
-scripts/produce_bundle_paddle.py) write the same names through forward hooks.
+metadata of a bundle; ``erniem-np golden`` writes it. The reference producers (scripts/reference/produce_bundle_hf.py,
+scripts/reference/produce_bundle_paddle.py) write the same names through forward hooks.
 """
 
 from __future__ import annotations

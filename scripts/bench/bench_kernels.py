@@ -1,6 +1,6 @@
 """The Numba GEMM against NumPy/OpenBLAS sgemm on ErnieM shapes, in one run, same threads; then attention.
 
-    .venv/bin/python scripts/bench_kernels.py [--threads 2] [--reps 15] [--only gemm|qkv|model-gemms|attention]
+    .venv/bin/python scripts/bench/bench_kernels.py [--threads 2] [--reps 15] [--only gemm|qkv|model-gemms|attention]
 
 For each shape (M rows, K in, N out) it times y = x W^T + b both ways (best of --reps, so a busy machine's
 noise shows as less, not more) and prints GFLOP/s and the kernel's fraction of OpenBLAS. The Numba kernel is

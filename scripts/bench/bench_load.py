@@ -1,6 +1,6 @@
 """Load benchmark: time and resident memory of ``ErnieMModel.from_pretrained`` at ErnieM-base size.
 
-    .venv/bin/python scripts/bench_load.py [--dir DIR] [--repeat 5] [--formats safetensors,bin,pdparams]
+    .venv/bin/python scripts/bench/bench_load.py [--dir DIR] [--repeat 5] [--formats safetensors,bin,pdparams]
 
 Builds an ErnieM-base-sized random checkpoint (278,042,880 float32 parameters, ~1.11 GB) in DIR (default: a
 temporary directory, deleted at the end unless --keep) in three formats:
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np

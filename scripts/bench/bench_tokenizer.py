@@ -4,7 +4,7 @@
 #
 # Run from the repository root (the references run as subprocesses in their own environments):
 #
-#     .venv/bin/python scripts/bench_tokenizer.py [--lines 10000] [--batch 64] [--repeat 3] [--json out.json]
+#     .venv/bin/python scripts/bench/bench_tokenizer.py [--lines 10000] [--batch 64] [--repeat 3] [--json out.json]
 #
 # Every implementation makes the same call on the same batches:
 #     tokenizer(batch, padding=True, truncation=True, max_length=512, return_attention_mask=True)
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures" / "tokenizer"
 CALL = {"padding": True, "truncation": True, "max_length": 512, "return_attention_mask": True}
 OFFSETS = {**CALL, "return_offsets_mapping": True}  # PaddleNLP and ours only (HF's slow tokenizer has none)

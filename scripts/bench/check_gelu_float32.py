@@ -1,6 +1,6 @@
 """Check the Numba GELU against exact GELU on every finite float32 (about 4.28e9 values, a few minutes).
 
-    .venv/bin/python scripts/check_gelu_float32.py
+    .venv/bin/python scripts/bench/check_gelu_float32.py
 
 The float32 GELU (kernels/norm.py: a rational erf in float64, used by ``norm.gelu`` and the GEMM's GELU
 epilogue) must stay within 1e-6 absolute of 0.5 x (1 + erf(x / sqrt 2)) computed in float64 with SciPy's erf.

@@ -1,6 +1,7 @@
 """Scratch harness for the GEMM kernel: dot-form register-tile variants against kernels/gemm.py and OpenBLAS.
 
-    NUMBA_NUM_THREADS=2 .venv/bin/python scripts/gemm_experiments.py --threads 2 --rounds 5 [--variants 4x3:128:3072 2x6:128:3072]
+    NUMBA_NUM_THREADS=2 .venv/bin/python scripts/bench/gemm_experiments.py --threads 2 --rounds 5 \
+        [--variants 4x3:128:3072 2x6:128:3072]
 
 A variant ``TMxTN:BLOCK_M:BLOCK_K`` is the previous kernel's dot-form loop nest (a TM x TN register tile over
 rows of x and rows of W, each a dot product along K that LLVM vectorises into one ymm accumulator per output;

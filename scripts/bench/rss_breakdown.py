@@ -1,13 +1,14 @@
 """Where the resident memory of an ErnieM-base forward goes: a stage-by-stage breakdown of RSS.
 
-    .venv/bin/python scripts/rss_breakdown.py [--ckpt DIR] [--backend numba|numpy|both] [--threads 2]
+    .venv/bin/python scripts/bench/rss_breakdown.py [--ckpt DIR] [--backend numba|numpy|both] [--threads 2]
 
-Writes (or reuses, with --ckpt) an ErnieM-base-shaped checkpoint of random weights (the same recipe as
-scripts/bench_model.py: 250,002-token vocabulary, 1.11 GB of float32), then, in a fresh process per backend,
-reads /proc/self/status after each stage: imports, kernels loaded (numba), the checkpoint opened, and each of
-bench_model.py's workloads. For each stage it prints RssAnon (memory the process allocated: arrays, Numba/LLVM,
-thread stacks), RssFile (pages of mapped files: the weights, shared libraries) and VmHWM (the peak so far), so
-the peak RSS that bench_model.py reports can be told apart into its causes. Memory, unlike time, is not
+Writes (or reuses, with --ckpt) an ErnieM-base-shaped checkpoint of random weights (the same recipe as the
+whole-model benchmark, erniem_np/bench.py, run by scripts/bench/bench_model.py: 250,002-token vocabulary, 1.11 GB
+of float32), then, in a fresh process per backend, reads /proc/self/status after each stage: imports, kernels
+loaded (numba), the checkpoint opened, and each of the benchmark's workloads. For each stage it prints RssAnon
+(memory the process allocated: arrays, Numba/LLVM, thread stacks), RssFile (pages of mapped files: the weights,
+shared libraries) and VmHWM (the peak so far), so the peak RSS that the benchmark reports can be told apart into
+its causes. Memory, unlike time, is not
 disturbed by other work on the machine.
 """
 
@@ -19,9 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def status() -> dict[str, float]:

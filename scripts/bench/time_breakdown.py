@@ -1,6 +1,6 @@
 """Where a numba-backend forward pass spends its time, kernel by kernel (ErnieM-base shapes, random weights).
 
-    NUMBA_NUM_THREADS=2 .venv/bin/python scripts/time_breakdown.py [--batch 1] [--length 128] [--reps 7]
+    NUMBA_NUM_THREADS=2 .venv/bin/python scripts/bench/time_breakdown.py [--batch 1] [--length 128] [--reps 7]
 
 Wraps the kernels the encoder calls (gemm.linear, gemm.linear_many, attention.attention, norm.layer_norm) and
 the embeddings and pooler with timers, runs --reps forwards after two warm-up ones, and prints the mean time of

@@ -4,7 +4,7 @@ Random weights (the recipe of erniem_np.testing, the `tiny` config with seed 0, 
 head) in the native layout, plus the HF reference's inputs and outputs for that same model, copied from the
 golden tests/goldens/hf-tiny.safetensors, so the demo can show its numbers against the reference's.
 
-    .venv/bin/python scripts/make_tiny_model.py
+    .venv/bin/python scripts/data/make_tiny_model.py
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from erniem_np import ErnieMConfig, ErnieMForSequenceClassification  # noqa: E402

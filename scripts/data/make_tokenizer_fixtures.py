@@ -4,7 +4,7 @@
 #
 # Run from the repository root:
 #
-#     .venv/bin/python scripts/make_tokenizer_fixtures.py all --corpus-wheel /path/to/chatterbot_corpus-1.3.3-*.whl
+#     .venv/bin/python scripts/data/make_tokenizer_fixtures.py all --corpus-wheel /path/to/chatterbot_corpus-1.3.3-*.whl
 #
 # Steps (each can be run alone: `corpus`, `models`, `lines`, `hf`, `paddle`):
 #   corpus  read the YAML dialogs of the PyPI package chatterbot-corpus (BSD-3-Clause; 28 languages; get it with
@@ -13,8 +13,8 @@
 #   models  train bpe/ and unigram/ (SentencePieceTrainer, nmt_nfkc, 4000 pieces) and write vocab.txt:
 #           [CLS] [PAD] [SEP] [UNK] (ids 0-3), the pieces from SentencePiece id 3 on, [MASK] last
 #   lines   lines.jsonl: 2,000+ golden lines (corpus samples and generated edge cases) and cases.json (calls)
-#   hf      .venv-ref-hf/bin/python scripts/make_tokenizer_fixtures_hf.py      -> goldens_hf.jsonl.gz
-#   paddle  .venv-ref-paddle/bin/python scripts/make_tokenizer_fixtures_paddle.py -> goldens_paddle.jsonl.gz
+#   hf      .venv-ref-hf/bin/python scripts/reference/make_tokenizer_fixtures_hf.py      -> goldens_hf.jsonl.gz
+#   paddle  .venv-ref-paddle/bin/python scripts/reference/make_tokenizer_fixtures_paddle.py -> goldens_paddle.jsonl.gz
 #
 # Everything is seeded and SentencePiece trains on one thread: a rerun gives the same vocab.txt, lines and goldens
 # (the .model files differ only in the temporary training paths SentencePiece records in them).
@@ -33,7 +33,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "tokenizer"
 MODELS = ("bpe", "unigram")
 VOCAB_SIZE = 4000
@@ -420,7 +420,7 @@ def make_cases(lines: list[str], rng: random.Random) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- references
 def step_reference(name: str) -> None:
     venv = ROOT / (".venv-ref-hf" if name == "hf" else ".venv-ref-paddle")
-    script = ROOT / "scripts" / f"make_tokenizer_fixtures_{name}.py"
+    script = ROOT / "scripts" / "reference" / f"make_tokenizer_fixtures_{name}.py"
     print(f"running {script.name} in {venv.name} ...", flush=True)
     subprocess.run([str(venv / "bin" / "python"), str(script)], check=True, cwd=ROOT)
 

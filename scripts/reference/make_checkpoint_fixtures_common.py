@@ -1,7 +1,7 @@
 """What the two checkpoint-fixture scripts share: the config, the weights, the inputs and the output file.
 
-Imported by scripts/make_checkpoint_fixtures_hf.py (HF reference environment) and
-scripts/make_checkpoint_fixtures_paddle.py (Paddle reference environment); imports neither torch nor paddle,
+Imported by scripts/reference/make_checkpoint_fixtures_hf.py (HF reference environment) and
+scripts/reference/make_checkpoint_fixtures_paddle.py (Paddle reference environment); imports neither torch nor paddle,
 and works with NumPy 1 and 2. Format of ``reference_outputs.safetensors``: tests/fixtures/checkpoints/README.md.
 """
 
@@ -10,17 +10,12 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 from safetensors.numpy import load_file, save_file
 
+ROOT = Path(__file__).resolve().parents[2]
 DEV_PYTHON = ROOT / ".venv" / "bin" / "python"
 HEAD_LABELS = {"seq_cls": 3, "seq_cls_reg": 1, "token_cls": 5, "qa": 2, "mc": 1, "ie": 1}  # = testing.HEAD_LABELS
 
@@ -53,7 +48,7 @@ save_file(out, path)
 
 def _draw(ffn_size: int | None) -> dict[str, np.ndarray]:
     """random_weights and split_head of erniem_np.testing, run in the dev environment (.venv): the reference
-    environments need not be able to import the package (the HF one has no SciPy)."""
+    environments need not be able to import the package."""
     import subprocess
     import tempfile
 

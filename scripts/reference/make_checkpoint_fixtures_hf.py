@@ -2,7 +2,7 @@
 
 Run from the repository root inside the HF reference environment:
 
-    .venv-ref-hf/bin/python scripts/make_checkpoint_fixtures_hf.py
+    .venv-ref-hf/bin/python scripts/reference/make_checkpoint_fixtures_hf.py
 
 For each model class (ErnieMModel and the five heads) the weights of erniem_np.testing.random_weights are
 loaded (strict) into transformers' class, saved with ``save_pretrained`` (safetensors, the default, and

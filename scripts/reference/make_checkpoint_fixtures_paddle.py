@@ -4,11 +4,11 @@ import aiohttp, datasets  # noqa: E401,F401  -- must come before paddle (paddle 
 #
 # Run from the repository root inside the Paddle reference environment:
 #
-#     .venv-ref-paddle/bin/python scripts/make_checkpoint_fixtures_paddle.py
+#     .venv-ref-paddle/bin/python scripts/reference/make_checkpoint_fixtures_paddle.py
 #
 # The weights are erniem_np.testing.random_weights (HF names, [out, in]) renamed and transposed to Paddle's
-# layout by this script itself (independently of the package's name map), with the FFN Paddle builds
-# (4 * hidden). Each model is saved with PaddleNLP's ``save_pretrained`` (config.json + model_state.pdparams),
+# layout by paddle_layout.py beside this script (independently of the package's name map), with the FFN Paddle
+# builds (4 * hidden). Each model is saved with PaddleNLP's ``save_pretrained`` (config.json + model_state.pdparams),
 # loaded back with ``from_pretrained`` and run on fixed inputs; the outputs go to reference_outputs.safetensors.
 #
 #     paddle-{base,seq_cls,token_cls,qa,mc,uiem}   save_pretrained of ErnieMModel, the four heads, UIEM
@@ -23,7 +23,6 @@ import aiohttp, datasets  # noqa: E401,F401  -- must come before paddle (paddle 
 #                                                  the float32 model's with the rounded weights
 
 import json
-import re
 
 import numpy as np
 import paddle
@@ -38,6 +37,8 @@ from make_checkpoint_fixtures_common import (
     write_fixture,
 )
 from paddle.framework import io as paddle_io
+from paddle_layout import NO_HF_POOLER
+from paddle_layout import paddle_state as to_paddle
 from paddlenlp.transformers import (
     UIEM,
     ErnieMConfig,
@@ -57,27 +58,13 @@ OUTPUTS = {
     "qa": ("start_logits", "end_logits"), "mc": ("logits",), "ie": ("start_prob", "end_prob"),
 }  # fmt: skip
 FFN = 4 * CONFIG["hidden_size"]  # Paddle's FFN width, whatever intermediate_size says
-LINEAR = ("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2", "dense", "classifier", "qa_outputs",
-          "linear_start", "linear_end")  # fmt: skip
 
 
 def paddle_state(head: str) -> dict[str, np.ndarray]:
     """HF-layout recipe weights -> the Paddle class's state dict (names, [in, out] Linear weights)."""
-    hf = split_head(None if head == "base" else head, ffn_size=FFN)
-    if head in ("token_cls", "qa"):  # HF has no pooler there, Paddle does: use the recipe's
-        base = split_head(None, ffn_size=FFN)
-        hf["ernie_m.pooler.dense.weight"] = base["pooler.dense.weight"]
-        hf["ernie_m.pooler.dense.bias"] = base["pooler.dense.bias"]
-    out = {}
-    for name, a in hf.items():
-        pname = re.sub(r"\.self_attn\.self_attn\.", ".self_attn.", name)
-        if pname.startswith("qa_outputs."):
-            pname = "classifier." + pname[len("qa_outputs.") :]
-        module, leaf = name.split(".")[-2:]
-        if module in LINEAR and leaf == "weight":
-            a = a.T
-        out[pname] = np.ascontiguousarray(a, dtype=np.float32)
-    return out
+    hf_head = None if head == "base" else head
+    pooler = split_head(None, ffn_size=FFN) if hf_head in NO_HF_POOLER else None  # Paddle keeps it, HF does not
+    return to_paddle(split_head(hf_head, ffn_size=FFN), hf_head, pooler_from=pooler)
 
 
 def build(head: str, state=None):

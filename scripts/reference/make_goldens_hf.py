@@ -2,13 +2,14 @@
 
 Run from the repository root inside the HF reference environment:
 
-    .venv-ref-hf/bin/python scripts/make_goldens_hf.py
+    .venv-ref-hf/bin/python scripts/reference/make_goldens_hf.py
 
 Each file follows tests/goldens/README.md (format ``erniem-np-golden/1``). The weights are
 ``erniem_np.testing.random_weights(config, seed)``, loaded with ``strict=True`` into a fresh HF model per case
 (HF mutates ``config.problem_type`` on the first loss, and adds 2 to ``position_ids`` in place). The inputs are
 drawn from ``np.random.default_rng(INPUT_SEED)`` (one fixed seed per config) in case order, so a re-run writes
 the same tensors. Needs torch + transformers 4.46.x; the package itself never imports this script.
+The configs, input ids and metadata are shared with the Paddle script: make_goldens_common.py beside this file.
 
 HF behaviour the cases pin down (docs/reference.md, sections M1-M8 and V1):
 
@@ -23,18 +24,17 @@ HF behaviour the cases pin down (docs/reference.md, sections M1-M8 and V1):
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import safetensors.numpy  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from make_goldens_common import OUT_DIR, PAD, case_entry, configs, make_ids, metadata  # noqa: E402
 from transformers import (  # noqa: E402
     ErnieMConfig,
     ErnieMForInformationExtraction,
@@ -47,67 +47,8 @@ from transformers import (  # noqa: E402
 
 from erniem_np.testing import HEAD_LABELS, random_weights, split_head, weights_digest  # noqa: E402
 
-OUT_DIR = ROOT / "tests" / "goldens"
-FORMAT = "erniem-np-golden/1"
-CLS, PAD, SEP = 0, 1, 2
-
 # Config dicts given to ErnieMConfig (dropouts are irrelevant: every model runs in eval mode).
-_COMMON = dict(
-    hidden_dropout_prob=0.1,
-    attention_probs_dropout_prob=0.1,
-    pad_token_id=PAD,
-    layer_norm_eps=1e-5,
-)
-CONFIGS = {
-    "tiny": dict(
-        config=dict(
-            vocab_size=99,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            max_position_embeddings=20,
-            hidden_act="gelu",
-            **_COMMON,
-        ),
-        seed=0,
-        input_seed=1000,
-        store_weights=True,
-        caseset="full",
-    ),
-    "odd": dict(
-        config=dict(
-            vocab_size=120,
-            hidden_size=48,
-            num_hidden_layers=3,
-            num_attention_heads=3,
-            intermediate_size=100,
-            max_position_embeddings=24,
-            hidden_act="gelu_new",
-            **_COMMON,
-        ),
-        seed=1,
-        input_seed=1001,
-        store_weights=True,
-        caseset="full",
-    ),
-    "base12": dict(
-        config=dict(
-            vocab_size=1000,
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=514,
-            hidden_act="gelu",
-            **_COMMON,
-        ),
-        seed=2,
-        input_seed=1002,
-        store_weights=False,
-        caseset="small",
-    ),
-}
+CONFIGS = configs("gelu_new", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, layer_norm_eps=1e-5)
 
 HEAD_CLASSES = {
     None: ErnieMModel,
@@ -124,17 +65,6 @@ BOTH = {"output_hidden_states": True, "output_attentions": True}
 
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def make_ids(rng, lengths, L, V):
-    """[CLS] + ids in [3, V-1) + [SEP], right-padded with [PAD]; mask 1 on real tokens. -> int64 [B, L] twice."""
-    ids = np.full((len(lengths), L), PAD, dtype=np.int64)
-    mask = np.zeros((len(lengths), L), dtype=np.int64)
-    for b, n in enumerate(lengths):
-        assert 2 <= n <= L
-        ids[b, :n] = [CLS, *rng.integers(3, V - 1, size=n - 2), SEP]
-        mask[b, :n] = 1
-    return ids, mask
 
 
 def base_case(name, description, inputs, outputs, kwargs=BOTH, model="base"):
@@ -411,7 +341,7 @@ def write_file(tag, spec):
     cfg = spec["config"]
     weights = random_weights(cfg, spec["seed"])
     rng = np.random.default_rng(spec["input_seed"])
-    cases = full_cases(cfg, rng) if spec["caseset"] == "full" else small_cases(cfg, rng)
+    cases = small_cases(cfg, rng) if spec["small"] else full_cases(cfg, rng)
 
     tensors = {}
     results = []
@@ -428,35 +358,12 @@ def write_file(tag, spec):
         assert v.dtype in (np.int64, np.float32), (k, v.dtype)
         assert v.flags.c_contiguous, k  # (np.ascontiguousarray would turn a 0-d loss into shape [1])
 
-    case_meta = [
-        dict(
-            name=c["name"],
-            description=c["description"],
-            model=c["model"],
-            inputs=list(c["inputs"]),
-            outputs=list(c["outputs"]),
-            kwargs=c["kwargs"],
-        )
-        for c in cases
-    ]
-    metadata = {
-        "format": FORMAT,
-        "reference": "hf",
-        "library": "transformers",
-        "library_version": transformers.__version__,
-        "framework": "torch",
-        "framework_version": torch.__version__,
-        "numpy_version": np.__version__,
-        "python": platform.python_version(),
-        "config": json.dumps(cfg, sort_keys=True),
-        "seed": str(spec["seed"]),
-        "ffn_size": str(cfg["intermediate_size"]),
-        "weights_digest": weights_digest(weights),
-        "weights_stored": "true" if spec["store_weights"] else "false",
-        "cases": json.dumps(case_meta),
-    }
+    producer = {"reference": "hf", "library": "transformers", "library_version": transformers.__version__,
+                "framework": "torch", "framework_version": torch.__version__}  # fmt: skip
+    case_meta = [case_entry(c, list(c["inputs"]), list(c["outputs"])) for c in cases]
+    meta = metadata(producer, spec, cfg["intermediate_size"], weights_digest(weights), case_meta)
     path = OUT_DIR / f"hf-{tag}.safetensors"
-    safetensors.numpy.save_file(tensors, str(path), metadata=metadata)
+    safetensors.numpy.save_file(tensors, str(path), metadata=meta)
     print(f"{path.relative_to(ROOT)}: {len(cases)} cases, {len(tensors)} tensors, {path.stat().st_size / 1e6:.2f} MB")
     return path
 

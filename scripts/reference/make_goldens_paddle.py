@@ -4,27 +4,29 @@ import aiohttp, datasets  # noqa: E401,F401  -- must come before paddle (paddle 
 #
 # Run from the repository root inside the Paddle reference environment:
 #
-#     .venv-ref-paddle/bin/python scripts/make_goldens_paddle.py
+#     .venv-ref-paddle/bin/python scripts/reference/make_goldens_paddle.py
 #
 # Format: tests/goldens/README.md (``erniem-np-golden/1``). Weights come from
 # ``erniem_np.testing.random_weights(config, seed, ffn_size=4 * hidden_size)`` (HF names, torch ``[out, in]``
-# layout); this script renames and transposes them to PaddleNLP's own layout by itself (it does not use the
-# package's loader), loads them with ``set_state_dict`` and checks that every parameter was set.
+# layout); paddle_layout.py beside this script renames and transposes them to PaddleNLP's own layout (the
+# package's loader is not used), the script loads them with ``set_state_dict`` and checks that every parameter
+# was set. The configs, input ids and metadata are shared with the HF script: make_goldens_common.py.
 
 import json
-import platform
 import struct
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddlenlp  # noqa: E402
+from make_goldens_common import OUT_DIR, PAD, case_entry, configs, make_ids, metadata  # noqa: E402
 from paddle.nn import MultiHeadAttention  # noqa: E402
+from paddle_layout import paddle_state  # noqa: E402
 from paddlenlp.transformers import (  # noqa: E402
     UIEM,
     ErnieMConfig,
@@ -39,59 +41,8 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from erniem_np.testing import HEAD_LABELS, random_weights, split_head, weights_digest  # noqa: E402
 
-OUT_DIR = ROOT / "tests" / "goldens"
-FORMAT = "erniem-np-golden/1"
-
-CONFIGS = {
-    "tiny": dict(
-        config=dict(
-            vocab_size=99,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            max_position_embeddings=20,
-            hidden_act="gelu",
-            pad_token_id=1,
-        ),
-        seed=0,
-        input_seed=1000,
-        store_weights=True,
-        store_paddle_state=True,
-    ),
-    "odd": dict(
-        config=dict(
-            vocab_size=120,
-            hidden_size=48,
-            num_hidden_layers=3,
-            num_attention_heads=3,
-            intermediate_size=100,
-            max_position_embeddings=24,
-            hidden_act="relu",
-            pad_token_id=1,
-        ),
-        seed=1,
-        input_seed=1001,
-        store_weights=True,
-        store_paddle_state=False,
-    ),
-    "base12": dict(
-        config=dict(
-            vocab_size=1000,
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=514,
-            hidden_act="gelu",
-            pad_token_id=1,
-        ),
-        seed=2,
-        input_seed=1002,
-        store_weights=False,
-        store_paddle_state=False,
-    ),
-}
+CONFIGS = configs("relu")
+PADDLE_STATE = ("tiny",)  # the goldens that also store Paddle's own state dicts (paddle_state/...)
 
 HEAD_CLASSES = {
     None: ErnieMModel,
@@ -103,24 +54,6 @@ HEAD_CLASSES = {
     "ie": UIEM,
 }
 
-# Modules whose ``weight`` is an nn.Linear weight: torch [out, in] -> Paddle [in, out].
-LINEAR_MODULES = {
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "out_proj",
-    "linear1",
-    "linear2",
-    "dense",  # pooler.dense
-    "classifier",
-    "qa_outputs",
-    "linear_start",
-    "linear_end",
-}
-
-CLS, PAD, SEP = 0, 1, 2
-
-
 # --------------------------------------------------------------------------------------------------
 # weights: HF layout -> Paddle layout (written out explicitly, independent of erniem_np's loader)
 # --------------------------------------------------------------------------------------------------
@@ -128,23 +61,7 @@ CLS, PAD, SEP = 0, 1, 2
 
 def hf_to_paddle_state(weights, head):
     """Paddle state dict (names, [in, out] Linear layout) of the Paddle class for ``head`` (None = base)."""
-    hf = split_head(weights, head)
-    if head in ("token_cls", "qa"):
-        # HF drops the pooler of these two heads; the Paddle classes have one: use the recipe's pooler.
-        hf["ernie_m.pooler.dense.weight"] = weights["pooler.dense.weight"]
-        hf["ernie_m.pooler.dense.bias"] = weights["pooler.dense.bias"]
-    out = {}
-    for name, arr in hf.items():
-        pname = name.replace(".self_attn.self_attn.", ".self_attn.")
-        if head == "qa" and pname.startswith("qa_outputs."):
-            pname = "classifier." + pname[len("qa_outputs.") :]
-        module, leaf = name.split(".")[-2:]
-        a = np.asarray(arr, dtype=np.float32)
-        if module in LINEAR_MODULES and leaf == "weight":
-            assert a.ndim == 2, (name, a.shape)
-            a = a.T
-        out[pname] = np.ascontiguousarray(a)
-    return out
+    return paddle_state(split_head(weights, head), head, pooler_from=weights)
 
 
 def build_model(cfg_dict, head, **extra):
@@ -186,18 +103,6 @@ def load_weights(model, state):
 # --------------------------------------------------------------------------------------------------
 
 
-def make_ids(rng, vocab, lengths, L):
-    ids = np.full((len(lengths), L), PAD, dtype=np.int64)
-    mask = np.zeros((len(lengths), L), dtype=np.int64)
-    for b, n in enumerate(lengths):
-        assert 2 <= n <= L
-        ids[b, 0] = CLS
-        ids[b, 1 : n - 1] = rng.integers(3, vocab - 1, size=n - 2)
-        ids[b, n - 1] = SEP
-        mask[b, :n] = 1
-    return ids, mask
-
-
 def t(a):
     return paddle.to_tensor(np.ascontiguousarray(a))
 
@@ -221,7 +126,7 @@ def base_cases(rng, cfg):
     d = H // nh
     cases = []
 
-    ids, mask = make_ids(rng, V, [9], 9)
+    ids, mask = make_ids(rng, [9], 9, V)
     cases.append(
         dict(
             name="c00_single",
@@ -231,7 +136,7 @@ def base_cases(rng, cfg):
         )
     )
 
-    ids, mask = make_ids(rng, V, [12, 9, 7], 12)
+    ids, mask = make_ids(rng, [12, 9, 7], 12, V)
     cases.append(
         dict(
             name="c01_batch_pad",
@@ -254,7 +159,7 @@ def base_cases(rng, cfg):
         )
     )
 
-    ids0, mask0 = make_ids(rng, V, [6], 8)
+    ids0, mask0 = make_ids(rng, [6], 8, V)
     ids = np.concatenate([ids0, np.full((1, 8), PAD, dtype=np.int64)])
     mask = np.concatenate([mask0, np.zeros((1, 8), dtype=np.int64)])
     cases.append(
@@ -273,7 +178,7 @@ def base_cases(rng, cfg):
     )
 
     L = Lmax - 2
-    ids, mask = make_ids(rng, V, [L], L)
+    ids, mask = make_ids(rng, [L], L, V)
     cases.append(
         dict(
             name="c04_max_len",
@@ -284,7 +189,7 @@ def base_cases(rng, cfg):
         )
     )
 
-    ids, mask = make_ids(rng, V, [10, 8], 10)
+    ids, mask = make_ids(rng, [10, 8], 10, V)
     pos = np.stack([np.arange(10) + 3, rng.permutation(10)]).astype(np.int64)
     cases.append(
         dict(
@@ -300,7 +205,7 @@ def base_cases(rng, cfg):
     )
 
     P = 4
-    ids, mask_cur = make_ids(rng, V, [5, 4], 5)
+    ids, mask_cur = make_ids(rng, [5, 4], 5, V)
     past = [
         (
             rng.standard_normal((2, nh, P, d)).astype(np.float32),
@@ -337,7 +242,7 @@ def base_cases(rng, cfg):
         )
     )
 
-    ids, mask = make_ids(rng, V, [8, 6], 8)
+    ids, mask = make_ids(rng, [8, 6], 8, V)
     emb = rng.standard_normal((2, 8, H)).astype(np.float32)
     cases.append(
         dict(
@@ -352,7 +257,7 @@ def base_cases(rng, cfg):
         )
     )
 
-    ids, _ = make_ids(rng, V, [8, 7], 8)
+    ids, _ = make_ids(rng, [8, 7], 8, V)
     m4 = np.zeros((2, 1, 8, 8), dtype=np.float32)
     m4[0, 0][np.triu_indices(8, k=1)] = -1e4  # causal
     keep = rng.random((8, 8)) < 0.6
@@ -385,7 +290,7 @@ def head_cases(rng, cfg, B=3, L=10, lengths=(10, 8, 6), only=None):
             cases.append(c)
         return c
 
-    ids, mask = make_ids(rng, V, list(lengths), L)
+    ids, mask = make_ids(rng, list(lengths), L, V)
     add(
         name="h_seq_cls",
         model="seq_cls",
@@ -397,7 +302,7 @@ def head_cases(rng, cfg, B=3, L=10, lengths=(10, 8, 6), only=None):
         inputs=dict(input_ids=ids, attention_mask=mask, labels=rng.integers(0, 3, size=B).astype(np.int64)),
         kwargs={},
     )
-    ids, mask = make_ids(rng, V, list(lengths), L)
+    ids, mask = make_ids(rng, list(lengths), L, V)
     add(
         name="h_seq_cls_multilabel",
         model="seq_cls",
@@ -410,7 +315,7 @@ def head_cases(rng, cfg, B=3, L=10, lengths=(10, 8, 6), only=None):
         ),
         kwargs={},
     )
-    ids, mask = make_ids(rng, V, list(lengths), L)
+    ids, mask = make_ids(rng, list(lengths), L, V)
     add(
         name="h_seq_cls_reg",
         model="seq_cls_reg",
@@ -421,7 +326,7 @@ def head_cases(rng, cfg, B=3, L=10, lengths=(10, 8, 6), only=None):
         inputs=dict(input_ids=ids, attention_mask=mask, labels=rng.standard_normal(B).astype(np.float32)),
         kwargs={},
     )
-    ids, mask = make_ids(rng, V, list(lengths), L)
+    ids, mask = make_ids(rng, list(lengths), L, V)
     lab = rng.integers(0, 5, size=(B, L)).astype(np.int64)
     lab[mask == 0] = -100
     add(
@@ -435,7 +340,7 @@ def head_cases(rng, cfg, B=3, L=10, lengths=(10, 8, 6), only=None):
         inputs=dict(input_ids=ids, attention_mask=mask, labels=lab),
         kwargs={},
     )
-    ids, mask = make_ids(rng, V, list(lengths), L)
+    ids, mask = make_ids(rng, list(lengths), L, V)
     sp = np.array([1, 15, 2], dtype=np.int64)[:B]
     ep = np.array([3, 6, 4], dtype=np.int64)[:B]
     add(
@@ -454,7 +359,7 @@ def head_cases(rng, cfg, B=3, L=10, lengths=(10, 8, 6), only=None):
         kwargs={},
     )
     C, Lc = 3, 8
-    ids, mask = make_ids(rng, V, list(rng.integers(4, Lc + 1, size=2 * C)), Lc)
+    ids, mask = make_ids(rng, list(rng.integers(4, Lc + 1, size=2 * C)), Lc, V)
     add(
         name="h_mc",
         model="mc",
@@ -471,7 +376,7 @@ def head_cases(rng, cfg, B=3, L=10, lengths=(10, 8, 6), only=None):
         kwargs={},
         extra_config={"num_choices": C},
     )
-    ids, mask = make_ids(rng, V, list(lengths), L)
+    ids, mask = make_ids(rng, list(lengths), L, V)
     add(
         name="h_ie",
         model="ie",
@@ -504,7 +409,7 @@ def head_cases(rng, cfg, B=3, L=10, lengths=(10, 8, 6), only=None):
 def base12_cases(rng, cfg):
     V = cfg["vocab_size"]
     cases = []
-    ids, mask = make_ids(rng, V, [16], 16)
+    ids, mask = make_ids(rng, [16], 16, V)
     cases.append(
         dict(
             name="c00_single",
@@ -515,7 +420,7 @@ def base12_cases(rng, cfg):
             store=("last_hidden_state", "pooler_output"),
         )
     )
-    ids, mask = make_ids(rng, V, [16, 11], 16)
+    ids, mask = make_ids(rng, [16, 11], 16, V)
     cases.append(
         dict(
             name="c01_batch_pad",
@@ -649,10 +554,7 @@ def make_file(tag, spec):
     ffn = 4 * H
     weights = random_weights(cfg, spec["seed"], ffn_size=ffn)
     rng = np.random.default_rng(spec["input_seed"])
-    if tag == "base12":
-        cases = base12_cases(rng, cfg)
-    else:
-        cases = base_cases(rng, cfg) + head_cases(rng, cfg)
+    cases = base12_cases(rng, cfg) if spec["small"] else base_cases(rng, cfg) + head_cases(rng, cfg)
 
     tensors = {}
     meta_cases = []
@@ -670,56 +572,34 @@ def make_file(tag, spec):
                 tensors[f"{name}/past.{i}.v"] = np.ascontiguousarray(v, dtype=np.float32)
         for k, v in res.items():
             tensors[f"{name}/{k}"] = v
-        meta_cases.append(
-            {
-                "name": name,
-                "description": case["description"],
-                "model": case["model"],
-                "inputs": in_names,
-                "outputs": list(res),
-                "kwargs": case["kwargs"],
-            }
-        )
+        meta_cases.append(case_entry(case, in_names, list(res)))
 
     if spec["store_weights"]:
         for k, v in weights.items():
             tensors[f"weights/{k}"] = np.ascontiguousarray(v, dtype=np.float32)
-    if spec["store_paddle_state"]:
+    if tag in PADDLE_STATE:
         for prefix, head in (("paddle_state/", None), ("paddle_state/uiem/", "ie")):
             model = load_weights(build_model(cfg, head), hf_to_paddle_state(weights, head))
             for k, v in model.state_dict().items():
                 tensors[prefix + k] = np.ascontiguousarray(v.numpy())
 
-    metadata = {
-        "format": FORMAT,
-        "reference": "paddle",
-        "library": "paddlenlp",
-        "library_version": paddlenlp.__version__,
-        "framework": "paddlepaddle",
-        "framework_version": paddle.__version__,
-        "numpy_version": np.__version__,
-        "python": platform.python_version(),
-        "config": json.dumps(cfg, sort_keys=True),
-        "seed": str(spec["seed"]),
-        "ffn_size": str(ffn),
-        "weights_digest": weights_digest(weights),
-        "weights_stored": "true" if spec["store_weights"] else "false",
-        "cases": json.dumps(meta_cases),
-    }
+    producer = {"reference": "paddle", "library": "paddlenlp", "library_version": paddlenlp.__version__,
+                "framework": "paddlepaddle", "framework_version": paddle.__version__}  # fmt: skip
+    meta = metadata(producer, spec, ffn, weights_digest(weights), meta_cases)
     for k, v in tensors.items():
         assert v.dtype in (np.int64, np.float32) and v.flags["C_CONTIGUOUS"], (k, v.dtype)
     path = OUT_DIR / f"paddle-{tag}.safetensors"
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(path), metadata=meta)
     canonicalize_header(path)
     path.chmod(0o644)
     with safe_open(str(path), "np") as f:  # re-read: the canonical header must load to the same content
-        assert f.metadata() == metadata and sorted(f.keys()) == sorted(tensors)
+        assert f.metadata() == meta and sorted(f.keys()) == sorted(tensors)
         for k in tensors:
             assert np.array_equal(f.get_tensor(k), tensors[k]), k
     size = path.stat().st_size
     print(
         f"{path.relative_to(ROOT)}: {size / 1e6:.3f} MB, {len(meta_cases)} cases, {len(tensors)} tensors, "
-        f"ffn {ffn}, digest {metadata['weights_digest'][:12]}"
+        f"ffn {ffn}, digest {meta['weights_digest'][:12]}"
     )
     return size
 

@@ -1,8 +1,9 @@
 # Write tests/fixtures/tokenizer/goldens_hf.jsonl.gz with HF transformers' ErnieMTokenizer (4.46.3).
 #
-# Run from the repository root inside the HF reference environment (after `make_tokenizer_fixtures.py lines`):
+# Run from the repository root inside the HF reference environment, after
+# `scripts/data/make_tokenizer_fixtures.py lines`:
 #
-#     .venv-ref-hf/bin/python scripts/make_tokenizer_fixtures_hf.py
+#     .venv-ref-hf/bin/python scripts/reference/make_tokenizer_fixtures_hf.py
 #
 # Records (one JSON object per line):
 #   {"kind": "meta", ...versions...}
@@ -10,21 +11,17 @@
 #    "decode": str, "decode_skip": str}          or {"kind": "line", ..., "error": "IndexError: ..."}
 #   {"kind": "case", "model": ..., "name": ..., "output": {key: value}}   or  {..., "error": "..."}
 
-import gzip
-import json
 import logging
 import platform
 import sys
 import warnings
-from pathlib import Path
 
 import sentencepiece
 import torch
 import transformers
+from make_tokenizer_fixtures_common import FIX, MODELS, case_records, line_record, read_inputs, write_records
 from transformers import ErnieMTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-FIX = ROOT / "tests" / "fixtures" / "tokenizer"
 transformers.logging.set_verbosity_error()
 logging.disable(logging.WARNING)
 warnings.simplefilter("ignore")
@@ -34,51 +31,20 @@ def load(model: str, lower: bool) -> ErnieMTokenizer:
     return ErnieMTokenizer.from_pretrained(str(FIX / model), do_lower_case=lower)  # reads model_max_length 512
 
 
-def plain(x):
-    if isinstance(x, dict) or hasattr(x, "keys"):
-        return {k: plain(x[k]) for k in x}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return x
-
-
 def main() -> None:
-    lines = [json.loads(s) for s in (FIX / "lines.jsonl").read_text(encoding="utf-8").split("\n") if s]
-    cases = json.loads((FIX / "cases.json").read_text(encoding="utf-8"))
+    lines, cases = read_inputs()
     recs = [{"kind": "meta", "reference": "hf", "transformers": transformers.__version__, "torch": torch.__version__,
              "sentencepiece": sentencepiece.__version__, "python": platform.python_version(),
              "lines": len(lines), "cases": len(cases)}]  # fmt: skip
     n_err = 0
-    for model in ("bpe", "unigram"):
+    for model in MODELS:
         for lower in (False, True):
             tok = load(model, lower)
             for i, s in enumerate(lines):
-                r = {"kind": "line", "model": model, "lower": lower, "i": i}
-                try:
-                    toks = tok.tokenize(s)
-                    ids = tok.convert_tokens_to_ids(toks)
-                    full = tok.build_inputs_with_special_tokens(ids)
-                    r.update(tokens=toks, ids=ids, decode=tok.decode(full),
-                             decode_skip=tok.decode(full, skip_special_tokens=True))  # fmt: skip
-                except Exception as e:  # noqa: BLE001  (the reference's own failure is part of the golden)
-                    r["error"] = f"{type(e).__name__}: {e}"
-                    n_err += 1
-                recs.append(r)
-        tok = load(model, False)
-        for c in cases:
-            if "hf" not in c["flavors"]:
-                continue
-            r = {"kind": "case", "model": model, "name": c["name"]}
-            try:
-                r["output"] = plain(tok(c["text"], c["text_pair"], **c["kwargs"]))
-            except Exception as e:  # noqa: BLE001
-                r["error"] = f"{type(e).__name__}: {e}"
-            recs.append(r)
-    with gzip.GzipFile(FIX / "goldens_hf.jsonl.gz", "wb", mtime=0) as f:
-        for r in recs:
-            f.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
+                recs.append(line_record(tok, model, lower, i, s))
+                n_err += "error" in recs[-1]
+        recs += case_records(load(model, False), model, cases, "hf")
+    write_records("goldens_hf.jsonl.gz", recs)
     print(f"goldens_hf.jsonl.gz: {len(recs)} records ({n_err} lines where HF raises)")
 
 

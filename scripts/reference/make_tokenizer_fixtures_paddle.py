@@ -1,33 +1,31 @@
 # Write tests/fixtures/tokenizer/goldens_paddle.jsonl.gz and special_text_paddle.json with PaddleNLP's
 # ErnieMTokenizer (2.8.1, paddle 2.6.2).
 #
-# Run from the repository root inside the Paddle reference environment (after `make_tokenizer_fixtures.py lines`):
+# Run from the repository root inside the Paddle reference environment, after
+# `scripts/data/make_tokenizer_fixtures.py lines`:
 #
-#     .venv-ref-paddle/bin/python scripts/make_tokenizer_fixtures_paddle.py
-#     .venv-ref-paddle/bin/python scripts/make_tokenizer_fixtures_paddle.py --special-text-only
+#     .venv-ref-paddle/bin/python scripts/reference/make_tokenizer_fixtures_paddle.py
+#     .venv-ref-paddle/bin/python scripts/reference/make_tokenizer_fixtures_paddle.py --special-text-only
 #
 # goldens_paddle.jsonl.gz: records as in make_tokenizer_fixtures_hf.py, and each "line" record also has "offsets"
 # (get_offset_mapping) or "offsets_error" when PaddleNLP raises there.
 # special_text_paddle.json: texts holding special-token strings ("[SEP] inside [CLS] text") per model and
 # do_lower_case: tokenize, the input_ids of a call, get_offset_mapping (or its error), and the tokens of a
 # directly constructed tokenizer. --special-text-only writes just this file.
-import gzip
 import json
 import logging
 import platform
 import sys
 import warnings
-from pathlib import Path
 
 import aiohttp  # noqa: F401  -- must come before paddle (paddle 2.6.2's zlib breaks aiohttp)
 import paddle
 import paddlenlp
 import sentencepiece
+from make_tokenizer_fixtures_common import FIX, MODELS, case_records, line_record, plain, read_inputs, write_records
 from paddlenlp.transformers import ErnieMTokenizer
 from paddlenlp.utils.log import logger as pd_logger
 
-ROOT = Path(__file__).resolve().parents[1]
-FIX = ROOT / "tests" / "fixtures" / "tokenizer"
 logging.disable(logging.WARNING)
 warnings.simplefilter("ignore")
 pd_logger.disable() if hasattr(pd_logger, "disable") else None
@@ -38,16 +36,6 @@ def load(model: str, lower: bool) -> ErnieMTokenizer:
     # no-split tokens (sanitize_special_tokens); a directly constructed PaddleNLP ErnieMTokenizer lets
     # SentencePiece cut "[SEP]" in a text into "[", "S", "E", "P", "]".
     return ErnieMTokenizer.from_pretrained(str(FIX / model), do_lower_case=lower)
-
-
-def plain(x):
-    if isinstance(x, dict) or hasattr(x, "keys"):
-        return {k: plain(x[k]) for k in x}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return x
 
 
 # Special-token strings inside text: alone, glued to words, repeated, in another case, broken, full-width,
@@ -64,7 +52,7 @@ SPECIAL_TEXTS = [
 def special_text(meta: dict) -> None:
     """special_text_paddle.json: how PaddleNLP tokenizes special-token strings that occur in the text."""
     recs = []
-    for model in ("bpe", "unigram"):
+    for model in MODELS:
         for lower in (False, True):
             tok = load(model, lower)
             direct = ErnieMTokenizer(vocab_file=str(FIX / model / "vocab.txt"),
@@ -80,7 +68,7 @@ def special_text(meta: dict) -> None:
                 r["direct_tokens"] = direct.tokenize(s)
                 recs.append(r)
     out = {
-        "note": "Written by `.venv-ref-paddle/bin/python scripts/make_tokenizer_fixtures_paddle.py "
+        "note": "Written by `.venv-ref-paddle/bin/python scripts/reference/make_tokenizer_fixtures_paddle.py "
         "--special-text-only` (or a full run of that script). tokens = tokenize(text), input_ids = "
         "tokenizer(text)['input_ids'], offsets = get_offset_mapping(text) (offsets_error where it raises), for "
         "ErnieMTokenizer.from_pretrained(<model dir>, do_lower_case=lower); direct_tokens = tokenize(text) of "
@@ -102,45 +90,25 @@ def main() -> None:
     special_text(meta)
     if "--special-text-only" in sys.argv[1:]:
         return
-    lines = [json.loads(s) for s in (FIX / "lines.jsonl").read_text(encoding="utf-8").split("\n") if s]
-    cases = json.loads((FIX / "cases.json").read_text(encoding="utf-8"))
+    lines, cases = read_inputs()
     recs = [{"kind": "meta", "reference": "paddle", "paddlenlp": paddlenlp.__version__, "paddle": paddle.__version__,
              "sentencepiece": sentencepiece.__version__, "python": platform.python_version(),
              "lines": len(lines), "cases": len(cases)}]  # fmt: skip
     n_err = n_off = 0
-    for model in ("bpe", "unigram"):
+    for model in MODELS:
         for lower in (False, True):
             tok = load(model, lower)
             for i, s in enumerate(lines):
-                r = {"kind": "line", "model": model, "lower": lower, "i": i}
-                try:
-                    toks = tok.tokenize(s)
-                    ids = tok.convert_tokens_to_ids(toks)
-                    full = tok.build_inputs_with_special_tokens(ids)
-                    r.update(tokens=toks, ids=ids, decode=tok.decode(full),
-                             decode_skip=tok.decode(full, skip_special_tokens=True))  # fmt: skip
-                except Exception as e:  # noqa: BLE001  (the reference's own failure is part of the golden)
-                    r["error"] = f"{type(e).__name__}: {e}"
-                    n_err += 1
+                r = line_record(tok, model, lower, i, s)
+                n_err += "error" in r
                 try:
                     r["offsets"] = [list(o) for o in tok.get_offset_mapping(s)]
                 except Exception as e:  # noqa: BLE001
                     r["offsets_error"] = f"{type(e).__name__}: {e}"
                     n_off += 1
                 recs.append(r)
-        tok = load(model, False)
-        for c in cases:
-            if "paddle" not in c["flavors"]:
-                continue
-            r = {"kind": "case", "model": model, "name": c["name"]}
-            try:
-                r["output"] = plain(tok(c["text"], c["text_pair"], **c["kwargs"]))
-            except Exception as e:  # noqa: BLE001
-                r["error"] = f"{type(e).__name__}: {e}"
-            recs.append(r)
-    with gzip.GzipFile(FIX / "goldens_paddle.jsonl.gz", "wb", mtime=0) as f:
-        for r in recs:
-            f.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
+        recs += case_records(load(model, False), model, cases, "paddle")
+    write_records("goldens_paddle.jsonl.gz", recs)
     print(
         f"goldens_paddle.jsonl.gz: {len(recs)} records ({n_err} lines where tokenize raises, "
         f"{n_off} where get_offset_mapping raises)"

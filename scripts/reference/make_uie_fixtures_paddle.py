@@ -4,7 +4,7 @@ import aiohttp, datasets  # noqa: E401,F401,I001  -- must come before paddle (pa
 #
 # Run from the repository root inside the Paddle reference environment:
 #
-#     .venv-ref-paddle/bin/python scripts/make_uie_fixtures_paddle.py
+#     .venv-ref-paddle/bin/python scripts/reference/make_uie_fixtures_paddle.py
 #
 # What it writes:
 #
@@ -41,7 +41,7 @@ from paddlenlp import Taskflow
 from paddlenlp.taskflow import information_extraction as ie_module
 from paddlenlp.transformers import UIEM, ErnieMConfig, ErnieMTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "uie"
 MODEL_DIR = OUT / "tiny-uiem"
 TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "tokenizer" / "unigram"
@@ -208,7 +208,7 @@ def main() -> None:
             out_cases.append(dict(case, result=to_json(result), decoded=recorder.calls))
     meta = dict(
         format="erniem-np-uie-taskflow/1",
-        made_by="scripts/make_uie_fixtures_paddle.py",
+        made_by="scripts/reference/make_uie_fixtures_paddle.py",
         paddlenlp=paddlenlp.__version__,
         paddle=paddle.__version__,
         model="tiny-uiem",

