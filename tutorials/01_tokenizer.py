@@ -108,11 +108,21 @@ print(f"post_split == split_piece on all {len(all_pieces):,} pieces of the model
 # %% [markdown]
 # ## Step 3: tokens become ids through `vocab.txt`, then special tokens go around them
 #
-# The id of a token is its line number in `vocab.txt` (an unknown token gets `[UNK]`). ERNIE-M's file starts
-# with `[CLS] [PAD] [SEP] [UNK]` = 0, 1, 2, 3, and ends with `[MASK]`. A single text becomes
-# `[CLS] A [SEP]`; a pair becomes `[CLS] A [SEP] [SEP] B [SEP]` (two separators in the middle, as in
-# XLM-R). There are no token type embeddings in the model, so the segments are told apart only by the
-# separators.
+# The id of a token is its line number in `vocab.txt`, counted from 0 (`docs/reference.md#t1-vocabulary-and-ids`):
+#
+# $$\mathrm{id}(t) = \begin{cases} n & \text{if line } n \text{ of vocab.txt is } t \\ \mathrm{id}(\texttt{[UNK]}) = 3
+# & \text{if no line is } t \end{cases}$$
+#
+# ERNIE-M's file starts with `[CLS] [PAD] [SEP] [UNK]` = 0, 1, 2, 3, and ends with `[MASK]`. Special tokens go
+# around the ids of the text's tokens $A$ (and of a second text's, $B$); $\Vert$ joins lists:
+#
+# $$\texttt{[CLS]} \Vert A \Vert \texttt{[SEP]} \quad (|A| + 2 \text{ ids}), \qquad
+# \texttt{[CLS]} \Vert A \Vert \texttt{[SEP]}\,\texttt{[SEP]} \Vert B \Vert \texttt{[SEP]} \quad
+# (|A| + |B| + 4 \text{ ids})$$
+#
+# (two separators in the middle, as in XLM-R). There are no token type embeddings in the model, so the
+# segments are told apart only by the separators; the `token_type_ids` a tokenizer returns when asked,
+# $[0]^{|A| + 1} \Vert [1]^{|B| + 3}$, already count the first `[SEP]` in segment 1, and nothing reads them.
 
 # %%
 tok = ErnieMTokenizer.from_pretrained(TOKENIZER_DIR, flavor="paddle")
@@ -128,8 +138,10 @@ ids_by_hand = (
     + [vocab_lines.index(t) if t in vocab_lines else vocab_lines.index("[UNK]") for t in tokens_b]
     + [vocab_lines.index("[SEP]")]
 )
-enc = tok(text, pair)
+enc = tok(text, pair, return_token_type_ids=True)
 assert enc["input_ids"] == ids_by_hand, (enc["input_ids"], ids_by_hand)
+assert len(enc["input_ids"]) == len(tokens_a) + len(tokens_b) + 4
+assert enc["token_type_ids"] == [0] * (len(tokens_a) + 1) + [1] * (len(tokens_b) + 3)
 print(tok.convert_ids_to_tokens(enc["input_ids"]))
 print(enc["input_ids"])
 
@@ -182,9 +194,14 @@ print("the flavors differ exactly by HF's kept lone '▁' tokens on these texts"
 # because it never defines `SP_CHAR_MAPPING`). PaddleNLP's method, which the package follows in
 # `ErnieMTokenizer._offsets`:
 #
-# 1. normalise the text one character at a time (full-width ASCII via `SP_CHAR_MAPPING`, else NFKC), drop
-#    whitespace, and remember for each normalised character where it came from;
-# 2. find each token (without its `▁`) in that normalised text, from a cursor that only moves forward.
+# 1. normalise the text one character at a time, dropping whitespace, and remember for each normalised
+#    character $k$ the index $\sigma(k)$ of the source character it came from. A full-width character
+#    U+FF01..U+FF5D becomes its ASCII twin, $c \mapsto c - \text{0xFEE0}$ (`SP_CHAR_MAPPING`; `～`, U+FF5E,
+#    stays); every other character goes through NFKC;
+# 2. find each token (without its `▁`) in that normalised text, from a cursor that only moves forward. A token
+#    found at normalised positions $a \dots b - 1$ covers the source characters
+#
+# $$\mathrm{span} = \big(\sigma(a),\ \sigma(b - 1) + 1\big) \qquad \text{(end exclusive)}.$$
 
 # %%
 text = "Ｈｅｌｌｏ，世界! ERNIE-M  reads ½"
@@ -232,8 +249,9 @@ assert enc["offset_mapping"][0] == (0, 0) and enc["offset_mapping"][-1] == (0, 0
 # ## How many tokens does a character cost, per language?
 #
 # The post-split rule makes every CJK character a token, whatever the SentencePiece model learnt. The figure
-# shows tokens per character over the multilingual corpus the fixture model was trained on (the dialogs of
-# `chatterbot-corpus`, plus the project's own lines). Before drawing it we check what it should show: for the
+# shows the tokens per character, $r = N_{tokens} / N_{chars}$ (special tokens and spaces not counted), over the
+# multilingual corpus the fixture model was trained on (the dialogs of `chatterbot-corpus`, plus the project's
+# own lines). Before drawing it we check what it should show: for the
 # Chinese lines, there are at least as many tokens as CJK characters.
 
 # %%
@@ -273,4 +291,50 @@ print({k: round(v, 2) for k, v in sorted(ratio.items(), key=lambda kv: kv[1])})
 # A real ERNIE-M model has 250,000 pieces, so most words of most languages are one or two pieces and the
 # ratios are lower than with this 4,000-piece model; the CJK rule does not change: one token per character.
 #
+# ## Exercises
+#
+# 1. **Count without running.** How many tokens does `我爱北京天安门。` become, with any SentencePiece model?
+#    How many ids does `tok("我爱北京天安门。", "Hello world")` hold, given that this model cuts `Hello world`
+#    into 6 tokens?
+# 2. **Truncating a pair.** With `max_length=12, truncation=True` (`longest_first`: remove one token at a time
+#    from the end of the longer text, from the second on a tie), how many tokens of each text survive in
+#    `tok("我爱北京天安门。", "Hello world", ...)`? Write the rule out and check it against the tokenizer.
+# 3. **Offsets.** Which characters of `Ｈｅｌｌｏ，世界` do the tokens `,` and `世` cover, and why does `,` lead
+#    back to the full-width comma?
+
+# %% [markdown]
+# ### Answers
+#
+# (Spoilers: the next cell is collapsed in Jupyter; it asserts them.)
+
+# %% jupyter={"source_hidden": true} tags=["answers"]
+# 1. The post-split makes each of the 7 CJK characters and the "。" a token of its own (the "▁" in front of the
+#    first one is dropped): 8 tokens whatever the pieces, and 8 + 6 + 4 = 18 ids for the pair.
+a_text, b_text = "我爱北京天安门。", "Hello world"
+assert tok.tokenize(a_text) == list(a_text) and hf.tokenize(a_text) == list(a_text)
+assert len(tok.tokenize(b_text)) == 6 and len(tok(a_text, b_text)["input_ids"]) == 8 + 6 + 4 == 18
+print("1.", tok.tokenize(a_text), "-> 8 tokens; the pair holds 18 ids")
+
+# 2. longest_first, by hand: 8 + 6 + 4 = 18 ids, 6 too many.
+n_a, n_b = len(tok.tokenize(a_text)), len(tok.tokenize(b_text))
+while n_a + n_b + 4 > 12:
+    if n_a > n_b:
+        n_a -= 1
+    else:  # the second text gives a token on a tie
+        n_b -= 1
+cut = tok(a_text, b_text, max_length=12, truncation=True)["input_ids"]
+ids_a, ids_b = tok.convert_tokens_to_ids(tok.tokenize(a_text)), tok.convert_tokens_to_ids(tok.tokenize(b_text))
+assert cut == [0, *ids_a[:n_a], 2, 2, *ids_b[:n_b], 2], tok.convert_ids_to_tokens(cut)
+print(f"2. {n_a} tokens of the first text and {n_b} of the second survive:", tok.convert_ids_to_tokens(cut))
+assert (n_a, n_b) == (4, 4)
+
+# 3. "，" (U+FF0C) normalises to "," (U+FF0C - 0xFEE0 = U+002C) at normalised position 5, whose source is
+#    character 5; "世" is character 6.
+hello = "Ｈｅｌｌｏ，世界"
+spans = dict(zip(tok.tokenize(hello), tok.get_offset_mapping(hello), strict=True))
+assert SP_CHAR_MAPPING["，"] == "," == chr(ord("，") - 0xFEE0)
+assert spans[","] == (5, 6) and hello[5] == "，" and spans["世"] == (6, 7)
+print("3. ',' covers", spans[","], repr(hello[5:6]), "and '世' covers", spans["世"])
+
+# %% [markdown]
 # **Next:** chapter 2 turns ids into vectors.

@@ -21,6 +21,14 @@
 # the position table for each place in the sequence, then a LayerNorm. ErnieM has no token-type (segment)
 # embedding, unlike BERT. We use the bundled language-identification model (`erniem_np/data/langid`: hidden
 # size 128, a 130-row position table), trained with HF transformers, so its tables hold learnt values.
+#
+# The whole layer (`docs/reference.md#m2-embeddings`), for ids and 0-based positions of shape $[B, L]$:
+#
+# $$E = \mathrm{LN}\big(W_{word}[\mathrm{ids}] + W_{pos}[\mathrm{pos} + 2]\big) \in \mathbb{R}^{B \times L \times H}$$
+#
+# with $W_{word}$ = `embeddings.word_embeddings.weight` $[V, H]$, $W_{pos}$ =
+# `embeddings.position_embeddings.weight` $[T, H]$, and $\mathrm{LN}$ = `embeddings.layer_norm`. Dropout
+# follows in training; at inference it is the identity.
 
 # %%
 import os
@@ -34,6 +42,7 @@ import numpy as np
 
 from erniem_np import ErnieMModel, ErnieMTokenizer
 from erniem_np.layers import POSITION_OFFSET, default_position_ids, embeddings, layer_norm
+from erniem_np.parity import BUNDLE_DIR, compare_bundles, load_bundle, make_bundle
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "erniem_np").is_dir() and (p / "tutorials").is_dir())
 FIGURES = Path(os.environ.get("TUTORIAL_FIGURES", ROOT / "tutorials" / "figures"))
@@ -50,8 +59,17 @@ print("word table", word_table.shape, "position table", position_table.shape)
 # %% [markdown]
 # ## By hand
 #
-# For `Hello world`: the ids; positions 0, 1, 2, ...; and then the quirk: both references read the position
-# table at **position + 2**. Then LayerNorm over the hidden axis with eps 1e-5.
+# For `Hello world`: the ids; positions $\mathrm{pos}_{b,j} = P + j$ ($j = 0 \dots L-1$; $P$ is the number of
+# cached positions, 0 without a cache, `layers.default_position_ids`); and then the quirk: both references read
+# the position table at **position + 2**. Then LayerNorm over the hidden axis, per token:
+#
+# $$\mathrm{LN}(x) = \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}} \odot \gamma + \beta, \qquad
+# \mu = \frac{1}{H}\sum_{i=1}^{H} x_i, \qquad \sigma^2 = \frac{1}{H}\sum_{i=1}^{H} (x_i - \mu)^2, \qquad
+# \varepsilon = 10^{-5}$$
+#
+# $\gamma$ = `embeddings.layer_norm.weight`, $\beta$ = `embeddings.layer_norm.bias`, both $[H]$. The variance is
+# the biased one (divided by $H$, not $H - 1$), as torch and Paddle compute it; $\varepsilon$ is
+# `config.layer_norm_eps`, $10^{-5}$ in both references (BERT uses $10^{-12}$).
 
 # %%
 ids = np.array(tok(["Hello world"])["input_ids"])  # [B, L]
@@ -79,7 +97,8 @@ print("embeddings by hand == layers.embeddings == hidden_states[0]")
 # ERNIE-M keeps that table (rows 0 and 1 are never read by default), and the HF port reproduces it by adding 2
 # to every position id, "to mimic paddlenlp implementation". Two consequences:
 #
-# * the usable length is the table size minus 2: 512 tokens for ErnieM-base's 514 rows, 128 here;
+# * the usable length is the table size minus 2, $L_{max} = T - 2$: 512 tokens for ErnieM-base's 514 rows, 128
+#   here (and position ids a caller passes must lie in $[-2, T - 2)$, so that row $\mathrm{pos} + 2$ exists);
 # * rows 0 and 1 of a model trained this way were never read. In this model (trained with HF, which creates
 #   the position table with `padding_idx=1`), row 1 is exactly zero and row 0 still holds its random
 #   initialisation.
@@ -143,6 +162,66 @@ fig.tight_layout()
 fig.savefig(FIGURES / "02_missing_offset_error.png", dpi=100)
 
 # %% [markdown]
-# The parity toolkit (chapter 7) names this bug when it sees it: the first probe that diverges is `emb.out`.
+# ## Exercises
 #
+# 1. **Rows 0 and 1.** Which `position_ids` make the model read rows 0 and 1 of the position table, the rows
+#    it never reads by default? What does the model do with a position id of $-3$?
+# 2. **Drop the +2.** A port reads row $\mathrm{pos}$ instead of $\mathrm{pos} + 2$. Run it against the shipped
+#    golden bundle `tiny.hf` (chapter 4 introduces bundles; `erniem_np/parity/`, `compare_bundles`): which
+#    probe diverges first, by how much, and what does the comparator suggest? Hint: to this package, such a port
+#    is a model whose position table is shifted down by two rows, $W'_{pos}[r] = W_{pos}[r - 2]$.
+# 3. **BERT's epsilon.** Another port uses $\varepsilon = 10^{-12}$ in every LayerNorm. Which probe diverges
+#    first? How does the comparator tell this bug from the missing offset, which diverges at the same probe?
+#    Derive the size of the error from the LayerNorm formula and check it against the comparator's number.
+
+# %% [markdown]
+# ### Answers
+#
+# (Spoilers: the next cell is collapsed in Jupyter; it asserts them.)
+
+# %% jupyter={"source_hidden": true} tags=["answers"]
+# 1. Position ids -2 and -1 read rows 0 and 1 (the model adds 2); -3 would read row -1, which does not exist.
+two = ids[:, :2]  # [1, 2]: [CLS] and the first token
+rows_01 = embeddings(two, np.array([[-2, -1]]), **params, eps=1e-5)
+assert np.allclose(rows_01, layer_norm(word_table[two] + position_table[[0, 1]], *ln, 1e-5), atol=1e-6)
+try:
+    model(input_ids=two, position_ids=np.array([[-3, 0]]))
+except ValueError as e:
+    print("1. position ids -2, -1 read rows 0, 1; -3 is refused:", e)
+else:
+    raise AssertionError("position id -3 must be refused")
+
+# 2. The port without the offset, as a model with the shifted table, recorded probe by probe.
+bundle = load_bundle(BUNDLE_DIR / "tiny.hf.safetensors")
+cases = [{"name": c, **bundle.inputs(c)} for c in bundle.case_names()]
+weights = bundle.weights()
+table = weights["embeddings.position_embeddings.weight"]  # [T, H]
+shifted = dict(weights)
+shifted["embeddings.position_embeddings.weight"] = np.concatenate([np.zeros_like(table[:2]), table[:-2]])
+no_offset, _ = make_bundle(bundle.config(), shifted, cases)
+report = compare_bundles(bundle, no_offset)
+first = report.first_divergence
+print(f"2. first diverging probe {first.probe}, max |error| {first.stats['max_abs']:.2f}; hint: {report.hints[0]}")
+assert first.probe == "emb.out" and first.stats["max_abs"] > 0.1 and "+2 position offset" in report.hints[0]
+
+# 3. BERT's epsilon: the same first probe, an error about a thousand times smaller, a different hint.
+bert_eps, _ = make_bundle(bundle.config().replace(layer_norm_eps=1e-12), weights, cases)
+report = compare_bundles(bundle, bert_eps)
+first = report.first_divergence
+print(f"3. first diverging probe {first.probe}, max |error| {first.stats['max_abs']:.1e}; hint: {report.hints[0]}")
+assert first.probe == "emb.out" and 5e-5 < first.stats["max_abs"] < 0.1 and "eps" in report.hints[0]
+# From the formula: LN_a(x) - LN_b(x) = (x - mu) * gamma * (1/sqrt(var + eps_a) - 1/sqrt(var + eps_b)).
+inputs = bundle.inputs(first.case)
+x = weights["embeddings.word_embeddings.weight"][inputs["input_ids"]]
+x = x + table[inputs["position_ids"] + POSITION_OFFSET]  # [B, L, H]
+mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)  # np.var is the biased variance
+gamma = weights["embeddings.layer_norm.weight"]
+predicted = np.abs((x - mu) * gamma * (1 / np.sqrt(var + 1e-5) - 1 / np.sqrt(var + 1e-12)))
+valid = inputs["attention_mask"].astype(bool)  # the comparator looks at real tokens only
+print(f"   the tables are small (variance of x about {var.mean():.4f}), so eps moves the output by about "
+      f"eps / (2 var) = {1e-5 / (2 * var.mean()):.0e} of its size;"
+      f" predicted max |error| {predicted[valid].max():.1e}")  # fmt: skip
+assert np.isclose(predicted[valid].max(), first.stats["max_abs"], rtol=1e-2)
+
+# %% [markdown]
 # **Next:** chapter 3, attention.

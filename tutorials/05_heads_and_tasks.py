@@ -61,8 +61,14 @@ def softmax(x, axis=-1):
 # ## Sequence classification: the pooler, then one Linear layer
 #
 # `ErnieMForSequenceClassification` reads the final state of the first token (`[CLS]`), passes it through the
-# pooler (`tanh(dense(h[:, 0]))`, chapter 4) and one Linear layer, `classifier`, to one logit per label. The
-# bundled demo model does this for 31 languages (`erniem-np demo` runs it).
+# pooler (chapter 4) and one Linear layer, `classifier`, to one logit per label
+# (`docs/reference.md#m8-heads-and-losses`; dropout before `classifier` is the identity at inference):
+#
+# $$p = \tanh\big(h_{:,0}\, W_d^\top + b_d\big) \in [B, H], \qquad z = p\, W_c^\top + b_c \in [B, N], \qquad
+# P(c \mid \text{text}) = \mathrm{softmax}(z)_c = \frac{e^{z_c}}{\sum_{c'} e^{z_{c'}}}$$
+#
+# with $h$ the last hidden states, $W_d$ = `ernie_m.pooler.dense.weight` $[H, H]$ and $W_c$ = `classifier.weight`
+# $[N, H]$ ($N$ labels). The bundled demo model does this for 31 languages (`erniem-np demo` runs it).
 
 # %%
 model = ErnieMForSequenceClassification.from_pretrained(LANGID)
@@ -92,7 +98,16 @@ for text, p in zip(texts, probs, strict=True):
 
 # %% [markdown]
 # The `Classifier` pipeline does the same, in the output shape of HF's text-classification pipeline (softmax
-# unless the config says multi-label or regression):
+# unless the config says multi-label or regression).
+#
+# Given labels $y_i$, the head's loss is the mean cross-entropy over the labels that are not the ignore index
+# $-100$ (`layers.cross_entropy`, computed with a max-subtracted log-sum-exp):
+#
+# $$\mathcal{L} = \frac{1}{|K|} \sum_{i \in K} \Big(\log \sum_{c} e^{z_{i,c}} - z_{i, y_i}\Big), \qquad
+# K = \{\, i : y_i \ne -100 \,\}.$$
+#
+# With one label ($N = 1$) it is the mean squared error instead, and with float multi-hot labels the mean binary
+# cross-entropy with logits, $\max(z, 0) - z y + \log(1 + e^{-|z|})$ (`problem_type`, inferred as HF does).
 
 # %%
 clf = Classifier(str(LANGID))
@@ -105,11 +120,22 @@ print(results)
 # ## Extractive question answering: two logits per token, then the best span
 #
 # `ErnieMForQuestionAnswering` has a Linear layer `qa_outputs` from each token's state to two numbers: how
-# likely the answer starts here, how likely it ends here. The input is `[CLS] question [SEP] [SEP] context
-# [SEP]`. Decoding (HF's `question-answering` pipeline, which `QuestionAnswerer` follows): softmax the start
-# and end logits over the tokens that may hold an answer (the context, and `[CLS]` for "no answer"), and pick
-# the span `s <= e < s + max_answer_len` with the largest `p_start[s] * p_end[e]`; the tokenizer's offsets map
-# it back to characters.
+# likely the answer starts here, how likely it ends here (no pooler, no dropout):
+#
+# $$\big[z^{s}_{b,j},\ z^{e}_{b,j}\big] = h_{b,j}\, W_{qa}^\top + b_{qa}, \qquad W_{qa} = \texttt{qa\_outputs.weight}
+# \ [2, H]$$
+#
+# The input is `[CLS] question [SEP] [SEP] context [SEP]`. Decoding (HF's `question-answering` pipeline, which
+# `QuestionAnswerer` follows): the logits of tokens that cannot hold an answer are replaced by $-10^4$ (all but
+# the context and `[CLS]`, which stands for "no answer"), each row is softmaxed, and the span with the largest
+# product wins:
+#
+# $$p^{s} = \mathrm{softmax}(\tilde z^{s}), \quad p^{e} = \mathrm{softmax}(\tilde z^{e}), \qquad
+# (\hat s, \hat e) = \operatorname*{arg\,max}_{s \le e < s + \ell_{max}} p^{s}_{s}\, p^{e}_{e};$$
+#
+# the tokenizer's offsets map it back to characters. Training averages two cross-entropies,
+# $\mathcal{L} = \tfrac{1}{2}\big(\mathrm{CE}(z^{s}, s^{*}) + \mathrm{CE}(z^{e}, e^{*})\big)$, with the gold
+# positions clamped to $[0, L]$ and $L$ as the ignore index (exercise 2).
 #
 # No QA model is bundled, so we build one with random weights (its answers are arbitrary; the decoding is
 # what we check).
@@ -117,8 +143,8 @@ print(results)
 # %%
 workdir = Path(tempfile.mkdtemp())
 fixture_tokenizer = ROOT / "tests" / "fixtures" / "tokenizer" / "bpe"
-config = dict(vocab_size=4002, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-              intermediate_size=64, max_position_embeddings=130)  # fmt: skip
+config = {"vocab_size": 4002, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "intermediate_size": 64, "max_position_embeddings": 130}  # fmt: skip
 qa_dir = workdir / "qa"
 ErnieMForQuestionAnswering(
     ErnieMConfig(**config, num_labels=2), split_head(random_weights(config, 12), "qa")
@@ -172,7 +198,14 @@ fig.savefig(FIGURES / "05_qa_span_scores.png", dpi=100)
 # question: given a prompt (a schema name such as `人物`, "person") and a text, which spans of the text answer
 # it? Its head, `ErnieMForInformationExtraction`, has two Linear layers from each token's state to one number,
 # `linear_start` and `linear_end`, each through a sigmoid: independent per-token probabilities, so a text may
-# hold several answers, or none.
+# hold several answers, or none (`docs/reference.md#u1-uie-m-inputs-and-outputs`):
+#
+# $$p^{start}_{b,j} = \sigma\big(h_{b,j}\, w_{start}^\top + b_{start}\big), \qquad
+# p^{end}_{b,j} = \sigma\big(h_{b,j}\, w_{end}^\top + b_{end}\big), \qquad \sigma(z) = \frac{1}{1 + e^{-z}}$$
+#
+# with $w_{start}$ = `linear_start.weight` $[1, H]$, $b_{start}$ = `linear_start.bias` $[1]$, and likewise
+# `linear_end`. (HF's class returns the logits before the sigmoid, PaddleNLP's `UIEM` the probabilities; the
+# package returns both, `start_logits` and `start_prob`.)
 #
 # We follow one text through `Extractor` step by step, on the small random UIE-M checkpoint of the test suite
 # (`tests/fixtures/uie/tiny-uiem`, PaddleNLP layout); its answers are noise, but every step is the real one.
@@ -197,7 +230,8 @@ print(position_ids[0])
 assert len(input_ids[0]) == 32 and position_ids[0][-1] == 0
 
 # %% [markdown]
-# **Step 2: the model.** Start and end probabilities per token, re-derived from the last hidden states:
+# **Step 2: the model.** Start and end probabilities per token, $\sigma(h\, w^\top + b)$, re-derived from the last
+# hidden states:
 
 # %%
 ids, pos = np.array(input_ids), np.array(position_ids)
@@ -223,10 +257,11 @@ fig.tight_layout()
 fig.savefig(FIGURES / "05_uie_probabilities.png", dpi=100)
 
 # %% [markdown]
-# **Step 3: threshold, then pair starts with ends.** Every position above `position_prob` (0.5, strictly) is a
-# candidate start or end. Taskflow's `get_span` pairs them with two pointers; what it computes, said
-# directly: each end takes the *nearest* start at or before it, among the starts after the previous end
-# (QUIRK: the earlier starts in that stretch are dropped). Our direct version must give the same pairs:
+# **Step 3: threshold, then pair starts with ends.** Every position whose probability is strictly above
+# `position_prob` ($p > 0.5$) is a candidate start or end. Taskflow's `get_span` pairs them with two pointers;
+# what it computes, said directly: each end takes the *nearest* start at or before it, among the starts after
+# the previous end (QUIRK: the earlier starts in that stretch are dropped). Our direct version must give the
+# same pairs:
 
 # %%
 start_ids = extract.get_bool_ids_greater_than(out.start_prob[0], 0.5)
@@ -253,7 +288,7 @@ print(
 # **Step 4: spans back to characters.** The offsets of the prompt's tokens are shifted below zero, so a span
 # inside the text has its own character offsets, and a span inside the prompt (negative ends) is a
 # classification-style answer: the prompt's own words (how `情感倾向[正向,负向]` schemas answer). A span's
-# probability is `p_start * p_end`.
+# probability is $p^{start}_{s} \cdot p^{end}_{e}$.
 
 # %%
 sentence_ids, probs = extract.get_id_and_prob(spans, [list(o) for o in offsets[0]])
@@ -269,4 +304,74 @@ print(by_hand)
 result = ie(text)[0]
 print(result)
 assert sorted(map(str, result.get("人物", []))) == sorted(map(str, by_hand))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Cross-entropy by hand.** The four texts above are English, Spanish, German and Chinese. Compute the
+#    language-ID model's loss for those labels from the formula and check it against
+#    `model(..., labels=...).loss`. What is the loss when every label is $-100$, in each flavor?
+# 2. **An answer outside the input.** Give the QA model a gold start position of $L + 5$ (past the input) and a
+#    valid end position. What loss does the `"hf"` flavor report, what does the `"paddle"` flavor report, and
+#    why?
+# 3. **UIE-M and its padding.** Pad the UIE-M input of step 1 to 48 tokens instead of 32 (more `[PAD]`, at
+#    position id 0, as Taskflow pads). Do the start probabilities of the prompt and text tokens change? And with
+#    an `attention_mask` that hides the pads (and `[CLS]`, as Paddle's implicit mask does)?
+
+# %% [markdown]
+# ### Answers
+#
+# (Spoilers: the next cell is collapsed in Jupyter; it asserts them.)
+
+# %% jupyter={"source_hidden": true} tags=["answers"]
+# 1. L = mean over kept labels of (log-sum-exp of the logits - the logit of the label).
+label_ids = np.array([next(k for k, v in labels.items() if v == name) for name in ("en", "es", "de", "zh")])
+enc = tok(texts, padding=True, return_tensors="np")
+z = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits  # [B, N]
+m = z.max(-1, keepdims=True)
+log_z = (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[:, 0]  # [B]
+by_formula = np.mean(log_z - z[np.arange(len(z)), label_ids])
+loss = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=label_ids).loss
+print(f"1. cross-entropy by the formula {by_formula:.6f}, the model's loss {loss:.6f}")
+assert np.isclose(by_formula, loss, atol=1e-5)
+ignored = np.full(len(texts), -100)
+paddle_clf = ErnieMForSequenceClassification.from_pretrained(LANGID, flavor="paddle")
+hf_loss = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=ignored).loss
+paddle_loss = paddle_clf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=ignored).loss
+print(f"   every label ignored: hf {hf_loss}, paddle {paddle_loss} (torch's mean of nothing, Paddle's 0)")
+assert np.isnan(hf_loss) and paddle_loss == 0
+
+# 2. The start position is clamped to L, which is the ignore index: the start side has no label left. Its mean
+#    is NaN in torch (so the total is NaN) and 0 in Paddle (so the total is half the end side's loss).
+ids_qa = np.array([qa_tok(question, context)["input_ids"]])  # [1, L]
+L, end_gold = ids_qa.shape[1], int(e)  # e: the end of the best span found above
+gold = {"start_positions": np.array([L + 5]), "end_positions": np.array([end_gold])}
+hf_qa = qa_model(input_ids=ids_qa, attention_mask=np.ones_like(ids_qa), **gold)
+paddle_qa_model = ErnieMForQuestionAnswering.from_pretrained(qa_dir, flavor="paddle")
+paddle_qa = paddle_qa_model(input_ids=ids_qa, attention_mask=np.ones_like(ids_qa), **gold)
+ze = paddle_qa.end_logits[0]
+end_ce = np.log(np.exp(ze - ze.max()).sum()) + ze.max() - ze[end_gold]
+print(f"2. start past the input: hf loss {hf_qa.loss}, paddle loss {paddle_qa.loss:.6f} "
+      f"= CE(end) / 2 = {end_ce / 2:.6f}")  # fmt: skip
+assert np.isnan(hf_qa.loss) and np.isclose(paddle_qa.loss, end_ce / 2, atol=1e-5)
+
+# 3. Paddle's implicit mask attends the pads, so 16 more of them move every probability; hide them with a mask
+#    and the extra pads change nothing.
+pad = 48 - ids.shape[1]
+ids48 = np.concatenate([ids, np.full((1, pad), ie.tokenizer.pad_token_id)], axis=1)
+pos48 = np.concatenate([pos, np.zeros((1, pad), dtype=pos.dtype)], axis=1)
+real = ids[0] != ie.tokenizer.pad_token_id  # [CLS] prompt [SEP] [SEP] text [SEP]
+moved = np.abs(ie.model(input_ids=ids48, position_ids=pos48).start_prob[0, :32] - out.start_prob[0])[real].max()
+
+
+def hiding_pads(i):
+    return ((i != 0) & (i != ie.tokenizer.pad_token_id)).astype(np.int64)  # [CLS] and [PAD] hidden
+
+
+p32 = ie.model(input_ids=ids, position_ids=pos, attention_mask=hiding_pads(ids)).start_prob[0]
+p48 = ie.model(input_ids=ids48, position_ids=pos48, attention_mask=hiding_pads(ids48)).start_prob[0, :32]
+still = np.abs(p48 - p32)[real].max()
+print(f"3. 16 more pads move the real tokens' start probabilities by up to {moved:.1e} under Paddle's implicit "
+      f"mask, by {still:.1e} with the pads hidden")  # fmt: skip
+assert moved > 1e-4 and still < 1e-6
 shutil.rmtree(workdir)

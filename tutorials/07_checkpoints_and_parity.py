@@ -41,7 +41,7 @@ from erniem_np import ErnieMForSequenceClassification
 from erniem_np.checkpoints import UnsafePickleError, convert_checkpoint, open_checkpoint
 from erniem_np.checkpoints.pdparams_file import read_pdparams
 from erniem_np.cli import main as erniem_np_cli
-from erniem_np.parity import compare_bundles, load_bundle, make_bundle, write_bundle
+from erniem_np.parity import PROFILES, compare_bundles, load_bundle, make_bundle, write_bundle
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "erniem_np").is_dir() and (p / "tutorials").is_dir())
 FIGURES = Path(os.environ.get("TUTORIAL_FIGURES", ROOT / "tutorials" / "figures"))
@@ -68,16 +68,18 @@ for name in [n for n in sorted(hf_raw) if "layers.0.self_attn" in n][:4]:
 #
 # * q/k/v sit directly under `self_attn` in Paddle and one level deeper, `self_attn.self_attn`, in HF
 #   (while `out_proj` stays at `self_attn.out_proj` in both);
-# * Paddle's `nn.Linear` stores its weight `[in, out]` (it computes `x @ W`), torch's `[out, in]` (`x @ W.T`):
-#   every Linear weight is transposed;
+# * Paddle's `nn.Linear` stores its weight `[in, out]` and computes $y = x W_{pd} + b$; torch stores `[out, in]`
+#   and computes $y = x W_{hf}^\top + b$. The same layer therefore has $W_{hf} = W_{pd}^\top$: every Linear
+#   weight is transposed on load (`docs/reference.md#q26-paddle-linear-layout`);
 # * the QA head is `classifier` in Paddle and `qa_outputs` in HF; token classification and QA models keep a
 #   pooler in Paddle that HF's classes do not have; the legacy UIE-M files nest everything under `encoder.`.
 #
 # `open_checkpoint` applies the table; afterwards both files have HF's names and layout (the raw Paddle
 # weight, transposed, is the loaded one). One more quirk shows in the shapes: PaddleNLP builds the FFN
-# `4 * hidden_size` wide whatever the config's `intermediate_size` says (here 96, where HF's config has 37), so
-# the loader takes the FFN width from the weights. (The two fixtures draw their random values from one
-# seeded stream, so the wider FFN also shifts the values after it: the two files are not the same model,
+# $F = 4H$ wide whatever the config's `intermediate_size` says (here $4 \times 24 = 96$, where HF's config has
+# 37), so the loader takes the FFN width from the weights
+# (`docs/reference.md#q4-paddle-ignores-intermediate-size`). (The two fixtures draw their random values from
+# one seeded stream, so the wider FFN also shifts the values after it: the two files are not the same model,
 # each is checked against its own reference below.)
 
 # %%
@@ -128,18 +130,19 @@ assert not (work / "pwned").exists()
 for name in ("paddle-seq_cls", "hf-seq_cls-safetensors", "hf-seq_cls-bin"):
     model = ErnieMForSequenceClassification.from_pretrained(str(FIXTURES / name))
     ref = load_file(str(FIXTURES / name / "reference_outputs.safetensors"))
-    case = sorted({k.split("/")[0] for k in ref})[0]
+    case = min({k.split("/")[0] for k in ref})
     inputs = {k: ref[f"{case}/{k}"] for k in ("input_ids", "attention_mask") if f"{case}/{k}" in ref}
     err = np.abs(model(**inputs).logits - ref[f"{case}/logits"]).max()
     print(f"{name:28} flavor {model.config.flavor:6} max |logits - reference| {err:.1e}")
     assert err < 1e-4
 
 # %% [markdown]
-# ## Convert once, then load in milliseconds
+# ## Convert once, then map the file
 #
 # `convert_checkpoint` (or `erniem-np convert SRC DST`) writes the native layout: `config.json` with the flavor
 # recorded, and `model.safetensors` in HF's names and layout, which later loads are memory-mapped from (no
-# copy: a 1.1 GB ErnieM-base loads in about 0.01 s). It reads the written file back and compares it.
+# copy, no transpose: float32 weights stay views of the file, whose pages are read when first used). It reads
+# the written file back and compares it.
 
 # %%
 out = convert_checkpoint(str(FIXTURES / "paddle-seq_cls"), str(work / "native"))
@@ -163,6 +166,16 @@ assert np.array_equal(native(input_ids=ids).logits, from_paddle(input_ids=ids).l
 # 3. Your port runs the inputs and writes what it computed, `<case>/<probe>`, to a safetensors file (the
 #    four-step writer in `docs/parity-testing.md` works from any language).
 # 4. `erniem-np parity compare ref.safetensors yours.safetensors`.
+#
+# The comparison (`erniem_np/parity/compare.py`, `compare_bundles`) looks at each probe in forward order, on
+# the real tokens only (the reference's `attention_mask`; for attention tensors the real query rows), and
+# accepts it when every element $c$ of the candidate is close to the reference's $r$:
+#
+# $$|c - r| \le \mathrm{atol} + \mathrm{rtol}\, |r|,$$
+#
+# with the $(\mathrm{atol}, \mathrm{rtol})$ of the probe's kind in the profile (`fp32`: hidden states
+# $(5 \times 10^{-5}, 10^{-4})$, attention probabilities $(10^{-5}, 10^{-4})$, scores and logits
+# $(10^{-4}, 10^{-4})$). The report names the first probe, in forward order, that fails.
 #
 # Here the "port" is this package's own Numba backend (fused kernels: a different implementation of the same
 # maths), which records the core probes.
@@ -221,8 +234,57 @@ fig.tight_layout()
 fig.savefig(FIGURES / "07_port_errors.png", dpi=100)
 
 # %% [markdown]
-# For a port in another framework, `scripts/produce_bundle_hf.py` and `scripts/produce_bundle_paddle.py` show
-# how to record the probes through forward hooks: both references pass the shipped bundles on every probe.
-# `docs/parity-testing.md` has the contract, the profiles, and how to read a report.
+# For a port in another framework, `scripts/reference/produce_bundle_hf.py` and
+# `scripts/reference/produce_bundle_paddle.py` show how to record the probes through forward hooks: both
+# references pass the shipped bundles on every probe. `docs/parity-testing.md` has the contract, the profiles,
+# and how to read a report.
 #
+# ## Exercises
+#
+# 1. **Which mistakes are loud?** A loader that forgets the transpose of the Paddle layout: which Linear weights
+#    of the `paddle-seq_cls` fixture would then fail with a shape error, and which would load silently, with
+#    wrong numbers?
+# 2. **The debug tier.** Record the damaged candidate above (layer 1's `out_proj` transposed) with every probe,
+#    `tier="debug"`, and compare again. Which probe does the comparator name now, and what does it suggest?
+# 3. **The gate by hand.** For the probe `layer.01.out` of the case drawn above, count the real-token elements
+#    that break $|c - r| \le \mathrm{atol} + \mathrm{rtol}\,|r|$ under the `fp32` profile, for the numba
+#    candidate and for the damaged one, and check the counts against the report's.
+
+# %% [markdown]
+# ### Answers
+#
+# (Spoilers: the next cell is collapsed in Jupyter; it asserts them.)
+
+# %% jupyter={"source_hidden": true} tags=["answers"]
+# 1. Only a non-square weight changes shape when transposed: linear1, linear2 and the classifier fail loudly;
+#    q/k/v/out_proj and the pooler's dense are square, so a forgotten transpose loads and computes garbage.
+linear_weights = {k: v.shape for k, v in paddle_raw.items() if k.endswith(".weight") and len(v.shape) == 2
+                  and "embeddings" not in k}  # fmt: skip
+loud = sorted({k.split(".")[-2] for k, shape in linear_weights.items() if shape[0] != shape[1]})
+silent = sorted({k.split(".")[-2] for k, shape in linear_weights.items() if shape[0] == shape[1]})
+print("1. shape error:", loud, "| silent:", silent)
+assert loud == ["classifier", "linear1", "linear2"]
+assert silent == ["dense", "k_proj", "out_proj", "q_proj", "v_proj"]
+
+# 2. With every probe recorded, the comparator stops at the out_proj output of layer 1 and names the weight.
+debug_tensors, _ = make_bundle(ref.config(), weights, cases, tier="debug")
+debug_report = compare_bundles(ref, debug_tensors)
+print("2. debug tier: first diverging probe", debug_report.first_divergence.probe, "| hint:", debug_report.hints[0])
+assert debug_report.first_divergence.probe == "layer.01.attn.out" and "out_proj" in debug_report.hints[0]
+
+# 3. The gate, element by element, on the real tokens; the report's rows hold the same counts.
+atol, rtol = PROFILES["fp32"]["hidden"]
+real = ref.get(case, "input.attention_mask").astype(bool)[:, :, None]  # [B, L, 1]: padding is not compared
+r = ref.get(case, "layer.01.out").astype(np.float64)
+candidates = {"numba": (numba, numba.get(case, "layer.01.out")), "damaged": (tensors, tensors[f"{case}/layer.01.out"])}
+for label, (candidate, c) in candidates.items():
+    broken = int(((np.abs(c.astype(np.float64) - r) > atol + rtol * np.abs(r)) & real).sum())
+    rows = compare_bundles(ref, candidate, probes=["layer.01.out"]).rows
+    row = next(x for x in rows if x.case == case and x.probe == "layer.01.out")
+    print(f"3. {label}: {broken} of {int(np.broadcast_to(real, r.shape).sum())} elements break the gate; "
+          f"the report says {row.stats['mismatch']} ({row.status})")  # fmt: skip
+    assert broken == row.stats["mismatch"] and (row.status == "ok") == (broken == 0)
+    assert (broken == 0) == (label == "numba")
+
+# %% [markdown]
 # **Next:** chapter 8, encoding a corpus on a cluster.
