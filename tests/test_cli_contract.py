@@ -107,3 +107,10 @@ def test_a_deeply_nested_input_is_one_line(tmp_path, capsys):
     code, _, err = _run(capsys, "extract", str(tmp_path), "--schema", "[" * 100_000, "x")
     assert code == 1
     _one_error_line(err)
+
+
+@pytest.mark.parametrize("ids", ["", "   "])
+def test_empty_ids_are_an_error_not_the_default_demo(capsys, ids):
+    code, out, err = _run(capsys, "demo", "--ids", ids)
+    assert code == 1 and out == ""
+    _one_error_line(err, "--ids is empty")

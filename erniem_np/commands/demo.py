@@ -164,8 +164,10 @@ def _print_row(row: dict, top: int) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
-    if args.ids and (args.texts or args.input):
+    if args.ids is not None and (args.texts or args.input):
         raise UserError("give texts or --ids, not both")
+    if args.ids is not None and not args.ids.split():
+        raise UserError("--ids is empty: give token ids, e.g. --ids \"0 5 17 42 2\"")
     clf = _Classifier(args.model or LANGID_MODEL)
     cfg = clf.model.config
     top = min(args.top, cfg.num_labels)
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {details}")
 
     rows, check = [], None
-    if args.ids:
+    if args.ids is not None:
         input_ids = np.array([_parse_ids(args.ids)])
         rows = clf.results(None, input_ids, None, clf.logits(input_ids, None), top)
         if not args.json:
