@@ -96,13 +96,14 @@ class _Page(HTMLParser):
 
 def test_site_builder_renders_a_chapter_page(tmp_path):
     """`tutorials/build_site.py --only 02` executes chapter 2 and writes its page: the chapter's title, its printed
-    output, its figure (embedded, or a file beside the page), and an index linking the page."""
+    output, its figure (embedded, or a file beside the page), and an index linking the page. Run from another
+    directory than the repository root (the kernel runs from the root: their sockets must still meet)."""
     builder = _site_builder()
     chapter = ROOT / "tutorials" / "02_embeddings.py"
     title = re.search(r"^# # (.+)$", chapter.read_text(encoding="utf-8"), re.MULTILINE).group(1)
     env = dict(os.environ, NUMBA_NUM_THREADS="2")
     command = [sys.executable, str(ROOT / "tutorials" / "build_site.py"), "--only", "02", "--out", str(tmp_path)]
-    r = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    r = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, f"build_site.py failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
 
     page = _Page()

@@ -34,6 +34,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -240,7 +241,16 @@ def execute(nb, out: Path, timeout: float) -> None:
 
         @default("transport")
         def _transport_default(self):
-            return "ipc" if os.name == "posix" else "tcp"  # Unix sockets: no TCP port, and ipykernel does not warn
+            return "ipc" if os.name == "posix" else "tcp"  # Unix sockets: no TCP port open to other users
+
+        @default("ip")
+        def _ip_default(self):
+            if self.transport != "ipc":
+                return "127.0.0.1"
+            # An absolute socket path in a private (0700) directory: the kernel runs from the repository root
+            # and this process may not, and a relative path would name two different sockets.
+            return os.path.join(tempfile.mkdtemp(prefix="erniem-np-kernel-"), "kernel")
+
 
     deadline = time.monotonic() + timeout
     client = NotebookClient(
