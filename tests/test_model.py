@@ -407,8 +407,8 @@ def test_model_calls_from_several_python_threads():
         np.testing.assert_array_equal(r, expected)
 
 
-# The dispatchers warmup() compiles (backend.warmup: "every kernel a forward pass may use ... the parallel kernels
-# and their serial twins"), and the ones it leaves alone, by name; a new dispatcher fails the test until listed.
+# The dispatchers warmup() compiles (fused.warmup: "every kernel a forward pass calls ... the serial twins ...
+# and ... the parallel kernels"), and the ones it leaves alone, by name; a new dispatcher fails the test until listed.
 WARMUP_COMPILES = {"gemm._gemm", "gemm._gemm_serial", "attention._attention", "attention._attention_serial",
                    "norm._layer_norm", "norm._layer_norm_serial"}  # fmt: skip
 WARMUP_LEAVES = {

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from erniem_np.kernels import attention, gemm, norm
 
-from erniem_np import ErnieMConfig, ErnieMModel, backend, layers
+from erniem_np import ErnieMConfig, ErnieMModel, fused
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
         setattr(module, name, wrapper)
 
     for module, name in ((gemm, "linear"), (gemm, "linear_many"), (attention, "attention"),
-                         (norm, "layer_norm"), (layers, "embeddings"), (backend, "pooler")):  # fmt: skip
+                         (norm, "layer_norm"), (fused, "embeddings"), (fused, "pooler")):  # fmt: skip
         timed(module, name, f"{module.__name__.rsplit('.', 1)[-1]}.{name}")
     for _ in range(2):
         model(input_ids=ids, attention_mask=mask)
