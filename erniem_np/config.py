@@ -28,6 +28,25 @@ ACTIVATION_NAMES = (
 _BOOKKEEPING = {"architectures", "model_type", "transformers_version", "paddlenlp_version", "torch_dtype"}
 
 
+def read_json_object(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,
+                     allow_any: bool = False) -> Any:  # fmt: skip
+    """A JSON file that must hold an object (any value with ``allow_any``); every way it can be unreadable (bad
+    JSON or encoding, nesting too deep to parse, an integer literal too long) becomes one ``error`` naming
+    the file. The one reader of the package's JSON files: configs, checkpoint indexes, tokenizer settings."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: not a usable {what}: its JSON nests too deeply") from None
+    except ValueError as e:  # e.g. an integer literal too long to convert
+        raise error(f"{path}: not a usable {what}: {str(e)[:200]}") from None
+    if not allow_any and not isinstance(d, dict):
+        raise error(f"{path}: a {what} must be a JSON object, got {type(d).__name__}")
+    return d
+
+
 @dataclass
 class ErnieMConfig:
     """Hyper-parameters of an ErnieM model (HF names and defaults, plus ``flavor``).
@@ -155,15 +174,7 @@ class ErnieMConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, flavor: str | None = None) -> ErnieMConfig:
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        except RecursionError:
-            raise ValueError(f"{path}: not a usable config: its JSON nests too deeply") from None
-        except ValueError as e:  # e.g. an integer literal too long to convert
-            raise ValueError(f"{path}: not a usable config: {e}") from None
+        d = read_json_object(path, "config", allow_any=True)  # from_dict names a non-object value
         try:
             return cls.from_dict(d, flavor=flavor)
         except (TypeError, ValueError) as e:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import tokenizer_config_problems
+from .config import read_json_object, tokenizer_config_problems
 
 SPIECE_UNDERLINE = "▁"
 SP_MODEL_NAME = "sentencepiece.bpe.model"  # the name ERNIE-M uses, whatever the SentencePiece model type
@@ -299,7 +299,7 @@ class ErnieMTokenizer:
         for name in (TOKENIZER_CONFIG_NAME, SPECIAL_TOKENS_MAP_NAME):
             p = os.path.join(path, name)
             if os.path.isfile(p):
-                d = _read_json(p)
+                d = read_json_object(p, "tokenizer setting file")
                 problems = tokenizer_config_problems(d) if isinstance(d, dict) else ["it is not a JSON object"]
                 if problems:  # "do_lower_case": "no" would otherwise lower-case (a non-empty string is true)
                     raise ValueError(f"{p}: " + "; ".join(problems))
@@ -983,17 +983,6 @@ def _load_vocab(path: str) -> tuple[dict[str, int], list[str]]:
     if not lines:
         raise ValueError(f"{path} is empty")
     return {t: i for i, t in enumerate(lines)}, lines
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} must hold a JSON object")  # noqa: TRY004  (a file's content, not an argument)
-    return d
 
 
 def _flavor_of_config(path: str) -> str | None:

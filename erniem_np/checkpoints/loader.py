@@ -21,7 +21,6 @@ whose config.json is PaddleNLP's file but whose weights are HF's, loads as "hf".
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import config as config_module
 from ..config import FLAVORS, ErnieMConfig
 from ..parameters import base_parameter_shapes
 from . import names as nm
@@ -136,18 +136,7 @@ def find_weights(directory: str) -> tuple[str, list[str], str | None]:
 
 def read_json_object(path: str, what: str) -> dict[str, Any]:
     """A JSON file that must hold an object; any way it can be unreadable becomes a CheckpointError naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: not a usable {what}: its JSON nests too deeply") from None
-    except ValueError as e:  # e.g. an integer literal too long to convert
-        raise CheckpointError(f"{path}: not a usable {what}: {clip(str(e))}") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: a {what} must be a JSON object, got {type(d).__name__}")
-    return d
+    return config_module.read_json_object(path, what, CheckpointError)
 
 
 def _weight_map(index: str) -> dict[str, Any]:
