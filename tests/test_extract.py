@@ -304,6 +304,44 @@ def test_auto_joiner_votes_classification_across_chunks():
     assert joined[1] == []
 
 
+# Head weights for the tiny checkpoint that steer test_classification_switch_follows_the_first_text: over the
+# 32-token rows of prompt 组织 with texts SWITCH_A and SWITCH_B, start logits clear 0 only at 组 (prompt, row of A)
+# and A (text, row of B), end logits only at 织 and C; every other position, padding included, is at least 11.9
+# logits from 0 (found by a linear program over the rows' last hidden states; float32 noise moves these logits
+# by well under 0.1).
+SWITCH_A, SWITCH_B = "上海", "李四任职于ABC公司，他的同事王五来自北京。"
+SWITCH_HEADS = {
+    "linear_start": ([21.53, -277.65, -1123.88, 0.0, 0.0, 0.0, 0.0, -2036.92, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                     -3624.28),
+    "linear_end": ([832.42, -1646.81, -290.21, 158.96, 0.0, 0.0, 0.0, -896.17, -267.48, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                    0.0], -2659.97),
+}  # fmt: skip
+
+
+def test_classification_switch_follows_the_first_text():
+    """QUIRK (auto_joiner's is_cls_task): whether a stage is a classification is decided once per call, by the
+    first item of the first non-empty result. SWITCH_A's only span is the prompt 组织, so when it comes first,
+    SWITCH_B's text span ABC is reduced to a classification label with no offsets; when SWITCH_B comes first,
+    both keep what they found. The expected results are what Taskflow (PaddleNLP 2.8.1) returned for
+    ``Taskflow("information_extraction", schema=["组织"], model="uie-m-base", task_path=<tiny-uiem with these
+    heads>, max_seq_len=32)`` on the same two orders."""
+    from erniem_np import ErnieMForInformationExtraction
+    from erniem_np.tokenizer import ErnieMTokenizer
+
+    steered = ErnieMForInformationExtraction.from_pretrained(MODEL)  # its own copy: the module fixture is shared
+    for name, (weight, bias) in SWITCH_HEADS.items():
+        steered.params[name]["weight"] = np.array([weight], dtype=np.float32)  # [1, hidden]
+        steered.params[name]["bias"] = np.array([bias], dtype=np.float32)
+    ex = Extractor(steered, ["组织"], tokenizer=ErnieMTokenizer.from_pretrained(MODEL), max_seq_len=32)
+    taskflow_a_first = [{"组织": [{"text": "组织", "probability": 0.9999877810851459}]},
+                        {"组织": [{"text": "ABC", "probability": 0.9999939799308777}]}]  # fmt: skip
+    taskflow_b_first = [{"组织": [{"text": "ABC", "start": 5, "end": 8, "probability": 0.9999939799308777}]},
+                        {"组织": [{"text": "组织", "probability": 0.9999877810851459}]}]  # fmt: skip
+    assert_same(ex([SWITCH_A, SWITCH_B]), taskflow_a_first, "A first", tol=1e-6)
+    assert_same(ex([SWITCH_B, SWITCH_A]), taskflow_b_first, "B first", tol=1e-6)
+    assert_same(ex([SWITCH_B]), taskflow_b_first[:1], "B alone", tol=1e-6)
+
+
 def test_cut_chinese_sent():
     assert cut_chinese_sent("今天好。明天呢？好的") == ["今天好。", "明天呢？", "好的"]
     assert cut_chinese_sent("a\nb  ") == ["a", "b"]  # QUIRK: newlines and trailing spaces are lost
