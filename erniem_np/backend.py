@@ -1,9 +1,11 @@
 """The one switch: a backend name -> the file of layer functions the model composes.
 
 ``"numpy"`` is ``layers.py``, the textbook NumPy layers; ``"numba"`` is ``fused.py``, the same functions with
-the same signatures on the fused Numba kernels in ``kernels/``. The model resolves its layer set once, when it
-is built, and its forward pass calls ``self.layers.encoder_layer(...)`` whichever it is. The tests hold both
-to the same goldens.
+the same signatures on the fused Numba kernels in ``kernels/``; ``"int8"`` is ``quantized.py``, ``fused.py``
+with int8 Linear layers and an int8 word table. The model resolves its layer set once, when it is built, and
+calls ``self.layers.load_parameters(...)`` to store its weights the way that set takes them and
+``self.layers.encoder_layer(...)`` in its forward pass, whichever it is. The tests hold the float32 sets to
+the same goldens, and the int8 set to the float32 ones within the int8 tolerances.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from types import ModuleType
 
 import numpy as np
 
-BACKENDS = ("numba", "numpy")
+BACKENDS = ("numba", "numpy", "int8")
 
 
 def layer_set(backend: str) -> ModuleType:
-    """The module of layer functions (``embeddings``, ``encoder_layer``, ``pooler``, ``linear``) of a backend.
-    Choosing "numba" imports Numba and the kernels; it compiles nothing."""
+    """The module of layer functions (``load_parameters``, ``embeddings``, ``encoder_layer``, ``pooler``,
+    ``linear``) of a backend. Choosing "numba" or "int8" imports Numba and the kernels; it compiles nothing."""
     if backend == "numpy":
         from . import layers
 
@@ -26,6 +28,10 @@ def layer_set(backend: str) -> ModuleType:
         from . import fused
 
         return fused
+    if backend == "int8":
+        from . import quantized
+
+        return quantized
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
@@ -37,8 +43,13 @@ def set_num_threads(n: int) -> None:
     settings.set_num_threads(n)
 
 
-def warmup(dtypes=(np.float32,)) -> None:
-    """Compile (or load from the cache) every kernel a forward pass may use, for each dtype (fused.warmup)."""
+def warmup(dtypes=(np.float32,), int8: bool = False) -> None:
+    """Compile (or load from the cache) every kernel a forward pass may use, for each dtype (fused.warmup);
+    with ``int8``, the int8 layers' kernels too (quantized.warmup)."""
     from . import fused
 
     fused.warmup(dtypes)
+    if int8:
+        from . import quantized
+
+        quantized.warmup()

@@ -74,6 +74,7 @@ class ErnieMConfig:
     problem_type: str | None = None
     num_choices: int | None = None  # Paddle's multiple-choice head reads it; HF takes it from the input shape
     flavor: str = "hf"
+    quantization: str | None = None  # ours: "int8" for a checkpoint written by an int8 model (erniem_np.quantized)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept as given (HF keeps them too)
 
     def __post_init__(self) -> None:
@@ -121,6 +122,8 @@ class ErnieMConfig:
             problems.append(f"num_choices must be a positive integer, got {_show(self.num_choices)}")
         if not isinstance(self.flavor, str) or self.flavor not in FLAVORS:
             problems.append(f"flavor must be one of {FLAVORS}, got {_show(self.flavor)}")
+        if self.quantization not in (None, "int8"):
+            problems.append(f"quantization must be \"int8\" or absent, got {_show(self.quantization)}")
         if not (self.problem_type is None or isinstance(self.problem_type, str) and self.problem_type in (
                 "regression", "single_label_classification", "multi_label_classification")):  # fmt: skip
             problems.append(f"unknown problem_type {_show(self.problem_type)}")
@@ -202,6 +205,8 @@ class ErnieMConfig:
             d["label2id"] = {v: k for k, v in self.id2label.items()}
         if d["num_choices"] is None:
             d.pop("num_choices")
+        if d["quantization"] is None:
+            d.pop("quantization")
         d.update({k: v for k, v in self.extra.items() if k not in d})
         d["model_type"] = "ernie_m"
         return d

@@ -17,7 +17,9 @@ from . import layers
 from .activations import ACTIVATIONS
 from .kernels import attention, gemm, norm
 
-# The embedding lookup and the mask are the same NumPy code on both backends.
+# The parameters, the embedding lookup and the mask are the same NumPy code on both backends.
+load_parameters = layers.load_parameters
+QUANTIZATION = layers.QUANTIZATION
 embeddings = layers.embeddings
 additive_mask = layers.additive_mask
 

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .activations import ACTIVATIONS
+from .parameters import checked_state_dict, unflatten
 
 # HF fills masked positions with the float32 minimum, whatever the model's dtype
 # (modeling_ernie_m.py: `.to(torch.float32)` then `*= torch.finfo(torch.float32).min`).
@@ -29,6 +30,17 @@ PADDLE_BOOL_MASK_SCALE = 1e9
 # QUIRK: both references add 2 to every position id, default or user-given ("to mimic paddlenlp
 # implementation"); rows 0 and 1 of the position table are never read by default.
 POSITION_OFFSET = 2
+
+
+# ----------------------------------------------------------------------------------------- parameters
+QUANTIZATION = None  # float weights (quantized.py: "int8")
+
+
+def load_parameters(shapes, state_dict, dtype, owner):
+    """(flat, tree): the state dict checked against ``shapes`` (names, shapes, float; as ``dtype``) and the
+    nested tree the layer functions take (``parameters.unflatten``)."""
+    flat = checked_state_dict(shapes, state_dict, dtype, owner)
+    return flat, unflatten(flat)
 
 
 # ----------------------------------------------------------------------------------------- basic layers

@@ -3,9 +3,9 @@
 Dimension legend: B batch, C choices, L sequence, P past length, Lk = P + L, H hidden, nh heads, d head
 size, F FFN width, V vocabulary, T position-table rows, N labels.
 
-The layer functions come from ``layers.py`` (NumPy, ``backend="numpy"``) or ``fused.py`` (the Numba kernels,
-``backend="numba"``, the default): two files with the same functions and signatures, chosen once when the
-model is built (``backend.layer_set``). Class names, parameter names and output attribute names are
+The layer functions come from ``layers.py`` (NumPy, ``backend="numpy"``), ``fused.py`` (the Numba kernels,
+``backend="numba"``, the default) or ``quantized.py`` (int8 weights, ``backend="int8"``): files with the same
+functions and signatures, chosen once when the model is built (``backend.layer_set``). Class names, parameter names and output attribute names are
 HuggingFace's (transformers 4.46.3), so a user or another port recognises them. ``config.flavor`` picks the
 reference ("hf" or "paddle") where they differ.
 """
@@ -30,7 +30,7 @@ from .outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from .parameters import base_parameter_shapes, checked_state_dict, init_weights, unflatten
+from .parameters import base_parameter_shapes, init_weights
 
 _DTYPES = (np.float32, np.float64)
 
@@ -45,20 +45,22 @@ class ErnieMPreTrainedModel:
     def __init__(self, config: ErnieMConfig, state_dict: dict[str, np.ndarray] | None = None,
                  dtype=np.float32, seed: int = 0, backend: str = "numba"):  # fmt: skip
         """``state_dict``: HF names and layout (None: HF's random init from ``seed``). ``backend``: "numba"
-        (the fused kernels) or "numpy" (the reference layers); both give the same numbers to fp32 precision."""
+        (the fused kernels) or "numpy" (the reference layers), which give the same numbers to fp32 precision,
+        or "int8" (quantized.py: float weights are quantized here; an int8 state dict is taken as stored)."""
         if not isinstance(config, ErnieMConfig):
             raise TypeError(f"config must be an ErnieMConfig, got {type(config).__name__}")
         if np.dtype(dtype) not in [np.dtype(t) for t in _DTYPES]:
             raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
-        self.layers = layer_set(backend)  # the one switch: layers.py or fused.py
+        self.layers = layer_set(backend)  # the one switch: layers.py, fused.py or quantized.py
         self.backend = backend
-        self.config = config
+        self.config = config.replace(quantization=self.layers.QUANTIZATION)  # "int8" or None, saved with it
         self.dtype = np.dtype(dtype)
         shapes = self.parameter_shapes()
         if state_dict is None:
             state_dict = init_weights(shapes, config, seed)
-        self._flat = checked_state_dict(shapes, state_dict, self.dtype, type(self).__name__)
-        self.params = unflatten(self._flat)  # the nested tree the layer functions take
+        # the flat state dict (HF names) and the nested tree the layer functions take, stored as the layer set
+        # takes them (the int8 set quantizes float weights here, once)
+        self._flat, self.params = self.layers.load_parameters(shapes, state_dict, self.dtype, type(self).__name__)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -137,9 +139,9 @@ class ErnieMPreTrainedModel:
     # ---------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike, flavor: str | None = None, dtype=np.float32,
-                        backend: str = "numba", *, config: ErnieMConfig | dict | str | None = None,
-                        download: bool = False, revision: str | None = None, cache_dir: str | None = None,
-                        mmap: bool = True):  # fmt: skip
+                        backend: str | None = None, *, quantize: str | None = None,
+                        config: ErnieMConfig | dict | str | None = None, download: bool = False,
+                        revision: str | None = None, cache_dir: str | None = None, mmap: bool = True):  # fmt: skip
         """Load any ErnieM checkpoint; the formats and the name map live in ``erniem_np.checkpoints``.
 
         ``path_or_name``: a directory in HF layout (``model.safetensors``, ``pytorch_model.bin``, or either
@@ -151,13 +153,16 @@ class ErnieMPreTrainedModel:
         config, else "paddle" for ``.pdparams`` weights and "hf" for the HF formats. ``config`` replaces the
         checkpoint's (needed for a bare weights file whose shapes match no named checkpoint). With ``mmap``
         float32 weights stay views of the memory-mapped file (no copy; pages load on first use).
+        ``backend``: "numba" (the default), "numpy" or "int8"; ``quantize="int8"`` is ``backend="int8"``: the
+        weights are quantized as they load. A checkpoint saved by an int8 model (its config says
+        ``"quantization": "int8"``) loads as int8 with neither argument, as stored.
         A checkpoint of another model class loads as long as the weights this class needs are there:
         the ``ernie_m.`` prefix is added or stripped, an unused pooler or head is dropped with a warning.
         """
         from .checkpoints.pretrained import load_pretrained  # on use: the model itself never needs a loader
 
-        return load_pretrained(cls, path_or_name, flavor, dtype, backend, config=config, download=download,
-                               revision=revision, cache_dir=cache_dir, mmap=mmap)  # fmt: skip
+        return load_pretrained(cls, path_or_name, flavor, dtype, backend, quantize=quantize, config=config,
+                               download=download, revision=revision, cache_dir=cache_dir, mmap=mmap)  # fmt: skip
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json and model.safetensors in HF's layout (loads in transformers 4.46.3); each file

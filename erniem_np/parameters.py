@@ -35,6 +35,29 @@ class WeightsMismatchError(ValueError):
         return WeightsMismatchError(self.owner, self.missing, self.unexpected, self.misshapen, where)
 
 
+# An int8 model (quantized.py) stores these weights as int8, each with its float32 scales (one per row) under
+# the weight's name + SCALE_SUFFIX: the word table and the six Linear layers of every encoder layer.
+SCALE_SUFFIX = "_scale"
+WORD_TABLE = "embeddings.word_embeddings.weight"
+INT8_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "linear1", "linear2")
+
+
+def is_int8_weight(name: str) -> bool:
+    """Whether an int8 model stores the weight ``name`` (HF name, with or without ``ernie_m.``) as int8."""
+    in_encoder = name.startswith(("encoder.layers.", "ernie_m.encoder.layers."))
+    return name.endswith(WORD_TABLE) or (in_encoder and name.endswith(tuple(f".{n}.weight" for n in INT8_LINEARS)))
+
+
+def with_int8_scales(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """``shapes`` with the scales of each int8 weight right after it: what an int8 checkpoint holds."""
+    out = {}
+    for k, shape in shapes.items():
+        out[k] = shape
+        if is_int8_weight(k):
+            out[k + SCALE_SUFFIX] = (shape[0],)
+    return out
+
+
 def base_parameter_shapes(config: ErnieMConfig, with_pooler: bool = True) -> dict[str, tuple[int, ...]]:
     """HF state-dict names and shapes of the bare encoder ([out, in] Linear layout)."""
     H, F, V, T = config.hidden_size, config.intermediate_size, config.vocab_size, config.max_position_embeddings

@@ -416,6 +416,8 @@ WARMUP_LEAVES = {
     # gelu_inplace, which a forward pass calls only for a K = 0 GEMM (the GEMM fuses the GELU)
     "norm.erf_approx", "norm.gelu_scalar",  # called inside the GEMM's GELU epilogue: compiled into it (they show
     # signatures of their own only when compiled afresh, not when the GEMM is loaded from the cache)
+    "qgemm._qgemm", "qgemm._qgemm_serial", "qgemm._quantize_rows", "qgemm._quantize_rows_serial",  # the int8
+    # layers': warmup(int8=True) compiles them
 }  # fmt: skip
 
 _COMPILE_CHECK = """

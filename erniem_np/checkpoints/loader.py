@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import config as config_module
 from ..config import FLAVORS, ErnieMConfig
-from ..parameters import base_parameter_shapes
+from ..parameters import base_parameter_shapes, with_int8_scales
 from . import names as nm
 from .errors import CheckpointError, clip, short_repr
 from .hub import CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES, resolve
@@ -309,7 +309,7 @@ def expected_shapes(config: ErnieMConfig, head: str) -> dict[str, tuple[int, ...
     for param in (params,) if isinstance(params, str) else params:
         shapes[f"{param}.weight"] = (rows, config.hidden_size)
         shapes[f"{param}.bias"] = (rows,)
-    return shapes
+    return with_int8_scales(shapes) if config.quantization == "int8" else shapes
 
 
 def _check_shapes(config: ErnieMConfig, tensors: dict[str, StoredTensor], head: str, source: str) -> None:

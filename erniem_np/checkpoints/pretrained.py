@@ -24,11 +24,21 @@ DROPPABLE = ("pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "c
              "linear_end.weight", "linear_end.bias")  # fmt: skip
 
 
-def load_pretrained(cls, path_or_name, flavor=None, dtype=np.float32, backend="numba", *, config=None,
+def load_pretrained(cls, path_or_name, flavor=None, dtype=np.float32, backend=None, *, quantize=None, config=None,
                     download=False, revision=None, cache_dir=None, mmap=True):  # fmt: skip
     """A ``cls`` model from any ErnieM checkpoint (see ``ErnieMPreTrainedModel.from_pretrained``)."""
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be \"int8\" or None, got {quantize!r}")
+    if quantize and backend not in (None, "int8"):
+        raise ValueError(f"quantize=\"int8\" runs on the int8 layers: it cannot run on backend={backend!r}")
     ckpt = open_checkpoint(path_or_name, config=config, flavor=flavor, target=cls.architecture,
                            download=download, revision=revision, cache_dir=cache_dir, use_mmap=mmap)  # fmt: skip
+    if ckpt.config.quantization == "int8":
+        if backend not in (None, "int8"):
+            raise ValueError(f"{ckpt.describe()} is an int8 checkpoint: it runs on backend=\"int8\" only, "
+                             f"not {backend!r}")  # fmt: skip
+        backend = "int8"
+    backend = "int8" if quantize else backend or "numba"
     state_dict, config = adapt_state_dict(cls, ckpt.state_dict(dtype), ckpt.config)
     try:
         model = cls(config, state_dict, dtype=dtype, backend=backend)
@@ -39,7 +49,7 @@ def load_pretrained(cls, path_or_name, flavor=None, dtype=np.float32, backend="n
     name = cls.base_prefix + "embeddings.word_embeddings.weight"
     stored = ckpt.tensors.get(name) or ckpt.tensors.get(name.removeprefix("ernie_m."))
     reader = None if stored is None else stored.row_reader(model.dtype)
-    if reader is not None:  # a mapped table of the model's dtype: the lookup reads its rows from the file
+    if reader is not None and model.config.quantization is None:  # a mapped float table: rows read from the file
         table = model.base_params["embeddings"]["word_embeddings"]
         table["weight"] = RowReadTable(table["weight"], reader)
     return model

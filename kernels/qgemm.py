@@ -1,0 +1,509 @@
+"""Int8 GEMM for the quantized Linear layers: y = x W^T + b with W quantized once and x at run time.
+
+Dimension legend: M rows (B * L), K input features, N output features; Kp = K rounded up to the group G.
+
+The scheme (docs/quantization.md says why and what it costs in accuracy):
+* weights: symmetric int8 per output row, ``wq[j] = rint(w[j] / sw[j])`` with ``sw[j] = max|w[j]| / 127``,
+  so ``wq`` lies in [-127, 127] (``quantize_weight``);
+* activations: asymmetric uint8 per row (per token), at run time: the row's range [min(x, 0), max(x, 0)] is
+  cut into 255 steps ``sx``, ``zx = rint(-min / sx)`` is the code of 0.0, ``xq = clip(rint(x / sx) + zx, 0, 255)``
+  (``quantize_rows_ref``). GELU's outputs (the second FFN linear's input) lie in [-0.17, +inf): an asymmetric
+  range gives them all 256 codes where a symmetric one would give them 128;
+* the product, exact in int32: ``acc[i, j] = sum_k xq[i, k] wq[j, k] - zx[i] colsum[j]`` with
+  ``colsum[j] = sum_k wq[j, k]``; ``|acc| <= 255 * 127 * K`` fits int32 for K <= 66,000 (checked);
+* the epilogue in float32: ``y = float32(acc) * sx[i] * sw[j] + b[j]``, then GELU or + residual.
+
+No step can saturate: every instruction below sums products in 32 bits (``vpdpbusd`` multiplies u8 x s8 and
+adds groups of 4 into int32; ``vpmaddwd`` multiplies int16 pairs, each |product| <= 255 * 127, into int32).
+The saturating ``vpmaddubsw`` (u8 x s8 pairs summed into int16, which 255 * 127 * 2 overflows) is not used.
+
+The instruction set is chosen at run time (``int8_isa``), from what the CPU reports:
+* ``vnni512``: AVX-512 VNNI, ``vpdpbusd`` on zmm, 64 multiply-adds per instruction;
+* ``vnni256``: AVX-VNNI (or AVX-512 VNNI with VL), ``vpdpbusd`` on ymm, 32 per instruction;
+* ``avx2``: ``vpmovsxbw`` widens the weights to int16 and ``vpmaddwd`` + ``vpaddd`` accumulate, 16 per pair;
+* none of these: the NumPy twin runs, after one ``Int8FallbackWarning``.
+``ERNIEM_NP_INT8_ISA`` picks one of them by name (one the CPU has), for tests and measurements.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .norm import gelu_ref, gelu_row
+from .settings import JIT, jit, run, serial_twin
+
+EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL, EPILOGUE_RAW = 0, 1, 2, 3
+MAX_K = 66_000  # 255 * 127 * K < 2**31
+
+
+# ================================================================================================ quantization
+def quantize_weight(w):
+    """Symmetric int8 per output row: w [N, K] float -> (wq int8 [N, K], scale float32 [N]), w ~ wq * scale.
+    A row of zeros gets scale 1 (any scale represents it exactly)."""
+    w = np.asarray(w, dtype=np.float32)
+    amax = np.abs(w).max(axis=1) if w.shape[1] else np.zeros(w.shape[0], np.float32)
+    if not np.all(np.isfinite(amax)):
+        raise ValueError("cannot quantize a weight holding NaN or inf")
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    wq = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return wq, scale
+
+
+def quantize_rows_ref(x):
+    """Asymmetric uint8 per row: x [M, K] float32 -> (xq uint8 [M, K], sx float32 [M], zx int32 [M]),
+    x ~ (xq - zx) * sx. A row of zeros gets sx = 1, zx = 0; a row holding NaN or inf gets sx = NaN (its
+    outputs become NaN, as the float32 layers' would)."""
+    x = np.asarray(x, dtype=np.float32)
+    M, K = x.shape
+    lo = np.minimum(x.min(axis=1), 0) if K else np.zeros(M, np.float32)
+    hi = np.maximum(x.max(axis=1), 0) if K else np.zeros(M, np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sx = ((hi - lo) / np.float32(255)).astype(np.float32)
+        finite = np.isfinite(sx)
+        sx = np.where(~finite, np.float32(np.nan), np.where(sx > 0, sx, np.float32(1))).astype(np.float32)
+        safe = np.where(finite, sx, np.float32(1))[:, None]
+        zx = np.where(finite, np.rint(-lo / safe[:, 0]), 0).astype(np.int32)
+        q = np.where(finite[:, None], np.rint(x / safe) + zx[:, None], 0)
+    return np.clip(q, 0, 255).astype(np.uint8), sx, zx
+
+
+def qmatmul_ref(xq, zx, wq):
+    """The exact integer product: sum_k xq[i, k] wq[j, k] - zx[i] colsum[j] -> int64 [M, N]. float64 BLAS
+    is exact here (every partial sum is an integer below 2**53)."""
+    acc = xq.astype(np.float64) @ wq.astype(np.float64).T
+    colsum = wq.astype(np.int64).sum(axis=1)
+    return acc.astype(np.int64) - zx.astype(np.int64)[:, None] * colsum[None, :]
+
+
+def qlinear_ref(x, wq, sw, bias=None, activation=None, residual=None):
+    """The NumPy twin of ``qlinear``: x [M, K] float32 -> [M, N] float32 through the int8 product."""
+    xq, sx, zx = quantize_rows_ref(x)
+    acc = qmatmul_ref(xq, zx, wq).astype(np.int32)
+    y = acc.astype(np.float32) * sx[:, None] * sw[None, :]
+    if bias is not None:
+        y = y + bias
+    if activation == "gelu":
+        y = gelu_ref(y.astype(np.float64)).astype(np.float32)
+    if residual is not None:
+        y = y + residual
+    return y.astype(np.float32)
+
+
+# ================================================================================================ instruction sets
+class Int8FallbackWarning(UserWarning):
+    """The CPU has none of the instructions the int8 kernel needs: the NumPy twin runs (slowly)."""
+
+
+@dataclass(frozen=True)
+class Isa:
+    """One instruction set's register tile: ROWS rows of x against NV vectors of LANES output columns,
+    over groups of G values of K. A weight strip is COLS = NV * LANES output columns."""
+
+    name: str
+    G: int  # K values per int32 lane: 4 (vpdpbusd) or 2 (vpmaddwd)
+    LANES: int  # int32 lanes per vector
+    NV: int  # vectors of output columns per tile
+    ROWS: int  # rows of x per tile
+    x_dtype: type  # how x is stored for the kernel: uint8 (vpdpbusd) or int16 (vpmaddwd)
+
+    @property
+    def COLS(self) -> int:
+        return self.NV * self.LANES
+
+
+ISAS = {
+    "vnni512": Isa("vnni512", 4, 16, 2, 8, np.uint8),  # 16 zmm accumulators
+    "vnni256": Isa("vnni256", 4, 8, 2, 6, np.uint8),  # 12 ymm accumulators
+    "avx2": Isa("avx2", 2, 8, 2, 6, np.int16),  # 12 ymm accumulators
+}
+
+
+def _cpu_features() -> dict[str, bool]:
+    import llvmlite.binding as llvm
+
+    return dict(llvm.get_host_cpu_features())
+
+
+def supported_isas() -> list[str]:
+    """The int8 instruction sets this CPU runs, best first."""
+    f = _cpu_features()
+    out = []
+    if f.get("avx512vnni") and f.get("avx512bw") and f.get("avx512f"):
+        out.append("vnni512")
+    if f.get("avxvnni") or (f.get("avx512vnni") and f.get("avx512vl")):
+        out.append("vnni256")
+    if f.get("avx2"):
+        out.append("avx2")
+    return out
+
+
+_chosen: list[str | None] = []
+
+
+def int8_isa() -> str | None:
+    """The instruction set the int8 kernel uses here (None: the NumPy twin). ``ERNIEM_NP_INT8_ISA`` names one
+    to use instead of the best; a name the CPU lacks is refused (the CPU would fault on it)."""
+    if not _chosen:
+        supported = supported_isas()
+        wanted = os.environ.get("ERNIEM_NP_INT8_ISA", "").strip()
+        if wanted:
+            if wanted not in ISAS:
+                raise ValueError(f"ERNIEM_NP_INT8_ISA must be one of {sorted(ISAS)}, got {wanted!r}")
+            if wanted not in supported:
+                raise ValueError(f"ERNIEM_NP_INT8_ISA={wanted}: this CPU lacks it (it has {supported or 'none'})")
+            _chosen.append(wanted)
+        else:
+            _chosen.append(supported[0] if supported else None)
+        if _chosen[0] is None:
+            warnings.warn("this CPU has neither AVX2 nor VNNI: the int8 layers run their NumPy twin, slowly",
+                          Int8FallbackWarning, stacklevel=3)  # fmt: skip
+    return _chosen[0]
+
+
+# ================================================================================================ packed weights
+class PackedInt8:
+    """A quantized weight [N, K] with what the kernel needs: ``q`` (int8 [N, K], the portable layout a
+    checkpoint stores), ``scale`` (float32 [N]), ``colsum`` (int32 [N], sum of each row of ``q``) and
+    ``packed``: for the chosen instruction set, [N / COLS strips, Kp / G, COLS, G] int8, zero-padded, so that
+    one vector load reads G consecutive K values of LANES consecutive output columns."""
+
+    def __init__(self, q, scale, isa: str | None = "auto"):
+        """``isa``: the instruction set to pack for ("auto": ``int8_isa()``; None: no packing, the twin runs)."""
+        q = np.asarray(q)
+        if q.dtype != np.int8 or q.ndim != 2:
+            raise ValueError(f"an int8 weight must be a 2-D int8 array, got {q.dtype} {q.shape}")
+        if q.shape[1] > MAX_K:
+            raise ValueError(f"an int8 weight may have at most {MAX_K} inputs (int32 sums), got {q.shape[1]}")
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        if scale.shape != (q.shape[0],):
+            raise ValueError(f"an int8 weight [{q.shape[0]}, {q.shape[1]}] needs {q.shape[0]} scales, got {scale.shape}")
+        self.q, self.scale = q, scale
+        self.shape = q.shape
+        self.colsum = q.astype(np.int32).sum(axis=1, dtype=np.int32)
+        self.isa = int8_isa() if isa == "auto" else isa
+        self.packed = None if self.isa is None else pack(q, ISAS[self.isa])
+
+    @classmethod
+    def quantize(cls, w, isa: str | None = "auto") -> PackedInt8:
+        return cls(*quantize_weight(w), isa=isa)
+
+    def dequantize(self):
+        return self.q.astype(np.float32) * self.scale[:, None]
+
+    @property
+    def nbytes(self) -> int:
+        return self.scale.nbytes + self.colsum.nbytes + (self.q.nbytes if self.packed is None else self.packed.nbytes)
+
+
+def pack(q, isa: Isa):
+    """int8 [N, K] -> [ceil(N / COLS), ceil(K / G), COLS, G], zeros in the padding (they add nothing)."""
+    N, K = q.shape
+    Np = -(-N // isa.COLS) * isa.COLS
+    Kp = -(-K // isa.G) * isa.G
+    w = np.zeros((Np, Kp), dtype=np.int8)
+    w[:N, :K] = q
+    return np.ascontiguousarray(w.reshape(Np // isa.COLS, isa.COLS, Kp // isa.G, isa.G).transpose(0, 2, 1, 3))
+
+
+# ================================================================================================ the register tile
+ISA_CODES = {name: code for code, name in enumerate(ISAS)}  # the kernels take the instruction set as an int
+
+
+def micro_tile(xq, i0, nr, wp, s, kg, c, code):
+    """c [ROWS, COLS] (int32) = xq[i0 + r] . strip s of wp, summed over the kg groups of K, for r < ROWS (rows
+    past nr repeat the last valid row, whose results the caller drops). Integer arithmetic: exact. ``code``
+    names the instruction set (``ISA_CODES``) the packing was made for.
+
+    This NumPy body is the twin and runs when the JIT is disabled; compiled code gets the tile of ``code``."""
+    _, _, cols, G = wp.shape
+    rows = np.minimum(np.arange(c.shape[0]), nr - 1) + i0
+    x = xq[rows, : kg * G].astype(np.int64)  # [ROWS, Kp]
+    w = wp[s, :kg].transpose(1, 0, 2).reshape(cols, kg * G).astype(np.int64)  # [COLS, Kp]
+    c[:, :] = x @ w.T
+
+
+def _tile_intrinsic(isa: Isa):
+    """``micro_tile`` for one instruction set, written in LLVM IR with vector types.
+
+    Per group g of G values of K: load the strip's NV weight vectors (G values of each of LANES columns; for
+    avx2 16 int8 sign-extended to int16, ``vpmovsxbw``), then for each of the ROWS rows broadcast its 4 bytes
+    of x (G values) and multiply-accumulate into that row's NV int32 accumulators (``vpdpbusd``, or
+    ``vpmaddwd`` + ``vpaddd``), held in registers as phis. After the loop the accumulators are stored to c.
+
+    The kernel compiles the tiles of every instruction set and calls the one its weight was packed for; a
+    tile whose instructions this CPU lacks, or whose x dtype is not the one given, compiles to a trap that
+    is never reached (the CPU could not even compile its instructions)."""
+
+    @intrinsic
+    def tile(typingctx, xq, i0, nr, wp, s, kg, c):
+        if not (isinstance(xq, types.Array) and isinstance(wp, types.Array) and wp.dtype == types.int8
+                and isinstance(c, types.Array) and c.dtype == types.int32):  # fmt: skip
+            return None
+        usable = np.dtype(isa.x_dtype) == np.dtype(str(xq.dtype)) and isa.name in supported_isas()
+
+        def codegen(context, builder, sig, args):
+            if not usable:
+                trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.trap")
+                builder.call(trap, [])
+                return context.get_dummy_value()
+            _emit_tile(isa, context, builder, sig, args)
+            return context.get_dummy_value()
+
+        return types.none(xq, types.int64, types.int64, wp, types.int64, types.int64, c), codegen
+
+    return tile
+
+
+def _emit_tile(isa: Isa, context, builder, sig, args):
+    xq_val, i0, nr, wp_val, s, kg, c_val = args
+    i8, i16, i32, i64 = (ir.IntType(n) for n in (8, 16, 32, 64))
+    VT = ir.VectorType(i32, isa.LANES)
+
+    def const(v):
+        return ir.Constant(i64, v)
+
+    x_arr = context.make_array(sig.args[0])(context, builder, xq_val)
+    w_arr = context.make_array(sig.args[3])(context, builder, wp_val)
+    c_arr = context.make_array(sig.args[6])(context, builder, c_val)
+    x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
+    x_bytes = builder.bitcast(x_arr.data, i8.as_pointer())
+    x_rows = []  # byte pointer to xq[min(i0 + r, i0 + nr - 1), 0]
+    for r in range(isa.ROWS):
+        row = builder.select(builder.icmp_signed("<", const(r), nr), builder.add(i0, const(r)),
+                             builder.add(i0, builder.sub(nr, const(1))))  # fmt: skip
+        x_rows.append(builder.gep(x_bytes, [builder.mul(row, x_row_bytes)]))
+    w_strides = cgutils.unpack_tuple(builder, w_arr.strides, 4)
+    w_strip = builder.gep(builder.bitcast(w_arr.data, i8.as_pointer()), [builder.mul(s, w_strides[0])])
+    group_bytes = isa.COLS * isa.G
+    if isa.name == "avx2":
+        pmadd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(VT, [ir.VectorType(i16, 16), ir.VectorType(i16, 16)]),
+            "llvm.x86.avx2.pmadd.wd")  # fmt: skip
+    else:
+        dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VT, [VT, VT, VT]),
+                                            f"llvm.x86.avx512.vpdpbusd.{32 * isa.LANES}")  # fmt: skip
+    zeros = ir.Constant(VT, [ir.Constant(i32, 0)] * isa.LANES)
+    splat_mask = ir.Constant(ir.VectorType(i32, isa.LANES), [0] * isa.LANES)
+
+    entry = builder.block
+    head = builder.append_basic_block("qtile.head")
+    body = builder.append_basic_block("qtile.body")
+    done = builder.append_basic_block("qtile.done")
+    builder.branch(head)
+    builder.position_at_end(head)  # for g in range(kg), accumulators as phis
+    g = builder.phi(i64)
+    g.add_incoming(const(0), entry)
+    acc = [builder.phi(VT) for _ in range(isa.ROWS * isa.NV)]
+    for a in acc:
+        a.add_incoming(zeros, entry)
+    builder.cbranch(builder.icmp_signed("<", g, kg), body, done)
+
+    builder.position_at_end(body)
+    group = builder.gep(w_strip, [builder.mul(g, const(group_bytes))])
+    wv = []
+    for v in range(isa.NV):
+        ptr = builder.gep(group, [const(v * isa.LANES * isa.G)])
+        if isa.name == "avx2":  # 16 int8 -> 16 int16: 8 columns x 2 values of K
+            raw = builder.load(builder.bitcast(ptr, ir.VectorType(i8, 16).as_pointer()), align=1)
+            wv.append(builder.sext(raw, ir.VectorType(i16, 16)))
+        else:  # LANES columns x 4 int8 values of K, one int32 lane each
+            wv.append(builder.load(builder.bitcast(ptr, VT.as_pointer()), align=1))
+    x_offset = builder.mul(g, const(4))  # the G values of x are 4 bytes (4 uint8, or 2 int16)
+    new = []
+    for r in range(isa.ROWS):
+        xg = builder.load(builder.bitcast(builder.gep(x_rows[r], [x_offset]), i32.as_pointer()), align=1)
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(VT, ir.Undefined), xg, ir.Constant(i32, 0)),
+                                       ir.Constant(VT, ir.Undefined), splat_mask)  # fmt: skip
+        for v in range(isa.NV):
+            a = acc[r * isa.NV + v]
+            if isa.name == "avx2":
+                new.append(builder.add(a, builder.call(pmadd, [builder.bitcast(splat, ir.VectorType(i16, 16)), wv[v]])))
+            else:  # vpdpbusd(acc, the uint8 operand, the int8 operand)
+                new.append(builder.call(dp, [a, splat, wv[v]]))
+    g.add_incoming(builder.add(g, const(1)), builder.block)
+    for a, n in zip(acc, new, strict=True):
+        a.add_incoming(n, builder.block)
+    builder.branch(head)
+
+    builder.position_at_end(done)  # c[r, v * LANES : (v + 1) * LANES] = acc
+    for r in range(isa.ROWS):
+        for v in range(isa.NV):
+            ptr = builder.gep(c_arr.data, [const(r * isa.COLS + v * isa.LANES)])
+            builder.store(acc[r * isa.NV + v], builder.bitcast(ptr, VT.as_pointer()), align=4)
+
+
+_tile_vnni512, _tile_vnni256, _tile_avx2 = (_tile_intrinsic(ISAS[name]) for name in ("vnni512", "vnni256", "avx2"))
+
+
+@overload(micro_tile, jit_options=JIT)
+def _micro_tile_jit(xq, i0, nr, wp, s, kg, c, code):
+    def impl(xq, i0, nr, wp, s, kg, c, code):
+        if code == 0:
+            _tile_vnni512(xq, np.int64(i0), np.int64(nr), wp, np.int64(s), np.int64(kg), c)
+        elif code == 1:
+            _tile_vnni256(xq, np.int64(i0), np.int64(nr), wp, np.int64(s), np.int64(kg), c)
+        else:
+            _tile_avx2(xq, np.int64(i0), np.int64(nr), wp, np.int64(s), np.int64(kg), c)
+
+    return impl
+
+
+# ================================================================================================ the kernels
+@jit(parallel=True)
+def _quantize_rows(x, xq, sx, zx):
+    """quantize_rows_ref into xq [M, Kp] (uint8, or int16 holding 0..255 for vpmaddwd), zeros past K."""
+    M, K = x.shape
+    Kp = xq.shape[1]
+    for i in prange(M):
+        row = x[i]
+        lo = np.float32(0)
+        hi = np.float32(0)
+        for k in range(K):
+            v = row[k]
+            lo = min(lo, v)
+            hi = max(hi, v)
+        s = (hi - lo) / np.float32(255)
+        bad = not np.isfinite(s)
+        for k in range(K):  # NaN never wins min/max: look for it
+            if row[k] != row[k]:
+                bad = True
+        out = xq[i]
+        if bad:
+            sx[i] = np.float32(np.nan)
+            zx[i] = 0
+            for k in range(Kp):
+                out[k] = 0
+            continue
+        if not s > 0:
+            s = np.float32(1)
+        z = np.rint(-lo / s)
+        sx[i] = s
+        zx[i] = np.int32(z)
+        for k in range(K):
+            q = np.rint(row[k] / s) + z
+            out[k] = min(max(q, np.float32(0)), np.float32(255))
+        for k in range(K, Kp):
+            out[k] = 0
+
+
+_quantize_rows_serial = serial_twin(_quantize_rows, "_quantize_rows_serial")
+
+
+@jit(parallel=True)
+def _qgemm(xq, sx, zx, wp, colsum, sw, b, residual, out, epilogue, rows, cols, code):
+    """out = dequant(xq . wp) + b (+ GELU, or + residual): xq [M, Kp] quantized rows, wp [S, Kp / G, COLS, G]
+    a packed weight, out [M, N].
+
+    A task owns one strip of COLS output columns (its K x COLS int8 weights, 24-96 KB, stay in L2) and sweeps
+    all rows of x, ``rows`` at a time, through the register tile; each finished tile is dequantized, biased,
+    activated and stored while it is in L1. One level of parallelism, over the strips.
+    ``epilogue`` EPILOGUE_RAW writes the exact integer sums (for tests, into a float64 out)."""
+    M, N = out.shape
+    kg = wp.shape[1]
+    for s in prange(wp.shape[0]):
+        j0 = s * cols
+        nc = min(cols, N - j0)
+        c = np.empty((rows, cols), dtype=np.int32)
+        y = np.empty(cols, dtype=out.dtype)
+        for i0 in range(0, M, rows):
+            nr = min(rows, M - i0)
+            micro_tile(xq, i0, nr, wp, s, kg, c, code)
+            for r in range(nr):
+                i = i0 + r
+                z = zx[i]
+                for j in range(nc):
+                    a = c[r, j] - z * colsum[j0 + j]
+                    if epilogue == EPILOGUE_RAW:
+                        y[j] = a
+                    else:
+                        y[j] = np.float32(a) * sx[i] * sw[j0 + j] + b[j0 + j]
+                if epilogue == EPILOGUE_GELU:
+                    gelu_row(y[:nc])
+                elif epilogue == EPILOGUE_RESIDUAL:
+                    for j in range(nc):
+                        y[j] += residual[i, j0 + j]
+                o = out[i]
+                for j in range(nc):
+                    o[j0 + j] = y[j]
+
+
+_qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")
+
+_scratch_local = threading.local()
+
+
+def quantize_rows(x2, isa: Isa):
+    """x [M, K] float32 -> (xq [M, Kp] in the isa's x dtype, sx [M], zx [M]); the buffers are new arrays."""
+    M, K = x2.shape
+    Kp = -(-K // isa.G) * isa.G
+    xq = np.empty((M, Kp), dtype=isa.x_dtype)
+    sx = np.empty(M, dtype=np.float32)
+    zx = np.empty(M, dtype=np.int32)
+    run(_quantize_rows, _quantize_rows_serial, 20 * M * K, x2, xq, sx, zx)
+    return xq, sx, zx
+
+
+def _check(activation, residual):
+    if activation is not None and residual is not None:
+        raise ValueError("fuse either an activation or a residual add, not both")
+    if activation not in (None, "gelu"):
+        raise ValueError(f"the fused activation must be 'gelu', got {activation!r}")
+
+
+def qlinear(x, weight: PackedInt8, bias=None, activation=None, residual=None, raw=False):
+    """The int8 Linear layer: x [..., K] float32 -> [..., N] float32, ``weight`` a ``PackedInt8``; GELU
+    (activation="gelu") or a residual [..., N] fused into the epilogue. ``raw=True`` returns the exact integer
+    sums (float64, for tests). On a CPU with no int8 instructions, the NumPy twin ``qlinear_ref``."""
+    _check(activation, residual)
+    (out,) = _qlinear_parts(x, [(weight, bias)], activation, residual, raw)
+    return out
+
+
+def qlinear_many(x, params):
+    """Several int8 Linear layers on one input, quantized once: params [(PackedInt8, bias or None), ...] ->
+    [x W^T + b for each] (the q, k and v projections)."""
+    return _qlinear_parts(x, list(params), None, None, False)
+
+
+def _qlinear_parts(x, params, activation, residual, raw):
+    lead = x.shape[:-1]
+    K = x.shape[-1]
+    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(int(np.prod(lead)), K)
+    M = x2.shape[0]
+    quantized = {}  # instruction set -> x quantized for it (all weights of a model share one)
+    results = []
+    for weight, bias in params:
+        N = weight.shape[0]
+        if weight.shape[1] != K:
+            raise ValueError(f"an int8 weight {list(weight.shape)} does not take inputs of {K} features")
+        b = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        r2 = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32).reshape(M, N)
+        if weight.packed is None:  # no int8 instructions on this CPU: the twin
+            if raw:
+                xq, _, zx = quantize_rows_ref(x2)
+                out = qmatmul_ref(xq, zx, weight.q).astype(np.float64)
+            else:
+                out = qlinear_ref(x2, weight.q, weight.scale, b, activation, r2)
+            results.append(out.reshape(lead + (N,)))
+            continue
+        isa = ISAS[weight.isa]
+        out = np.empty((M, N), dtype=np.float64 if raw else np.float32)
+        if M and N:
+            if isa.name not in quantized:
+                quantized[isa.name] = quantize_rows(x2, isa)
+            xq, sx, zx = quantized[isa.name]
+            epilogue = EPILOGUE_RAW if raw else EPILOGUE_GELU if activation == "gelu" else \
+                EPILOGUE_RESIDUAL if r2 is not None else EPILOGUE_BIAS  # fmt: skip
+            run(_qgemm, _qgemm_serial, 2 * M * K * N, xq, sx, zx, weight.packed, weight.colsum, weight.scale, b,
+                out if r2 is None else r2, out, epilogue, isa.ROWS, isa.COLS, ISA_CODES[isa.name])  # fmt: skip
+        results.append(out.reshape(lead + (N,)))
+    return results

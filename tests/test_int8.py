@@ -1,0 +1,201 @@
+"""The int8 path: the kernel against its exact integer twin on every instruction set this CPU has, the sums
+that could saturate, the quantizers, and an int8 model built, saved and loaded again."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from erniem_np import ErnieMConfig
+from erniem_np.kernels import qgemm
+from erniem_np.model import ErnieMForSequenceClassification, ErnieMModel
+
+ISAS = qgemm.supported_isas()
+needs_int8_cpu = pytest.mark.skipif(not ISAS, reason="this CPU has no AVX2 or VNNI")
+SHAPES = [(1, 1, 1), (1, 3, 5), (5, 33, 7), (7, 2, 33), (17, 770, 70), (9, 4, 64), (130, 768, 97)]
+
+
+def _data(M, K, N, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((M, K)).astype(np.float32) * rng.uniform(0.1, 10, (M, 1)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    return x, w, b
+
+
+@needs_int8_cpu
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_sums_equal_the_integer_twin_bit_for_bit(isa, shape):
+    M, K, N = shape
+    x, w, _ = _data(M, K, N)
+    weight = qgemm.PackedInt8.quantize(w, isa=isa)
+    xq, _, zx = qgemm.quantize_rows_ref(x)
+    expected = qgemm.qmatmul_ref(xq, zx, weight.q)
+    got = qgemm.qlinear(x, weight, raw=True)
+    assert got.dtype == np.float64 and np.array_equal(got, expected)
+
+
+@needs_int8_cpu
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("epilogue", ["bias", "gelu", "residual"])
+def test_kernel_epilogues_match_the_twin(isa, epilogue):
+    M, K, N = 37, 96, 45
+    x, w, b = _data(M, K, N, seed=1)
+    residual = np.random.default_rng(2).standard_normal((M, N)).astype(np.float32)
+    weight = qgemm.PackedInt8.quantize(w, isa=isa)
+    kwargs = {"gelu": {"activation": "gelu"}, "residual": {"residual": residual}}.get(epilogue, {})
+    got = qgemm.qlinear(x, weight, b, **kwargs)
+    ref = qgemm.qlinear_ref(x, weight.q, weight.scale, b, **kwargs)
+    # the same integer sums; float32 epilogues differ by contraction into FMA and GELU's rational erf
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-6 * np.abs(ref).max())
+
+
+@needs_int8_cpu
+@pytest.mark.parametrize("isa", ISAS)
+def test_the_extreme_sums_do_not_saturate(isa):
+    """Codes 255 against weights +-127 at K = 4099: every pair, quad and total at its largest magnitude.
+    A u8 x s8 pair summed in int16 (vpmaddubsw) would clip 2 * 255 * 127 = 64,770 to 32,767."""
+    K, N = 4099, 3
+    w = np.stack([np.full(K, 1.0), np.full(K, -1.0), np.where(np.arange(K) % 2, 1.0, -1.0)]).astype(np.float32)
+    x = np.stack([np.full(K, 5.0), np.where(np.arange(K) % 2, 5.0, -5.0), np.full(K, -3.0)]).astype(np.float32)
+    weight = qgemm.PackedInt8.quantize(w, isa=isa)
+    assert set(np.unique(weight.q)) <= {-127, 127}
+    xq, _, zx = qgemm.quantize_rows_ref(x)
+    assert xq.max() == 255
+    got = qgemm.qlinear(x, weight, raw=True)
+    expected = qgemm.qmatmul_ref(xq, zx, weight.q)
+    assert np.array_equal(got, expected)
+    assert np.abs(expected).max() >= 255 * 127 * K // 2  # the test reaches the magnitudes it claims
+
+
+def test_the_kernel_refuses_a_k_whose_sums_could_overflow():
+    with pytest.raises(ValueError, match="at most"):
+        qgemm.PackedInt8(np.zeros((2, qgemm.MAX_K + 1), np.int8), np.ones(2, np.float32), isa=None)
+
+
+@needs_int8_cpu
+def test_row_quantizer_equals_its_twin_on_awkward_rows():
+    isa = qgemm.ISAS[ISAS[0]]
+    rows = [np.zeros(7), np.full(7, 3.5), np.full(7, -2.0), np.array([0, 1e-30, -1e-30, 5, -5, 2.5, -2.5]),
+            np.array([np.nan, 1, 2, 3, 4, 5, 6]), np.array([np.inf, 1, 2, 3, 4, 5, 6]),
+            np.array([-0.17, 0.0, 3.0, 100.0, -0.01, 0.5, 7.0]), np.array([3.4e38, -3.4e38, 0, 1, 2, 3, 4])]  # fmt: skip
+    x = np.array(rows, dtype=np.float32)
+    xq, sx, zx = qgemm.quantize_rows(x, isa)
+    rq, rs, rz = qgemm.quantize_rows_ref(x)
+    assert np.array_equal(xq[:, :7].astype(np.int64), rq.astype(np.int64))
+    assert not xq[:, 7:].any()  # the padding to the group size is zero
+    np.testing.assert_array_equal(sx, rs)  # NaN where the row is not finite, in both
+    assert np.array_equal(zx, rz)
+    assert np.isnan(sx[4]) and np.isnan(sx[5]) and np.isnan(sx[7])
+
+
+def test_weight_quantizer_is_symmetric_per_row_and_refuses_nan():
+    w = np.array([[0.0, 0.0], [1.0, -2.0], [-0.5, 0.25]], np.float32)
+    q, s = qgemm.quantize_weight(w)
+    assert q.dtype == np.int8 and q.tolist() == [[0, 0], [64, -127], [-127, 64]]
+    np.testing.assert_allclose(s, [1.0, 2.0 / 127, 0.5 / 127], rtol=1e-7)
+    with pytest.raises(ValueError, match="NaN"):
+        qgemm.quantize_weight(np.array([[np.nan, 1.0]], np.float32))
+
+
+def test_without_int8_instructions_the_numpy_twin_runs():
+    x, w, b = _data(6, 10, 4)
+    weight = qgemm.PackedInt8(*qgemm.quantize_weight(w), isa=None)
+    assert weight.packed is None
+    assert np.array_equal(qgemm.qlinear(x, weight, b), qgemm.qlinear_ref(x, weight.q, weight.scale, b))
+
+
+def test_the_isa_can_be_named_and_a_missing_one_is_refused(monkeypatch):
+    monkeypatch.setattr(qgemm, "_chosen", [])
+    monkeypatch.setenv("ERNIEM_NP_INT8_ISA", "sse2")
+    with pytest.raises(ValueError, match="must be one of"):
+        qgemm.int8_isa()
+    monkeypatch.setattr(qgemm, "supported_isas", lambda: ["avx2"])
+    monkeypatch.setenv("ERNIEM_NP_INT8_ISA", "vnni512")
+    with pytest.raises(ValueError, match="lacks it"):
+        qgemm.int8_isa()
+    monkeypatch.setattr(qgemm, "supported_isas", lambda: [])
+    monkeypatch.delenv("ERNIEM_NP_INT8_ISA")
+    with pytest.warns(qgemm.Int8FallbackWarning):
+        assert qgemm.int8_isa() is None
+
+
+# ------------------------------------------------------------------------------------------------ the model
+CONFIG = ErnieMConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, num_labels=3)  # fmt: skip
+
+
+def _ids(seed=0):
+    ids = np.random.default_rng(seed).integers(3, 300, (3, 11))
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    return ids, mask
+
+
+@needs_int8_cpu
+def test_an_int8_model_stays_close_to_float32():
+    ref = ErnieMForSequenceClassification(CONFIG, seed=3)
+    q = ErnieMForSequenceClassification(CONFIG, ref.state_dict(), backend="int8")
+    ids, mask = _ids()
+    a = ref(ids, attention_mask=mask)
+    b = q(ids, attention_mask=mask)
+    h_ref, h_q = ref.encode(ids, attention_mask=mask).last_hidden_state, q.encode(ids, attention_mask=mask).last_hidden_state
+    cos = (h_ref * h_q).sum(-1) / np.linalg.norm(h_ref, axis=-1) / np.linalg.norm(h_q, axis=-1)
+    assert cos.min() > 0.999
+    assert np.abs(a.logits - b.logits).max() < 0.05 * np.abs(a.logits).max()
+    assert not np.array_equal(a.logits, b.logits)  # it really ran the int8 layers
+
+
+@needs_int8_cpu
+def test_an_int8_model_saves_int8_and_loads_as_stored(tmp_path):
+    q = ErnieMModel(ErnieMModel(CONFIG, seed=4).config, ErnieMModel(CONFIG, seed=4).state_dict(), backend="int8")
+    q.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["quantization"] == "int8"
+    loaded = ErnieMModel.from_pretrained(tmp_path)  # no argument: the config says int8
+    assert loaded.backend == "int8"
+    sd = loaded.state_dict()
+    assert sd["encoder.layers.1.linear2.weight"].dtype == np.int8
+    assert sd["embeddings.word_embeddings.weight_scale"].shape == (CONFIG.vocab_size,)
+    ids, mask = _ids(1)
+    assert np.array_equal(loaded(ids, attention_mask=mask).last_hidden_state,
+                          q(ids, attention_mask=mask).last_hidden_state)  # fmt: skip
+    with pytest.raises(ValueError, match="int8 checkpoint"):
+        ErnieMModel.from_pretrained(tmp_path, backend="numba")
+
+
+@needs_int8_cpu
+def test_quantize_at_load_equals_quantizing_the_float_model(tmp_path):
+    ref = ErnieMModel(CONFIG, seed=5)
+    ref.save_pretrained(tmp_path)
+    loaded = ErnieMModel.from_pretrained(tmp_path, quantize="int8")
+    built = ErnieMModel(CONFIG, ref.state_dict(), backend="int8")
+    ids, mask = _ids(2)
+    assert loaded.backend == "int8"
+    assert np.array_equal(loaded(ids, attention_mask=mask).last_hidden_state,
+                          built(ids, attention_mask=mask).last_hidden_state)  # fmt: skip
+    with pytest.raises(ValueError, match="quantize"):
+        ErnieMModel.from_pretrained(tmp_path, quantize="int4")
+    with pytest.raises(ValueError, match="cannot run on backend"):
+        ErnieMModel.from_pretrained(tmp_path, quantize="int8", backend="numpy")
+
+
+def test_an_int8_checkpoint_with_float_weights_is_refused(tmp_path):
+    from erniem_np.checkpoints.safetensors_file import write_safetensors
+
+    q = ErnieMModel(CONFIG, seed=6, backend="int8")
+    q.save_pretrained(tmp_path)
+    sd = dict(q.state_dict())
+    sd["encoder.layers.0.linear1.weight"] = sd["encoder.layers.0.linear1.weight"].astype(np.float32)
+    write_safetensors(os.path.join(tmp_path, "model.safetensors"), sd, metadata={"format": "pt"})
+    with pytest.raises(TypeError, match="encoder.layers.0.linear1.weight has dtype float32"):
+        ErnieMModel.from_pretrained(tmp_path)
+
+
+def test_the_int8_layers_compute_in_float32_only():
+    with pytest.raises(ValueError, match="float32"):
+        ErnieMModel(CONFIG, seed=0, dtype=np.float64, backend="int8")
