@@ -14,11 +14,11 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from test_pipelines import make_checkpoint  # noqa: E402
+from test_pipelines import make_checkpoint
 
-from erniem_np.cli import main  # noqa: E402
-from erniem_np.pipelines.distributed import DaskEncoder  # noqa: E402
-from erniem_np.pipelines.encode import Encoder  # noqa: E402
+from erniem_np.cli import main
+from erniem_np.pipelines.distributed import DaskEncoder
+from erniem_np.pipelines.encode import Encoder
 
 TEXTS = [f"text number {i}: " + "word " * (i % 11) + "北京" * (i % 3) for i in range(150)]
 
@@ -52,7 +52,7 @@ def test_dask_equals_one_process(ckpt, cluster, pooling):
                                                                          **options) as enc:  # fmt: skip
             got = enc.encode(iter(TEXTS))
         assert client.status == "running"  # an outside client is left open
-    tasks = [t for t in stream.data if "encode_chunk_task" in t["key"]]
+    tasks = [t for t in stream.data if "run_chunk_task" in t["key"]]
     assert len(tasks) == 10 and len({t["worker"] for t in tasks}) == 2  # 150 texts / 16 per chunk, both workers
     if pooling == "last":
         assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from ..pipelines.chunks import Numbered
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -127,6 +130,13 @@ def iter_inputs(args: argparse.Namespace, *, stdin=None) -> Iterator[Any]:
     Plain lines give strings; .jsonl lines give the value under --field, or the whole object when the
     command wants objects (args.field is None). Empty input is a UserError, named at the end.
     """
+    for numbered in numbered_inputs(args, stdin=stdin):
+        yield numbered.item
+
+
+def numbered_inputs(args: argparse.Namespace, *, stdin=None) -> Iterator[Numbered]:
+    """``iter_inputs``'s inputs as ``Numbered(where, input)``: where is ``FILE:LINE``, ``input line N`` (stdin) or
+    ``argument N``, the place an error message names. A line that is not UTF-8 is a UserError naming it."""
     stdin = stdin if stdin is not None else sys.stdin
     n = 0
     if args.input and args.texts:
@@ -134,23 +144,40 @@ def iter_inputs(args: argparse.Namespace, *, stdin=None) -> Iterator[Any]:
     if args.texts and args.texts != ["-"]:
         for t in args.texts:
             n += 1
-            yield t
+            yield Numbered(f"argument {n}", t)
     elif args.input:
         yield from _iter_file(args.input, args.field)
         return
     else:
         if stdin.isatty():
             raise UserError("no input: pass texts as arguments, --input FILE, or pipe text on stdin")
-        for line in stdin:
-            line = line.rstrip("\n")
+        for lineno, line in _decoded_lines(stdin, "input line "):
             if line:
                 n += 1
-                yield line
+                yield Numbered(f"input line {lineno}", line)
     if n == 0:
         raise UserError("the input is empty: no texts to process")
 
 
-def _iter_file(path: str, field: str | None) -> Iterator[Any]:
+def _decoded_lines(stream, where: str) -> Iterator[tuple[int, str]]:
+    """(line number, line without its end of line) of a text or binary stream; a line that is not UTF-8 is a
+    UserError naming ``where`` + its number."""
+    binary = getattr(stream, "buffer", stream)
+    if isinstance(binary.read(0), str):  # a text stream without a buffer (io.StringIO)
+        for lineno, line in enumerate(stream, 1):
+            yield lineno, line.rstrip("\n")
+        return
+    for lineno, raw in enumerate(binary, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{where}{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} "
+                            "of the line)") from None  # fmt: skip
+        line = line.rstrip("\n")
+        yield lineno, line.removesuffix("\r")
+
+
+def _iter_file(path: str, field: str | None) -> Iterator[Numbered]:
     import os
 
     if not os.path.exists(path):
@@ -159,9 +186,8 @@ def _iter_file(path: str, field: str | None) -> Iterator[Any]:
         raise UserError(f"{path}: is a directory, not a .txt or .jsonl file")
     jsonl = path.endswith((".jsonl", ".ndjson"))
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
+    with open(path, "rb") as f:
+        for lineno, line in _decoded_lines(f, f"{path}:"):
             if not line.strip():
                 continue
             if jsonl:
@@ -174,12 +200,127 @@ def _iter_file(path: str, field: str | None) -> Iterator[Any]:
                         raise UserError(f"{path}:{lineno}: no {field!r} key in this line (set --field)")
                     obj = obj[field]
                 n += 1
-                yield obj
+                yield Numbered(f"{path}:{lineno}", obj)
             else:
                 n += 1
-                yield line
+                yield Numbered(f"{path}:{lineno}", line)
     if n == 0:
         raise UserError(f"{path}: the file is empty: no texts to process")
+
+
+def strings(items: Iterator[Numbered], name: str = "text") -> Iterator[Numbered]:
+    """``items`` checked to be strings (a .jsonl --field may hold anything else)."""
+    for numbered in items:
+        if not isinstance(numbered.item, str):
+            raise UserError(f"{numbered.where}: the {name} must be a string, got {type(numbered.item).__name__} "
+                            "(see --field)")  # fmt: skip
+        yield numbered
+
+
+# ============================================================================================ running
+def add_run_options(p: argparse.ArgumentParser, *, chunk_size: int, what: str = "inputs",
+                    output_help: str | None = None) -> None:  # fmt: skip
+    """--chunk-size, --output/-o, --resume, --dask [ADDRESS] and --dask-workers: how a pipeline command runs
+    (``run_chunked`` reads them)."""
+    p.add_argument("--chunk-size", type=int, default=chunk_size, help=f"{what} read at a time, sorted by length "
+                   f"and batched together; one Dask task each with --dask (default {chunk_size})")  # fmt: skip
+    p.add_argument("--output", "-o", metavar="OUT", help=output_help or "write the results to OUT, one JSON "
+                   "object per input per line (JSON Lines, the objects --json prints), chunk by chunk")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="with -o: continue OUT's interrupted run (OUT.partial) "
+                   "after its last complete chunk, or start a run that can be continued so")  # fmt: skip
+    p.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS", help="run on Dask: alone, a local "
+                   "cluster; with a scheduler address (tcp://host:8786), that cluster (MODEL must be readable at "
+                   "the same path on every worker)")  # fmt: skip
+    p.add_argument("--dask-workers", type=int, help="workers of the local cluster (default: one per core)")
+    if "--quiet" not in p._option_string_actions:
+        p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def make_runner(args: argparse.Namespace, spec):
+    """The runner ``args`` ask for: this process, or Dask (--dask, --dask-workers)."""
+    from ..pipelines.chunks import LocalRunner
+
+    if args.chunk_size < 1:
+        raise UserError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    if args.resume and not args.output:
+        raise UserError("--resume continues an output file: give -o OUT")
+    if args.dask is None:
+        return LocalRunner(spec)
+    from ..pipelines.distributed import DaskRunner
+
+    try:
+        return DaskRunner(spec, address=None if args.dask == "local" else args.dask, n_workers=args.dask_workers)
+    except ImportError as e:
+        raise UserError(str(e)) from None
+
+
+def run_chunked(args: argparse.Namespace, spec, inputs, record, render=None, what: str = "inputs",
+                output=None) -> int:  # fmt: skip
+    """Run a pipeline command: ``inputs`` (``Numbered``) cut into --chunk-size chunks, run in this process or
+    on Dask, each result written as its chunk completes: to -o OUT (resumable with --resume, see
+    pipelines/resumable.py) by ``output(pipeline, journal, record)`` (default ``JsonLinesFile``), as one JSON
+    array of ``record(input, result)`` (--json), as JSON Lines of them on stdout (no ``render``), or printed by
+    ``render(n, input, result)`` (n counts inputs from 1)."""
+    from ..pipelines.chunks import chunk_inputs
+    from ..pipelines.resumable import ChunkJournal
+
+    inputs = iter(inputs)
+    first = next(inputs)  # an empty input fails here, before the model loads
+    inputs = itertools.chain([first], inputs)
+    progress = journal = sink = None
+    try:
+        with make_runner(args, spec) as runner:
+            progress = None if getattr(args, "quiet", False) else Progress()  # the model's loading not counted
+            if args.output:
+                journal = ChunkJournal(args.output, f"{spec.key()} chunk {args.chunk_size}", resume=args.resume)
+                inputs = journal.skip_done(inputs)
+                sink = (output or JsonLinesFile)(runner.pipeline, journal, record)
+            n = start = journal.done if journal is not None else 0
+            with json_output(sink is None and (args.json or render is None), array=args.json) as out:
+                for chunk, results in runner.map_chunks(chunk_inputs(inputs, args.chunk_size, start), progress,
+                                                        what):  # fmt: skip
+                    n += len(chunk)
+                    if sink is not None:
+                        sink.write(chunk.items, results)
+                        journal.commit(chunk.items)
+                        continue
+                    for i, (item, result) in enumerate(zip(chunk.items, results, strict=True)):
+                        if out is not None:
+                            out.write(record(item, result))
+                        else:
+                            render(n - len(chunk) + i + 1, item, result)
+            if sink is not None:
+                sink.close()
+    except BaseException:
+        if journal is not None:
+            journal.abort()
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    if sink is not None:
+        print(json.dumps(sink.summary(n)) if args.json else sink.describe(n))
+    return EXIT_OK
+
+
+class JsonLinesFile:
+    """-o OUT for the JSON tasks: one ``record(input, result)`` per line (JSON Lines), a chunk at a time."""
+
+    def __init__(self, pipeline, journal, record):
+        self.journal, self.record = journal, record
+
+    def write(self, items: list, results) -> None:
+        lines = [json.dumps(self.record(x, r), ensure_ascii=False) + "\n" for x, r in zip(items, results, strict=True)]
+        self.journal.f.write("".join(lines).encode())
+
+    def close(self) -> None:
+        self.journal.finish()
+
+    def summary(self, n: int) -> dict:
+        return {"output": self.journal.path, "inputs": n}
+
+    def describe(self, n: int) -> str:
+        return f"wrote the results of {n} inputs to {self.journal.path}"
 
 
 class JsonOutput:

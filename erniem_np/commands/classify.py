@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import deque
 
+from ..pipelines.chunks import Numbered
 from ._common import (
-    EXIT_OK,
-    Progress,
     UserError,
     add_input_options,
     add_model_options,
-    iter_inputs,
-    json_output,
+    add_run_options,
+    numbered_inputs,
     pipeline_options,
+    run_chunked,
     wrap,
 )
 
@@ -23,115 +22,92 @@ EPILOG = "exit codes: 0 success; 1 bad input or checkpoint (one line on stderr);
 
 # ============================================================================================ classify
 def _classify_inputs(args):
-    """(text, pair) per input: TEXT arguments, .txt lines, stdin lines, or .jsonl objects (--field, --pair-field)."""
+    """Numbered (text, pair) per input: TEXT arguments, .txt lines, stdin lines, or .jsonl objects (--field,
+    --pair-field)."""
     jsonl = bool(args.input) and args.input.endswith((".jsonl", ".ndjson"))
     ns = argparse.Namespace(**{**vars(args), "field": None if jsonl else args.field})
-    for lineno, item in enumerate(iter_inputs(ns), 1):
+    for numbered in numbered_inputs(ns):
+        item = numbered.item
         if isinstance(item, dict):
             if args.field not in item:
-                raise UserError(f"{args.input}: input {lineno} has no {args.field!r} key (set --field)")
+                raise UserError(f"{numbered.where}: no {args.field!r} key (set --field)")
             text, pair = item[args.field], item.get(args.pair_field)
         else:
             text, pair = item, args.pair
         if not isinstance(text, str) or not (pair is None or isinstance(pair, str)):
-            raise UserError(f"input {lineno}: the text and its pair must be strings")
-        yield text, pair
+            raise UserError(f"{numbered.where}: the text and its pair must be strings")
+        yield Numbered(numbered.where, (text, pair))
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from ..pipelines.classify import _LEGACY, Classifier
+    from ..pipelines.chunks import TaskSpec
 
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    clf = Classifier(args.model, function_to_apply=args.function, chunk_size=args.chunk_size,
-                     **pipeline_options(args))  # fmt: skip
-    top_k = None if args.all else args.top_k if args.top_k is not None else _LEGACY
-    progress = None if args.quiet else Progress()
-    seen: deque = deque()
-
-    def tap():
-        for pair in _classify_inputs(args):
-            seen.append(pair)
-            yield pair
-
-    with json_output(args.json) as out:
-        _print_classified(clf.iter(tap(), top_k=top_k, progress=progress), seen, out, progress)
-    return EXIT_OK
+    call = {"top_k": None} if args.all else {"top_k": args.top_k} if args.top_k is not None else {}
+    spec = TaskSpec.of("classify", args.model, {"function_to_apply": args.function, "chunk_size": args.chunk_size,
+                                                **pipeline_options(args)}, call)  # fmt: skip
+    return run_chunked(args, spec, _classify_inputs(args), _classified, _print_classified, "classifying")
 
 
-def _print_classified(results, seen, out, progress):
-    try:
-        for result in results:
-            text, pair = seen.popleft()
-            if out is not None:
-                record = {"text": text} if pair is None else {"text": text, "text_pair": pair}
-                record.update(result if isinstance(result, dict) else {"labels": result})
-                out.write(record)
-            else:
-                ranked = [result] if isinstance(result, dict) else result
-                labels = "  ".join(f"{r['label']} {r['score']:.4f}" for r in ranked)
-                print(f"{labels}\t{text}" + ("" if pair is None else f"\t{pair}"))
-    finally:
-        if progress is not None:
-            progress.close()
+def _classified(item, result) -> dict:
+    text, pair = item
+    record = {"text": text} if pair is None else {"text": text, "text_pair": pair}
+    record.update(result if isinstance(result, dict) else {"labels": result})
+    return record
+
+
+def _print_classified(_n, item, result) -> None:
+    text, pair = item
+    ranked = [result] if isinstance(result, dict) else result
+    labels = "  ".join(f"{r['label']} {r['score']:.4f}" for r in ranked)
+    print(f"{labels}\t{text}" + ("" if pair is None else f"\t{pair}"))
 
 
 # ============================================================================================ choose
 def _choose_inputs(args):
-    """(question, choices): QUESTION CHOICE... as arguments, or JSON objects from --input .jsonl or stdin."""
+    """Numbered (question, choices): QUESTION CHOICE... as arguments, or JSON objects from --input .jsonl or
+    stdin."""
     if args.texts and args.texts != ["-"]:
         if args.input:
             raise UserError("give QUESTION CHOICE... as arguments or --input FILE, not both")
         if len(args.texts) < 2:
             raise UserError("give a question and at least one choice: erniem-np choose MODEL QUESTION CHOICE...")
-        yield args.texts[0], args.texts[1:]
+        yield Numbered("the arguments", (args.texts[0], args.texts[1:]))
         return
     if args.input and not args.input.endswith((".jsonl", ".ndjson")):
         raise UserError(f'{args.input}: choose reads .jsonl (one {{"question", "choices"}} object per line)')
     ns = argparse.Namespace(**{**vars(args), "field": None})
-    for n, item in enumerate(iter_inputs(ns), 1):
+    for numbered in numbered_inputs(ns):
+        item, where = numbered.item, numbered.where
         if isinstance(item, str):  # a stdin line
             try:
                 item = json.loads(item)
             except json.JSONDecodeError as e:
-                raise UserError(f"stdin line {n}: not a JSON object ({e.msg}); choose reads "
+                raise UserError(f"{where}: not a JSON object ({e.msg}); choose reads "
                                 '{"question": ..., "choices": [...]} per line') from None  # fmt: skip
         if not isinstance(item, dict):
-            raise UserError(f"input {n}: expected a JSON object with 'question' and 'choices'")
+            raise UserError(f"{where}: expected a JSON object with 'question' and 'choices'")
         q = item.get(args.field, item.get("context"))
         if not isinstance(q, str) or not isinstance(item.get(args.choices_field), list) or not item[args.choices_field]:
-            raise UserError(f"input {n}: needs a {args.field!r} string and a non-empty "
-                            f"{args.choices_field!r} list")  # fmt: skip
-        yield q, item[args.choices_field]
+            raise UserError(f"{where}: needs a {args.field!r} string and a non-empty {args.choices_field!r} list")
+        yield Numbered(where, (q, item[args.choices_field]))
 
 
 def run_choose(args: argparse.Namespace) -> int:
-    from ..pipelines.choose import Chooser
+    from ..pipelines.chunks import TaskSpec
 
-    ch = Chooser(args.model, chunk_size=args.chunk_size, **pipeline_options(args))
-    progress = None if args.quiet else Progress()
-    seen: deque = deque()
+    spec = TaskSpec.of("choose", args.model, {"chunk_size": args.chunk_size, **pipeline_options(args)})
+    return run_chunked(args, spec, _choose_inputs(args), _chosen, _print_chosen, "choosing")
 
-    def tap():
-        for item in _choose_inputs(args):
-            seen.append(item)
-            yield item
 
-    try:
-        with json_output(args.json) as out:
-            for result in ch.iter(tap(), progress=progress):
-                question, choices = seen.popleft()
-                if out is not None:
-                    out.write({"question": question, "choices": choices, **result})
-                else:
-                    best = result["best"]
-                    print(f"{result['choice']}\t{result['scores'][best]:.4f}\t{question}")
-    except (TypeError, ValueError) as e:
-        raise UserError(str(e)) from None
-    finally:
-        if progress is not None:
-            progress.close()
-    return EXIT_OK
+def _chosen(item, result) -> dict:
+    question, choices = item
+    return {"question": question, "choices": choices, **result}
+
+
+def _print_chosen(_n, item, result) -> None:
+    print(f"{result['choice']}\t{result['scores'][result['best']]:.4f}\t{item[0]}")
 
 
 def register(sub) -> None:
@@ -157,8 +133,8 @@ def register(sub) -> None:
                    "none for regression, sigmoid for multi-label or one label, else softmax, as HF)")  # fmt: skip
     p.add_argument("--top-k", type=int, help="the K best labels per input (default: the best)")
     p.add_argument("--all", action="store_true", help="every label per input, best first")
-    p.add_argument("--chunk-size", type=int, default=1024, help="inputs read at a time (default 1024)")
-    p.add_argument("--json", action="store_true", help="print one JSON array")
+    add_run_options(p, chunk_size=1024)
+    p.add_argument("--json", action="store_true", help="print one JSON array (with -o: a JSON summary)")
     p.set_defaults(func=run_classify)
 
     c = sub.add_parser(
@@ -178,6 +154,6 @@ def register(sub) -> None:
     add_input_options(c, field_help="the question (default: question; 'context' is read too)")
     c.set_defaults(field="question")  # --field: the key of the question ('context' is read too)
     c.add_argument("--choices-field", default="choices", help="the JSON key of the list of choices")
-    c.add_argument("--chunk-size", type=int, default=256, help="questions read at a time (default 256)")
-    c.add_argument("--json", action="store_true", help="print one JSON array")
+    add_run_options(c, chunk_size=256, what="questions")
+    c.add_argument("--json", action="store_true", help="print one JSON array (with -o: a JSON summary)")
     c.set_defaults(func=run_choose)

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from collections import deque
 
+from ..pipelines.encode import open_writer
 from ._common import (
-    EXIT_OK,
-    JsonOutput,
-    Progress,
     UserError,
     add_input_options,
     add_model_options,
+    add_run_options,
     pipeline_options,
+    run_chunked,
+    strings,
     wrap,
 )
-from ._common import iter_inputs as _iter_inputs
+from ._common import numbered_inputs as _iter_inputs
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines.encode import Encoder, encode_to_file
+    from ..pipelines.chunks import TaskSpec
 
     options = pipeline_options(args)
     options.update(pooling=args.pooling, chunk_size=args.chunk_size, normalize=args.normalize)
@@ -32,62 +31,41 @@ def run(args: argparse.Namespace) -> int:
         if ext == ".npy" and args.pooling == "last":
             raise UserError("--pooling last gives a different number of rows per text: write a .safetensors "
                             "file (last_hidden_state + offsets), not .npy")  # fmt: skip
-    if args.dask is not None:
-        encoder = _dask_encoder(args, options)
-    else:
-        encoder = Encoder(args.model, **options)
-    progress = None if args.quiet else Progress()
-    texts = _iter_inputs(args)
-    try:
-        if args.output:
-            n = encode_to_file(encoder, texts, args.output, progress)
-            summary = {"output": args.output, "texts": n, "pooling": encoder.pooling, "dim": encoder.dim,
-                       "dtype": str(encoder.dtype)}  # fmt: skip
-            if args.json:
-                print(json.dumps(summary))
-            else:
-                what = "token vectors of" if encoder.pooling == "last" else "embeddings of"
-                print(f"wrote {what} {n} texts ({encoder.pooling}, {encoder.dim} wide, {encoder.dtype}) to "
-                      f"{args.output}")  # fmt: skip
-        else:
-            with JsonOutput(array=args.json) as out:  # closed however the command ends: valid JSON
-                for block, chunk in _blocks_with_texts(encoder, texts, progress):
-                    for text, v in zip(chunk, block, strict=True):
-                        out.write({"text": text, "embedding": v.tolist()})
-    finally:
-        if progress is not None:
-            progress.close()
-        if hasattr(encoder, "close"):
-            encoder.close()
-    return EXIT_OK
+        if args.resume and args.pooling == "last":
+            raise UserError("--resume cannot continue a --pooling last output (its offsets are written at the "
+                            "end); run without --resume")  # fmt: skip
+    spec = TaskSpec.of("encode", args.model, options)
+    return run_chunked(args, spec, strings(_iter_inputs(args), "text"),
+                       lambda text, v: {"text": text, "embedding": v.tolist()}, what="encoding",
+                       output=EmbeddingsFile)  # fmt: skip
 
 
-def _blocks_with_texts(encoder, texts, progress):
-    """Blocks of embeddings with the texts they came from: the texts are kept from when the encoder reads
-    them until their block comes back (a few chunks at most)."""
-    seen: deque = deque()
+class EmbeddingsFile:
+    """-o OUT.npy / OUT.safetensors: each chunk's block of embeddings appended (pipelines/encode.py's writers,
+    writing into the run's journal file)."""
 
-    def tap():
-        for t in texts:
-            seen.append(t)
-            yield t
+    def __init__(self, encoder, journal, _record):
+        self.encoder, self.journal = encoder, journal
+        self.writer = open_writer(journal.path, encoder.pooling, encoder.dim, encoder.dtype,
+                                  metadata={"pooling": encoder.pooling, "format": "np"},
+                                  file=(journal.f, journal.tmp), rows=journal.done)  # fmt: skip
 
-    for block in encoder.encode_chunks(tap(), progress):
-        yield block, [seen.popleft() for _ in range(len(block))]
+    def write(self, _texts: list, block) -> None:
+        self.writer.write(block)
 
+    def close(self) -> None:
+        self.writer.close()  # the final header, then renamed over the output
+        self.journal.forget_state()
 
-def _dask_encoder(args, options):
-    try:
-        from ..pipelines.distributed import DaskEncoder
-    except ImportError as e:  # pragma: no cover - the module imports nothing optional at top level
-        raise UserError(str(e)) from None
-    address = None if args.dask == "local" else args.dask
-    try:
-        return DaskEncoder(args.model, address=address, n_workers=args.dask_workers, **options)
-    except ImportError as e:
-        raise UserError(str(e)) from None
-    except OSError as e:  # the scheduler could not be reached
-        raise UserError(f"cannot connect to the Dask scheduler at {address}: {e}") from None
+    def summary(self, n: int) -> dict:
+        enc = self.encoder
+        return {"output": self.journal.path, "texts": n, "pooling": enc.pooling, "dim": enc.dim,
+                "dtype": str(enc.dtype)}  # fmt: skip
+
+    def describe(self, n: int) -> str:
+        enc = self.encoder
+        what = "token vectors of" if enc.pooling == "last" else "embeddings of"
+        return f"wrote {what} {n} texts ({enc.pooling}, {enc.dim} wide, {enc.dtype}) to {self.journal.path}"
 
 
 def register(sub) -> None:
@@ -109,16 +87,11 @@ def register(sub) -> None:
     )
     add_model_options(p)
     add_input_options(p)
-    p.add_argument("--output", "-o", metavar="OUT", help="OUT.npy or OUT.safetensors (default: print JSON)")
     p.add_argument("--pooling", choices=("pooled", "cls", "mean", "last"), default="pooled",
                    help="pooled: the pooler's tanh(dense([CLS])) (default); cls: [CLS]'s last hidden state; mean: "
                    "mean over the text's tokens (padding excluded); last: every token's last hidden state")  # fmt: skip
     p.add_argument("--normalize", action="store_true", help="scale each embedding to unit L2 norm")
-    p.add_argument("--chunk-size", type=int, default=1024, help="texts read at a time, sorted by length into "
-                   "batches (default 1024); a Dask task each with --dask")  # fmt: skip
-    p.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS", help="run on Dask: alone, a local "
-                   "cluster; with a scheduler address (tcp://host:8786), that cluster (MODEL must be readable at "
-                   "the same path on every worker)")  # fmt: skip
-    p.add_argument("--dask-workers", type=int, help="workers of the local cluster (default: one per core)")
+    add_run_options(p, chunk_size=1024, what="texts", output_help="OUT.npy or OUT.safetensors (default: print "
+                    "JSON Lines)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON: the summary with -o, else one array")
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from ._common import EXIT_OK, Progress, UserError, add_input_options, iter_inputs, print_json
+from ._common import UserError, add_input_options, add_run_options, numbered_inputs, run_chunked, strings
 
 DESCRIPTION = """\
 UIE-M information extraction: find what a schema names in each text, and what each answer's children name
@@ -24,7 +24,8 @@ The schema is a JSON value (a name, a list, or a dict of names to child names), 
 
 UIE-M runs with the paddle flavor (Taskflow's behaviour: only ids and position ids reach the model, [CLS] is
 masked and padding attended, rows padded to --max-seq-len); --flavor hf masks padding instead, which does
-not reproduce Taskflow. All texts go through each stage together, as in one Taskflow call.
+not reproduce Taskflow. The texts of one chunk (--chunk-size, 64) go through each stage together, as the
+texts of one Taskflow call do: Taskflow's decisions that depend on the whole call apply per chunk.
 
 Output: per text, each answer with its character span [start:end) and probability, children indented;
 --json prints Taskflow's result list."""
@@ -53,8 +54,10 @@ def register(sub) -> None:
     p.add_argument("--flavor", choices=("paddle", "hf"), default="paddle",
                    help="implicit attention mask: paddle (UIE-M, Taskflow; default) or hf")  # fmt: skip
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="compute backend (numba)")
-    p.add_argument("--json", action="store_true", help="print Taskflow's JSON result list")
+    p.add_argument("--json", action="store_true", help="print Taskflow's JSON result list (with -o: a JSON summary)")
     add_input_options(p)
+    add_run_options(p, chunk_size=64, what="texts", output_help="write Taskflow's result object of each text to OUT, "
+                    "one per line (JSON Lines), chunk by chunk")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -105,30 +108,25 @@ def _print_items(items: list[dict], name: str, indent: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines.extract import Extractor, build_schema_tree
+    from ..pipelines.chunks import TaskSpec
+    from ..pipelines.extract import build_schema_tree
 
     schema = read_schema(args)
     build_schema_tree(schema)  # a bad schema fails before the model loads
     if not os.path.exists(args.model):
         raise UserError(f"{args.model}: no such checkpoint directory")
-    texts = list(iter_inputs(args))
-    for i, t in enumerate(texts, 1):
-        if not isinstance(t, str):
-            raise UserError(f"input {i} is not a string: {t!r}")
-    extractor = Extractor(args.model, schema, schema_lang=args.schema_lang, max_seq_len=args.max_seq_len,
-                          position_prob=args.position_prob, batch_size=args.batch_size,
-                          split_sentence=args.split_sentence, dynamic_max_length=_lengths(args.dynamic_max_length),
-                          flavor=args.flavor, backend=args.backend)  # fmt: skip
-    progress = Progress()
-    results = extractor(texts, progress=progress)
-    progress.close()
-    if args.json:
-        print_json(results)
-        return EXIT_OK
-    for i, (text, result) in enumerate(zip(texts, results, strict=True), 1):
-        print(f"[{i}] {text}")
-        if not result:
-            print("    (nothing found)")
-        for name, items in result.items():
-            _print_items(items, name, "    ")
-    return EXIT_OK
+    options = {"schema": schema, "schema_lang": args.schema_lang, "max_seq_len": args.max_seq_len,
+               "position_prob": args.position_prob, "batch_size": args.batch_size,
+               "split_sentence": args.split_sentence, "dynamic_max_length": _lengths(args.dynamic_max_length),
+               "flavor": args.flavor, "backend": args.backend}  # fmt: skip
+    spec = TaskSpec.of("extract", args.model, options)
+    return run_chunked(args, spec, strings(numbered_inputs(args)), lambda _text, result: result, _print_result,
+                       "extracting")  # fmt: skip
+
+
+def _print_result(n: int, text: str, result: dict) -> None:
+    print(f"[{n}] {text}")
+    if not result:
+        print("    (nothing found)")
+    for name, items in result.items():
+        _print_items(items, name, "    ")

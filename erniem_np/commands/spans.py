@@ -14,14 +14,16 @@ import argparse
 import json
 from collections.abc import Iterator
 
+from ..pipelines.chunks import Numbered
 from ._common import (
-    EXIT_OK,
     UserError,
     add_checkpoint_options,
     add_input_options,
+    add_run_options,
     checkpoint_options,
-    iter_inputs,
-    json_output,  # --json: one array, written item by item, closed however the command ends
+    numbered_inputs,
+    run_chunked,
+    strings,
 )
 
 EPILOG = "exit codes: 0 success; 1 bad input or checkpoint (one line on stderr says what); 2 bad command line."
@@ -33,63 +35,60 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default: 8)")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="compute backend (default: numba)")
     p.add_argument("--json", action="store_true", help="print one JSON array, one object per input, written as "
-                   "each input is done")  # fmt: skip
+                   "each chunk is done (with -o: a JSON summary)")  # fmt: skip
     add_checkpoint_options(p)
 
 
 # ================================================================================================ tag
 def run_tag(args: argparse.Namespace) -> int:
-    from ..pipelines.base import iter_chunks
-    from ..pipelines.tag import Tagger
+    from ..pipelines.chunks import TaskSpec
 
-    texts = iter_inputs(args)
-    first = next(texts)  # an empty input fails here, before the model loads
-    tagger = Tagger(args.model, aggregation_strategy=args.aggregation, ignore_labels=args.ignore_labels,
-                    stride=args.stride, max_length=args.max_length, batch_size=args.batch_size,
-                    tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
-    with json_output(args.json) as out:
-        for chunk in iter_chunks(_strings(_chain(first, texts), "text"), 64):
-            for text, entities in zip(chunk, tagger.tag(chunk), strict=True):
-                if out is not None:
-                    out.write({"text": text, "entities": entities})
-                    continue
-                print(text)
-                if not entities:
-                    print("  (no entities)")
-                for e in entities:
-                    label = e.get("entity_group", e.get("entity"))
-                    index = f"  token {e['index']}" if "index" in e else ""
-                    print(f"  {label:<12} {e['score']:.4f}  [{e['start']}:{e['end']}]  {e['word']!r}{index}")
-    return EXIT_OK
+    options = {"aggregation_strategy": args.aggregation, "ignore_labels": args.ignore_labels, "stride": args.stride,
+               "max_length": args.max_length, "batch_size": args.batch_size, "tokenizer": args.tokenizer,
+               "backend": args.backend, **checkpoint_options(args)}  # fmt: skip
+    spec = TaskSpec.of("tag", args.model, options)
+    return run_chunked(args, spec, strings(numbered_inputs(args), "text"),
+                       lambda text, entities: {"text": text, "entities": entities}, _print_tagged, "tagging")  # fmt: skip
+
+
+def _print_tagged(_n, text, entities) -> None:
+    print(text)
+    if not entities:
+        print("  (no entities)")
+    for e in entities:
+        label = e.get("entity_group", e.get("entity"))
+        index = f"  token {e['index']}" if "index" in e else ""
+        print(f"  {label:<12} {e['score']:.4f}  [{e['start']}:{e['end']}]  {e['word']!r}{index}")
 
 
 # ================================================================================================ qa
 def run_qa(args: argparse.Namespace) -> int:
-    from ..pipelines.base import iter_chunks
-    from ..pipelines.qa import QuestionAnswerer
+    from ..pipelines.chunks import TaskSpec
 
-    pairs = _qa_inputs(args)
-    first = next(pairs)  # an empty input fails here, before the model loads
-    qa = QuestionAnswerer(args.model, top_k=args.top_k, max_answer_len=args.max_answer_len,
-                          max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
-                          handle_impossible_answer=args.handle_impossible_answer,
-                          align_to_words=not args.no_align_to_words, batch_size=args.batch_size,
-                          tokenizer=args.tokenizer, backend=args.backend, **checkpoint_options(args))  # fmt: skip
-    with json_output(args.json) as out:
-        for chunk in iter_chunks(_chain(first, pairs), 16):
-            for (question, _context), result in zip(chunk, qa.answer(chunk), strict=True):
-                answers = result if isinstance(result, list) else [result]
-                if out is not None:
-                    out.write({"question": question, "answers": answers})
-                    continue
-                print(f"Q: {question}")
-                for a in answers:
-                    print(f"  {a['score']:.4f}  [{a['start']}:{a['end']}]  {a['answer']!r}")
-    return EXIT_OK
+    options = {"top_k": args.top_k, "max_answer_len": args.max_answer_len, "max_seq_len": args.max_seq_len,
+               "doc_stride": args.doc_stride, "handle_impossible_answer": args.handle_impossible_answer,
+               "align_to_words": not args.no_align_to_words, "batch_size": args.batch_size,
+               "tokenizer": args.tokenizer, "backend": args.backend, **checkpoint_options(args)}  # fmt: skip
+    spec = TaskSpec.of("qa", args.model, options)
+    return run_chunked(args, spec, _qa_inputs(args), _answered, _print_answered, "answering")
 
 
-def _qa_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    """(question, context) pairs: from --question with --context / --context-file, else JSON lines
+def _answers(result) -> list[dict]:
+    return result if isinstance(result, list) else [result]
+
+
+def _answered(pair, result) -> dict:
+    return {"question": pair[0], "answers": _answers(result)}
+
+
+def _print_answered(_n, pair, result) -> None:
+    print(f"Q: {pair[0]}")
+    for a in _answers(result):
+        print(f"  {a['score']:.4f}  [{a['start']}:{a['end']}]  {a['answer']!r}")
+
+
+def _qa_inputs(args: argparse.Namespace) -> Iterator[Numbered]:
+    """Numbered (question, context) pairs: from --question with --context / --context-file, else JSON lines
     (from --input FILE or stdin) with "question" and "context" keys."""
     context = args.context
     if args.context_file is not None:
@@ -110,34 +109,23 @@ def _qa_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         for name, value in (("question", args.question), ("context", context)):
             if not value.strip():
                 raise UserError(f"the {name} is empty")
-        yield args.question, context
+        yield Numbered("the arguments", (args.question, context))
         return
     lines = argparse.Namespace(texts=[], input=args.input, field=None)
-    for n, item in enumerate(iter_inputs(lines), 1):
+    for numbered in numbered_inputs(lines):
+        item, where = numbered.item, numbered.where
         if isinstance(item, str):  # a line of stdin or of a .txt file: must be JSON too
             try:
                 item = json.loads(item)
             except json.JSONDecodeError as e:
-                raise UserError(f"input line {n}: not valid JSON ({e.msg}); each line must be an object with "
+                raise UserError(f"{where}: not valid JSON ({e.msg}); each line must be an object with "
                                 '"question" and "context"') from None  # fmt: skip
         if not isinstance(item, dict) or not {"question", "context"} <= set(item):
-            raise UserError(f'input line {n}: needs an object with "question" and "context" keys')
+            raise UserError(f'{where}: needs an object with "question" and "context" keys')
         q, c = item["question"], item["context"]
         if not isinstance(q, str) or not isinstance(c, str) or not q.strip() or not c.strip():
-            raise UserError(f'input line {n}: "question" and "context" must be non-empty strings')
-        yield q, c
-
-
-def _chain(first, rest) -> Iterator:
-    yield first
-    yield from rest
-
-
-def _strings(items, name: str) -> Iterator[str]:
-    for i, item in enumerate(items, 1):
-        if not isinstance(item, str):
-            raise UserError(f"input {i}: the {name} must be a string, got {type(item).__name__} (see --field)")
-        yield item
+            raise UserError(f'{where}: "question" and "context" must be non-empty strings')
+        yield Numbered(where, (q, c))
 
 
 # ================================================================================================ parsers
@@ -163,6 +151,7 @@ def register(sub) -> None:
     tag.add_argument("--max-length", type=int, help="tokens per window, [CLS] and [SEP] included (default: the "
                      "model's limit)")  # fmt: skip
     _add_model_options(tag)
+    add_run_options(tag, chunk_size=64, what="texts")
     tag.set_defaults(func=run_tag)
 
     qa = sub.add_parser(
@@ -191,4 +180,5 @@ def register(sub) -> None:
     qa.add_argument("--no-align-to-words", action="store_true", help="keep answers to the tokens' own "
                     "characters instead of widening them to whole words (better for Chinese, Japanese)")  # fmt: skip
     _add_model_options(qa)
+    add_run_options(qa, chunk_size=16, what="questions")
     qa.set_defaults(func=run_qa)

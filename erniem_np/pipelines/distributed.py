@@ -1,111 +1,115 @@
-"""Scale-out of ``Encoder`` over a Dask cluster (``dask.distributed``): ``DaskEncoder``.
+"""Every task on a Dask cluster (``dask.distributed``): ``DaskRunner``, and ``DaskEncoder`` on top of it.
 
-    with DaskEncoder("path/to/checkpoint", pooling="mean") as enc:                 # a local cluster
+    spec = TaskSpec.of("tag", "/shared/ner-ckpt", {"batch_size": 8})
+    with DaskRunner(spec, address="tcp://scheduler:8786") as runner:            # None: a local cluster
+        for chunk, results in runner.map_chunks(chunk_inputs(texts, 64)):
+            ...                                                                 # in input order
+    with DaskEncoder("path/to/checkpoint", pooling="mean") as enc:              # Encoder's interface
         vectors = enc.encode(texts)
-    with DaskEncoder("/shared/ckpt", address="tcp://scheduler:8786") as enc:       # an existing cluster
-        encode_to_file(enc, open("big.txt"), "out.npy")
 
-How it runs: the input is cut into chunks of ``chunk_size`` texts on the client, read lazily; each chunk is a
-Dask task. A worker loads the model once (a per-process cache keyed by the checkpoint path and the options)
-and encodes its chunk exactly as a single-process ``Encoder`` does (same tokenizer call, same length
-bucketing inside the chunk, same batches); at most ``max_in_flight`` chunks are out at a time, and results
-come back in input order, so the client's memory stays flat on an input of any size.
+How it runs: the input is cut into chunks on the client, read lazily; each chunk is a Dask task
+(``chunks.run_chunk``). A worker loads the pipeline once (a per-process cache keyed by the ``TaskSpec``) and
+runs the chunk exactly as one process does, so with the same chunk and batch sizes the results are the ones a
+single-process run gives (tests/test_dask.py and tests/test_dask_tasks.py compare them exactly). At most
+``max_in_flight`` chunks are out at a time and results come back in input order, so the client's memory stays
+flat on an input of any size.
 
-Same results as one process: with the same ``chunk_size`` and ``batch_size`` every forward pass has the same
-inputs, so the embeddings are the ones ``Encoder`` computes for the same chunks (tests/test_dask.py compares
-them with ``np.array_equal``).
+A lost worker loses nothing: the client holds a future for every chunk not yet collected, so the scheduler
+recomputes on another worker whatever a dead worker was running or holding. A chunk that kills workers again
+and again (``distributed.scheduler.allowed-failures``, 3 by default) ends the run with an ``InputError``
+naming its inputs. A bad input fails its chunk with an ``InputError`` naming the input's line; chunks still
+out are cancelled.
+
+Kernel threads: each worker process runs its kernels with ``cores // threads``, where ``cores`` is the number
+of cores its machine lets it use and ``threads`` the sum of the worker threads of all worker processes on that
+machine (grouped by host name, asked of the workers when the runner starts), at least 1. So two
+single-threaded workers on a 2-core machine get 1 kernel thread each; one single-threaded worker alone on an
+8-core machine gets 8. A worker that joins later on an unknown host takes ``cores // its own threads``.
+``kernel_threads=N`` overrides the rule; NUMBA_NUM_THREADS in a worker's environment caps it.
 
 The checkpoint path must be readable at the same path on every worker (a shared file system, or the same
 directory copied to each machine), and erniem-np installed there: workers load the model themselves; only
-texts and embeddings travel over the network. Needs ``pip install "erniem-np[dask]"``.
+inputs and results travel over the network. Needs ``pip install "erniem-np[dask]"``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
+import socket
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from .base import ProgressFn, check_texts, iter_chunks
-from .encode import EncodeMethods, Encoder
-
-_ENCODERS: dict[tuple, Encoder] = {}  # on each worker process: (path, options) -> the loaded Encoder
-_LOCK = threading.Lock()
+from .base import ProgressFn, check_texts
+from .chunks import Chunk, InputError, TaskSpec, build_pipeline, chunk_inputs, run_chunk
+from .encode import EncodeMethods
 
 
-def _options_key(path: str, options: dict[str, Any]) -> tuple:
-    return (path, tuple(sorted((k, repr(v)) for k, v in options.items())))
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
-def worker_encoder(path: str, options: dict[str, Any]) -> Encoder:
-    """The Encoder of this worker process for ``(path, options)``, loaded on first use and kept."""
-    key = _options_key(path, options)
-    with _LOCK:  # threads of one worker share the cache; only one loads
-        enc = _ENCODERS.get(key)
-        if enc is None:
-            enc = _ENCODERS[key] = Encoder(path, **options)
-    return enc
+def _host_and_cores() -> tuple[str, int]:
+    return socket.gethostname(), usable_cores()
 
 
-def encode_chunk_task(path: str, options: dict[str, Any], texts: list[str], kernel_threads: int | None = None):
-    """The Dask task: one chunk through the worker's cached Encoder ([n, H], or a list of [L_i, H]).
-    ``kernel_threads``: Numba threads for this task (a per-thread setting, capped by NUMBA_NUM_THREADS)."""
-    if kernel_threads is not None:
-        import numba
+def kernel_thread_plan(client) -> dict[str, int]:
+    """Kernel threads per host name: the host's usable cores divided by the worker threads on it (at least 1)."""
+    info = client.run(_host_and_cores)  # {worker address: (host, cores)}
+    nthreads = client.nthreads()  # {worker address: threads}
+    cores: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    for address, (host, n) in info.items():
+        cores[host] = max(cores.get(host, 1), int(n))
+        threads[host] = threads.get(host, 0) + int(nthreads.get(address, 1))
+    return {host: max(1, cores[host] // max(1, threads[host])) for host in cores}
 
-        from ..backend import set_num_threads
 
-        set_num_threads(max(1, min(int(kernel_threads), numba.config.NUMBA_NUM_THREADS)))
-    return worker_encoder(path, options)._encode_chunk(texts)
+def _worker_kernel_threads(plan: dict[str, int] | int | None) -> int | None:
+    """On a worker: its kernel threads under ``plan`` (see the module docstring)."""
+    if plan is None or isinstance(plan, int):
+        return plan
+    share = plan.get(socket.gethostname())
+    if share is None:  # a host that joined after the plan was made: assume this worker is alone there
+        from distributed import get_worker
+
+        share = max(1, usable_cores() // max(1, get_worker().state.nthreads))
+    return share
 
 
-class DaskEncoder(EncodeMethods):
-    """``Encoder``'s interface (``encode``, ``encode_chunks``, ``encode_iter``) running on a Dask cluster.
+def run_chunk_task(spec: TaskSpec, chunk: Chunk, plan: dict[str, int] | int | None = None):
+    """The Dask task: ``chunks.run_chunk`` with this worker's kernel threads."""
+    return run_chunk(spec, chunk, _worker_kernel_threads(plan))
+
+
+class DaskRunner:
+    """Chunks of a ``TaskSpec`` run on a Dask cluster, collected in input order.
 
     Args:
-        model: a checkpoint path (readable on every worker) or a cached hub id. Not a loaded model: workers
-            load their own.
+        spec: the task, checkpoint path (readable on every worker) and options.
         address: a scheduler address ("tcp://host:8786"); None: start a local cluster.
         client: an existing ``distributed.Client`` (overrides ``address``).
         n_workers, threads_per_worker, processes: the local cluster's shape (default: one single-threaded
-            worker process per core).
+            worker process per usable core).
         max_in_flight: chunks submitted and not yet collected (default: 2 per worker thread).
-        kernel_threads: Numba threads per task. Default: for the local cluster, the cores divided among its
-            worker threads (so workers do not oversubscribe the machine); on a given cluster, Numba's default
-            (every core of the worker's machine).
-        encoder_options: ``Encoder``'s keyword arguments (pooling, tokenizer as a path, max_length, batch_size,
-            chunk_size, normalize, flavor, dtype, backend).
+        kernel_threads: Numba threads per task (default: the per-host rule of the module docstring).
 
-    Use it as a context manager (or call ``close``): a cluster or client it started is shut down.
+    The pipeline is built once on the client first, so a wrong path or option fails there, before a cluster
+    starts (weights are memory-mapped: this costs little). Use it as a context manager (or call ``close``): a
+    cluster or client it started is shut down.
     """
 
-    def __init__(self, model: str | os.PathLike, *, address: str | None = None, client=None,
-                 n_workers: int | None = None, threads_per_worker: int = 1, processes: bool = True,
-                 max_in_flight: int | None = None, kernel_threads: int | None = None,
-                 **encoder_options):  # fmt: skip
-        if not isinstance(model, (str, os.PathLike)):
-            raise TypeError("DaskEncoder takes a checkpoint path (each worker loads its own model), got "
-                            f"{type(model).__name__}")  # fmt: skip
-        tok = encoder_options.get("tokenizer")
-        if tok is not None and not isinstance(tok, (str, os.PathLike)):
-            raise TypeError("DaskEncoder takes tokenizer= as a directory path (workers load their own)")
-        path = os.fspath(model)
-        self.path = os.path.abspath(path) if os.path.exists(path) else path
-        if tok is not None:
-            encoder_options["tokenizer"] = os.path.abspath(os.fspath(tok))
-        if "dtype" in encoder_options:
-            encoder_options["dtype"] = np.dtype(encoder_options["dtype"]).name
-        self.options = encoder_options
-        # Check everything here, before any cluster starts: a wrong path, a missing tokenizer or pooler is
-        # the user's error on the client. Weights are memory-mapped, so this costs little.
-        self._local = Encoder(self.path, **encoder_options)
-        self.pooling, self.dim, self.dtype = self._local.pooling, self._local.dim, self._local.dtype
-        self.chunk_size = self._local.chunk_size
-
+    def __init__(self, spec: TaskSpec, *, address: str | None = None, client=None, n_workers: int | None = None,
+                 threads_per_worker: int = 1, processes: bool = True, max_in_flight: int | None = None,
+                 kernel_threads: int | None = None):  # fmt: skip
+        self.spec = spec
+        self.pipeline = build_pipeline(spec)  # checks the checkpoint and options here
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -113,45 +117,53 @@ class DaskEncoder(EncodeMethods):
         self._own_client = self._own_cluster = None
         if client is None:
             if address is None:
-                n = n_workers or os.cpu_count() or 1
-                self._own_cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                                                 processes=processes, dashboard_address=None)  # fmt: skip
+                self._own_cluster = LocalCluster(n_workers=n_workers or usable_cores(),
+                                                 threads_per_worker=threads_per_worker, processes=processes,
+                                                 dashboard_address=None)  # fmt: skip
                 client = self._own_client = Client(self._own_cluster)
-                if kernel_threads is None:
-                    kernel_threads = max(1, (os.cpu_count() or 1) // (n * threads_per_worker))
             else:
-                client = self._own_client = Client(address)
+                try:
+                    client = self._own_client = Client(address)
+                except OSError as e:
+                    raise OSError(f"cannot connect to the Dask scheduler at {address}: {e}") from None
         self.client = client
-        self.kernel_threads = kernel_threads
+        self.plan: dict[str, int] | int = kernel_threads if kernel_threads is not None else kernel_thread_plan(client)
         if max_in_flight is None:
-            threads = sum(client.nthreads().values()) or 1
-            max_in_flight = 2 * threads
+            max_in_flight = 2 * (sum(client.nthreads().values()) or 1)
         self.max_in_flight = max(1, int(max_in_flight))
 
-    def encode_chunks(self, texts: Iterable[str], progress: ProgressFn | None = None
-                      ) -> Iterator[np.ndarray | list[np.ndarray]]:  # fmt: skip
-        """One block per ``chunk_size`` texts, in input order, computed on the cluster."""
+    def map_chunks(self, chunks: Iterable[Chunk], progress: ProgressFn | None = None, what: str = "inputs"
+                   ) -> Iterator[tuple[Chunk, Any]]:  # fmt: skip
+        """``(chunk, results)`` for each chunk, in input order, computed on the cluster."""
+        from distributed import KilledWorker
+
         pending: deque = deque()
         done = 0
-        chunks = iter_chunks(check_texts(texts), self.chunk_size)
-        for chunk in chunks:
-            future = self.client.submit(encode_chunk_task, self.path, self.options, chunk, self.kernel_threads,
-                                        pure=False)  # fmt: skip
-            pending.append((len(chunk), future))
-            if len(pending) >= self.max_in_flight:
-                n, fut = pending.popleft()
-                yield fut.result()
-                done += n
-                if progress is not None:
-                    progress("encoding", done, None)
-        while pending:
-            n, fut = pending.popleft()
-            yield fut.result()
-            done += n
+
+        def collect():
+            nonlocal done
+            chunk, future = pending.popleft()
+            try:
+                results = future.result()
+            except KilledWorker:
+                raise InputError(f"{chunk.where[0]} to {chunk.where[-1]}: this chunk's task killed every worker "
+                                 "that ran it (out of memory on a very long input?)") from None  # fmt: skip
+            done += len(chunk)
             if progress is not None:
-                progress("encoding", done, None)
-        if progress is not None and done:
-            progress("encoding", done, done)
+                progress(what, done, None)
+            return chunk, results
+
+        try:
+            for chunk in chunks:
+                future = self.client.submit(run_chunk_task, self.spec, chunk, self.plan, pure=False)
+                pending.append((chunk, future))
+                if len(pending) >= self.max_in_flight:
+                    yield collect()
+            while pending:
+                yield collect()
+        finally:  # an error, or the caller stopped early: nothing keeps running for nobody
+            if pending:
+                self.client.cancel([f for _, f in pending])
 
     def close(self) -> None:
         """Shut down the client and local cluster this object started (an outside client stays open)."""
@@ -162,8 +174,45 @@ class DaskEncoder(EncodeMethods):
             self._own_cluster.close()
             self._own_cluster = None
 
-    def __enter__(self) -> DaskEncoder:
+    def __enter__(self) -> DaskRunner:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class DaskEncoder(DaskRunner, EncodeMethods):
+    """``Encoder``'s interface (``encode``, ``encode_chunks``, ``encode_iter``) running on a Dask cluster.
+
+    Args:
+        model: a checkpoint path (readable on every worker) or a cached hub id. Not a loaded model: workers
+            load their own.
+        address, client, n_workers, threads_per_worker, processes, max_in_flight, kernel_threads: as
+            ``DaskRunner``.
+        encoder_options: ``Encoder``'s keyword arguments (pooling, tokenizer as a path, max_length, batch_size,
+            chunk_size, normalize, flavor, dtype, backend).
+    """
+
+    def __init__(self, model: str | os.PathLike, *, address: str | None = None, client=None,
+                 n_workers: int | None = None, threads_per_worker: int = 1, processes: bool = True,
+                 max_in_flight: int | None = None, kernel_threads: int | None = None,
+                 **encoder_options):  # fmt: skip
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError("DaskEncoder takes a checkpoint path (each worker loads its own model), got "
+                            f"{type(model).__name__}")  # fmt: skip
+        super().__init__(TaskSpec.of("encode", model, encoder_options), address=address, client=client,
+                         n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+                         max_in_flight=max_in_flight, kernel_threads=kernel_threads)  # fmt: skip
+        self.path, self.options = self.spec.model, self.spec.options
+        self.pooling, self.dim, self.dtype = self.pipeline.pooling, self.pipeline.dim, self.pipeline.dtype
+        self.chunk_size = self.pipeline.chunk_size
+
+    def encode_chunks(self, texts: Iterable[str], progress: ProgressFn | None = None
+                      ) -> Iterator[np.ndarray | list[np.ndarray]]:  # fmt: skip
+        """One block per ``chunk_size`` texts, in input order, computed on the cluster."""
+        done = 0
+        for _, block in self.map_chunks(chunk_inputs(check_texts(texts), self.chunk_size), progress, "encoding"):
+            done += len(block)
+            yield block
+        if progress is not None and done:
+            progress("encoding", done, done)

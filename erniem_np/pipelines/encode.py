@@ -190,10 +190,12 @@ class NpyWriter:
 
     HEADER = 128
 
-    def __init__(self, path: str, dim: int, dtype=np.float32):
+    def __init__(self, path: str, dim: int, dtype=np.float32, file=None, rows: int = 0):
         self.path, self.dim, self.dtype = path, int(dim), np.dtype(dtype)
-        self.rows = 0
-        self.f, self.tmp = open_beside(path)  # renamed over path by close(); abort() removes it
+        self.rows = int(rows)
+        # renamed over path by close(); abort() removes it. ``file``: (open file, its name), holding ``rows``
+        # rows already (a resumed output, see resumable.py)
+        self.f, self.tmp = file or open_beside(path)
         self._write_header()
 
     def _write_header(self) -> None:
@@ -237,14 +239,19 @@ class SafetensorsWriter:
 
     RESERVED = 4096  # header bytes; the JSON is padded with spaces, which the format allows
 
-    def __init__(self, path: str, dim: int, dtype=np.float32, *, ragged: bool = False, metadata=None):
+    def __init__(self, path: str, dim: int, dtype=np.float32, *, ragged: bool = False, metadata=None, file=None,
+                 rows: int = 0):  # fmt: skip
         self.path, self.dim, self.dtype, self.ragged = path, int(dim), np.dtype(dtype), ragged
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-        self.rows = 0  # embeddings written (texts)
+        self.rows = int(rows)  # embeddings written (texts)
         self.tokens = 0  # rows of last_hidden_state written
         self.offsets = [0]
-        self.f, self.tmp = open_beside(path)  # renamed over path by close(); abort() removes it
-        self.f.write(b"\0" * (8 + self.RESERVED))
+        if ragged and rows:
+            raise ValueError("a ragged (pooling 'last') .safetensors output cannot be continued")
+        # as NpyWriter: renamed over path by close(); ``file``: (open file, its name), ``rows`` rows in it
+        self.f, self.tmp = file or open_beside(path)
+        if self.f.tell() == 0:
+            self.f.write(b"\0" * (8 + self.RESERVED))
 
     def write(self, block) -> None:
         if self.ragged:
@@ -293,16 +300,17 @@ class SafetensorsWriter:
     abort = NpyWriter.abort
 
 
-def open_writer(path: str, pooling: str, dim: int, dtype=np.float32, metadata=None):
-    """The writer for ``path``'s extension; .npy cannot hold "last" (one array per text)."""
+def open_writer(path: str, pooling: str, dim: int, dtype=np.float32, metadata=None, file=None, rows: int = 0):
+    """The writer for ``path``'s extension; .npy cannot hold "last" (one array per text). ``file``, ``rows``:
+    write into this (open file, name) that already holds ``rows`` rows, not a new temporary file."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npy":
         if pooling == "last":
             raise ValueError("pooling 'last' gives a different number of rows per text: write a .safetensors "
                              "file (last_hidden_state + offsets), not .npy")  # fmt: skip
-        return NpyWriter(path, dim, dtype)
+        return NpyWriter(path, dim, dtype, file, rows)
     if ext == ".safetensors":
-        return SafetensorsWriter(path, dim, dtype, ragged=pooling == "last", metadata=metadata)
+        return SafetensorsWriter(path, dim, dtype, ragged=pooling == "last", metadata=metadata, file=file, rows=rows)
     raise ValueError(f"{path}: the output must end in .npy or .safetensors")
 
 
