@@ -146,8 +146,12 @@ class DaskRunner:
             try:
                 results = future.result()
             except KilledWorker:
-                raise InputError(f"{chunk.where[0]} to {chunk.where[-1]}: this chunk's task killed every worker "
-                                 "that ran it (out of memory on a very long input?)") from None  # fmt: skip
+                import dask
+
+                deaths = int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
+                raise InputError(f"{chunk.where[0]} to {chunk.where[-1]}: {deaths} workers died running this chunk "
+                                 "(distributed.scheduler.allowed-failures); an input there may be too large for a "
+                                 "worker's memory") from None  # fmt: skip
             done += len(chunk)
             if progress is not None:
                 progress(what, done, None)
