@@ -1,5 +1,6 @@
-"""Benchmark an ErnieM-base forward pass: erniem-np (numba, numpy) against HF transformers (torch eager) and
-ONNX Runtime (the model exported from HF), in one run, same weights, fp32, same thread count.
+"""Benchmark an ErnieM-base forward pass: erniem-np (numba, int8, numpy) against HF transformers (torch eager)
+and ONNX Runtime (the model exported from HF: as exported, after ORT's BERT optimizer, and that graph with
+dynamic int8 quantization), in one run, same weights, same thread count.
 
     pip install "erniem-np[reference,bench]"     # torch + transformers; onnx, onnxruntime, matplotlib
     erniem-np bench --threads 2 --out bench-results    # or: python scripts/bench/bench_model.py ... in a checkout
@@ -18,6 +19,13 @@ length (token counts of lines of the multilingual fixture corpus); erniem-np sor
 the frameworks pad the batch to its longest text. Reported: median latency (and the spread of the rounds),
 throughput, effective GFLOP/s (useful FLOPs, padding not counted), the percentage of the OpenBLAS sgemm rate
 measured in the same run, peak RSS. Writes results.json, results.md and results.png into --out.
+
+Before anything is timed, each implementation's output on a check batch is compared with erniem-np's NumPy
+layers: a float32 implementation that differs by more than ``CHECK_TOLERANCE`` computes something else and
+is not timed. The int8 implementations cannot match float32 that closely; their difference (largest, and the
+lowest cosine of a token's vector) is reported beside their times. On random weights that difference says
+nothing about accuracy on a task (docs/quantization.md measures that on trained weights). erniem-np int8 loads
+a native int8 checkpoint written by ``convert --quantize int8`` from the same weights.
 """
 
 from __future__ import annotations
@@ -40,7 +48,11 @@ import numpy as np
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 _THREAD_ENV_AT_START = {k: os.environ.get(k) for k in THREAD_VARS}
 WORKLOADS = ["B1_L128", "B8_L128", "B1_L512", "mixed64"]
-IMPLS = ["erniem-np numba", "erniem-np numpy", "torch eager", "onnxruntime"]
+IMPLS = ["erniem-np numba", "erniem-np int8", "erniem-np numpy", "torch eager", "onnxruntime",
+         "onnxruntime optimized", "onnxruntime int8"]  # fmt: skip
+INT8_IMPLS = ("erniem-np int8", "onnxruntime int8")
+ONNX_FILES = {"onnxruntime": "model.onnx", "onnxruntime optimized": "model.opt.onnx", "onnxruntime int8": "model.int8.onnx"}
+INT8_DIR = "int8"  # the native int8 checkpoint, beside the float32 one
 SIZES = {  # ErnieM-base, and a toy for smoke runs
     "base": {},
     "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
@@ -119,7 +131,11 @@ def load(impl, ckpt, threads):
         from erniem_np import ErnieMModel
 
         backend = impl.split()[-1]
-        model = ErnieMModel.from_pretrained(ckpt, backend=backend)
+        if backend == "int8":
+            model = ErnieMModel.from_pretrained(os.path.join(ckpt, INT8_DIR))  # int8 as stored
+            erniem_np.warmup(int8=True)
+        else:
+            model = ErnieMModel.from_pretrained(ckpt, backend=backend)
         if backend == "numba":
             erniem_np.warmup()
 
@@ -155,7 +171,7 @@ def load(impl, ckpt, threads):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(os.path.join(ckpt, "model.onnx"), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(os.path.join(ckpt, ONNX_FILES[impl]), so, providers=["CPUExecutionProvider"])
 
         def run(ids, mask):
             return sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
@@ -249,6 +265,14 @@ def reference_output(ckpt, vocab):
     return out.astype(np.float32) * mask[..., None].astype(np.float32)
 
 
+def min_token_cosine(got, reference):
+    """The lowest cosine between a token's vector in ``got`` and in ``reference`` (zeroed padding skipped)."""
+    g, r = got.reshape(-1, got.shape[-1]), reference.reshape(-1, reference.shape[-1])
+    keep = np.linalg.norm(r, axis=1) > 0
+    g, r = g[keep].astype(np.float64), r[keep].astype(np.float64)
+    return float(((g * r).sum(1) / np.linalg.norm(g, axis=1) / np.linalg.norm(r, axis=1)).min())
+
+
 def peak_rss_mb():
     """This process's peak resident set (VmHWM) in MB of 10^6 bytes, the unit of the weight size it is
     compared with. Not ru_maxrss: Linux carries that across exec from the parent."""
@@ -271,6 +295,8 @@ def sgemm_rate(threads):
 
 
 def prepare_checkpoint(directory, size="base", onnx=True):
+    """Write the random float32 checkpoint, its native int8 conversion (``INT8_DIR``) and, with ``onnx``, the
+    ONNX exports; -> (float32 weight bytes, {file: bytes} of what was written, shape)."""
     from erniem_np import ErnieMConfig, ErnieMModel
 
     model = ErnieMModel(ErnieMConfig(**SIZES[size]), seed=0, backend="numpy")  # HF init
@@ -278,7 +304,9 @@ def prepare_checkpoint(directory, size="base", onnx=True):
     weight_bytes = sum(a.nbytes for a in model.state_dict().values())
     c = model.config
     shape = {"vocab": c.vocab_size, "H": c.hidden_size, "F": c.intermediate_size, "layers": c.num_hidden_layers}
-    onnx_ok = False
+    del model
+    ErnieMModel.from_pretrained(directory, quantize="int8").save_pretrained(os.path.join(directory, INT8_DIR))
+    files = {"int8/model.safetensors": os.path.getsize(os.path.join(directory, INT8_DIR, "model.safetensors"))}
     try:
         if not onnx:
             raise RuntimeError("ONNX Runtime is not among the implementations to run")
@@ -303,10 +331,25 @@ def prepare_checkpoint(directory, size="base", onnx=True):
                           input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                           dynamic_axes={"input_ids": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"}},
                           opset_version=17, dynamo=False)  # fmt: skip
-        onnx_ok = True
+        files["model.onnx"] = os.path.getsize(os.path.join(directory, "model.onnx"))
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.transformers import optimizer
+
+        opt = optimizer.optimize_model(os.path.join(directory, "model.onnx"), model_type="bert",
+                                       num_heads=c.num_attention_heads, hidden_size=c.hidden_size)  # fmt: skip
+        opt.save_model_to_file(os.path.join(directory, ONNX_FILES["onnxruntime optimized"]))
+        files["model.opt.onnx"] = os.path.getsize(os.path.join(directory, "model.opt.onnx"))
+        import onnx
+
+        # the optimizer's fused operators (com.microsoft) defeat ONNX shape inference: their outputs are float
+        quantize_dynamic(os.path.join(directory, "model.opt.onnx"), os.path.join(directory, "model.int8.onnx"),
+                         weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+        files["model.int8.onnx"] = os.path.getsize(os.path.join(directory, "model.int8.onnx"))
     except Exception as e:  # noqa: BLE001
-        print(f"  (no ONNX export: {type(e).__name__}: {e})")
-    return weight_bytes, onnx_ok, shape
+        print(f"  (ONNX: {', '.join(f for f in files if f.endswith('.onnx')) or 'no export'}; stopped at "
+              f"{type(e).__name__}: {e})")  # fmt: skip
+    return weight_bytes, files, shape
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -335,9 +378,9 @@ def main(argv=None):
     if args.impl:
         return serve(args.impl, args.ckpt, args.threads)
     if args.prepare:  # in its own process, so the driver stays small
-        weight_bytes, onnx_ok, shape = prepare_checkpoint(args.prepare, args.size, args.onnx)
+        weight_bytes, files, shape = prepare_checkpoint(args.prepare, args.size, args.onnx)
         with open(os.path.join(args.prepare, "prepared.json"), "w") as f:
-            json.dump({"weight_bytes": weight_bytes, "onnx": onnx_ok, "shape": shape}, f)
+            json.dump({"weight_bytes": weight_bytes, "files": files, "shape": shape}, f)
         return None
     return run(args)
 
@@ -354,19 +397,19 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, f"ernie-m-{args.size}-random")
         print(f"writing the random ErnieM-{args.size} checkpoint ...", flush=True)
-        want_onnx = "onnxruntime" in wanted and _has("onnxruntime")
+        want_onnx = any(i.startswith("onnxruntime") for i in wanted) and _has("onnxruntime")
         subprocess.run([sys.executable, "-m", "erniem_np.bench", "--prepare", ckpt, "--size", args.size]
                        + (["--onnx"] if want_onnx else []), check=True)  # fmt: skip
         with open(os.path.join(ckpt, "prepared.json")) as f:
             prepared = json.load(f)
-        weight_bytes, onnx_ok, shape = prepared["weight_bytes"], prepared["onnx"], prepared["shape"]
+        weight_bytes, files, shape = prepared["weight_bytes"], prepared["files"], prepared["shape"]
         rate = sgemm_rate(args.threads)
         print(f"OpenBLAS sgemm 1024x768x3072 on {args.threads} threads: {rate:.0f} GFLOP/s", flush=True)
         impls = [i for i in wanted if not (i == "torch eager" and not _has("torch"))
-                 and not (i == "onnxruntime" and not (onnx_ok and _has("onnxruntime")))]  # fmt: skip
+                 and not (i in ONNX_FILES and ONNX_FILES[i] not in files)]  # fmt: skip
         for skipped in (i for i in wanted if i not in impls):
-            why = "no ONNX export (needs torch, transformers and onnx)" if skipped == "onnxruntime" and _has(
-                "onnxruntime") else "not installed (pip install 'erniem-np[reference,bench]')"  # fmt: skip
+            why = f"no {ONNX_FILES[skipped]} (the export needs torch, transformers and onnx)" if skipped in \
+                ONNX_FILES and _has("onnxruntime") else "not installed (pip install 'erniem-np[reference,bench]')"
             print(f"skipping {skipped}: {why}", flush=True)
         workers, results = {}, {}
         try:
@@ -379,7 +422,11 @@ def run(args) -> int:
                 got = np.frombuffer(bytes.fromhex(reply["check"]), np.float32).reshape(reply["shape"])
                 diff = float(np.abs(got - reference).max()) if got.shape == reference.shape else float("inf")
                 results[impl]["check_max_abs_diff"] = diff
-                if not diff <= CHECK_TOLERANCE:
+                if impl in INT8_IMPLS and np.isfinite(diff):  # reported, not required: int8 is not float32
+                    results[impl]["check_min_cosine"] = cos = min_token_cosine(got, reference)
+                    print(f"  {impl}: int8, max |difference| from float32 {diff:.3g}, lowest token cosine "
+                          f"{cos:.4f} (random weights: not a measure of task accuracy)", flush=True)  # fmt: skip
+                elif not diff <= CHECK_TOLERANCE:
                     print(f"not timing {impl}: its output differs from erniem-np's NumPy layers by {diff:.3g} "
                           f"(tolerance {CHECK_TOLERANCE:g}): it computes something else", flush=True)  # fmt: skip
                     impls.remove(impl)
@@ -419,6 +466,7 @@ def run(args) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "cpu": _cpu_name(), "threads": args.threads, "sgemm_gflops": rate, "sgemm_gflops_before_after": sgemm_runs,
         "rounds": args.reps, "pause_s": args.pause, "weight_bytes": weight_bytes, "size": args.size, "shape": shape,
+        "file_bytes": files,
         "mixed_lengths": {"source": source, "n": len(lengths), "median": float(np.median(lengths)),
                           "max": int(lengths.max()), "total_tokens": int(lengths.sum())},
         "python": sys.version.split()[0], "numpy": np.__version__,
@@ -454,8 +502,10 @@ def _cpu_name():
 def table(meta, results):
     base = results.get("torch eager")
     ort = results.get("onnxruntime")
+    ort8 = results.get("onnxruntime int8")
     lines = [
-        f"ErnieM-{meta.get('size', 'base')}, fp32, {meta['threads']} threads, {meta['cpu']}; OpenBLAS sgemm "
+        f"ErnieM-{meta.get('size', 'base')}, float32 except the int8 rows, {meta['threads']} threads, "
+        f"{meta['cpu']}; OpenBLAS sgemm "
         f"{meta['sgemm_gflops']:.0f} "
         f"GFLOP/s in the same run (the higher of before and after); interleaved rounds ({meta['rounds']} per fixed "
         f"shape, up to 3 for mixed64); weights {_size(meta['weight_bytes'])}. mixed64 = 64 texts, "
@@ -463,18 +513,24 @@ def table(meta, results):
         f"longest {meta['mixed_lengths']['max']} ({meta['mixed_lengths']['source']}).",
         "",
         "| implementation | workload | median ms | rounds (min-max / median) | seq/s | GFLOP/s | % of sgemm | vs torch "
-        "| vs ORT | peak RSS MB | RSS / weights |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs ORT | vs ORT int8 | peak RSS MB | RSS / weights |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for impl, r in results.items():
         for w in WORKLOADS:
             x = r[w]
             vs_t = f"{base[w]['median_s'] / x['median_s']:.2f}x" if base else "-"
             vs_o = f"{ort[w]['median_s'] / x['median_s']:.2f}x" if ort else "-"
+            vs_o8 = f"{ort8[w]['median_s'] / x['median_s']:.2f}x" if ort8 else "-"
             lines.append(f"| {impl} | {w} | {x['median_s'] * 1e3:.1f} | {x['spread'][0]:.2f}-{x['spread'][1]:.2f} "
                          f"| {x['seq_per_s']:.1f} | {x['gflops']:.0f} | "
-                         f"{100 * x['gflops'] / meta['sgemm_gflops']:.0f}% | {vs_t} | {vs_o} | "
+                         f"{100 * x['gflops'] / meta['sgemm_gflops']:.0f}% | {vs_t} | {vs_o} | {vs_o8} | "
                          f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] * 1e6 / meta['weight_bytes']:.2f}x |")  # fmt: skip
+    sizes = ", ".join(f"{name} {_size(n)}" for name, n in meta.get("file_bytes", {}).items())
+    cosines = ", ".join(f"{impl} {r['check_min_cosine']:.4f}" for impl, r in results.items() if "check_min_cosine" in r)
+    lines += [""] + ([f"Files: float32 weights {_size(meta['weight_bytes'])}; {sizes}."] if sizes else []) + (
+        [f"int8 against float32 on the check batch, lowest token cosine: {cosines} (random weights)."]
+        if cosines else [])  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -493,7 +549,7 @@ def chart(results, path, size="base"):
         ax.bar(np.arange(len(WORKLOADS)) + k * width, [r[w]["gflops"] for w in WORKLOADS], width, label=impl)
     ax.set_xticks(np.arange(len(WORKLOADS)) + width * (len(results) - 1) / 2, WORKLOADS)
     ax.set_ylabel("effective GFLOP/s (higher is better)")
-    ax.set_title(f"ErnieM-{size} forward, fp32")
+    ax.set_title(f"ErnieM-{size} forward")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
