@@ -79,7 +79,7 @@ def test_metadata_that_is_not_json_or_another_format_is_unreadable(tmp_path):
     write_safetensors(p, {"c/emb.out": np.zeros(2, np.float32)}, metadata={"config": "{oops"})
     with pytest.raises(BundleError, match="'config' is not JSON"):
         load_bundle(p)
-    write_safetensors(p, {"c/emb.out": np.zeros(2, np.float32)}, metadata={"format": "erniem-np-golden/1"})
+    write_safetensors(p, {"c/emb.out": np.zeros(2, np.float32)}, metadata={"format": "erniem-np-parity/2"})
     with pytest.raises(BundleError, match="format"):
         load_bundle(p)
     write_safetensors(p, {"emb.out": np.zeros(2, np.float32)})

@@ -1,6 +1,7 @@
 """Parity bundles: one safetensors file of input cases and the probes a model computed for them.
 
-Layout (format ``erniem-np-parity/1``; docs/parity-testing.md is the contract a port follows):
+Layout (format ``erniem-np-parity/1``; docs/parity-testing.md is the contract a port follows,
+docs/parity-bundles.md the full specification):
 
 * tensors ``<case>/<probe>``: ``input.input_ids``, ``input.attention_mask``, ``input.position_ids`` (int64
   [B, L]; positions 0-based, before ErnieM's +2), ``derived.additive_mask`` ([B, 1, 1, L], the mask this
@@ -12,6 +13,12 @@ Layout (format ``erniem-np-parity/1``; docs/parity-testing.md is the contract a 
   ``cases`` ([{name, description, batch, seq_len}]), ``probes`` ([{name, tier, kind, shape}] in forward
   order), ``heads`` ({short name: {num_labels}}), ``tier``, ``tolerances`` ({"profiles": ...}), ``weights``
   ({stored, recipe, seed, digest}).
+
+A call case records one forward call as its caller made it: its ``cases`` entry adds ``head`` (the class
+called: "base" or a head's short name), ``inputs`` (the tensor arguments passed, by HF name, each stored as
+``input.<name>``; ``past_key_values`` as ``input.past.NN.k`` / ``.v``), ``kwargs`` (the other arguments) and
+``probes`` (the probe names the case holds). Tensors under a prefix that is neither a case nor ``weights``
+(``paddle_state/`` in the Paddle goldens) are carried along and never compared.
 
 A candidate from another port needs only the tensors (every core probe of every case); its metadata is
 optional. Reading validates the file and raises BundleError with ``kind`` "unreadable" (not a bundle, a
@@ -85,15 +92,48 @@ class Bundle:
     def probes(self) -> list[dict]:
         return list(self.metadata.get("probes") or [])
 
-    def inputs(self, case: str) -> dict[str, np.ndarray]:
-        """The forward arguments of a case by their HF names: input_ids, attention_mask, position_ids."""
-        out = {}
-        for name in ("input_ids", "attention_mask", "position_ids"):
-            a = self.get(case, f"input.{name}")
-            if a is None:
-                raise BundleError(f"{self.name}: case {case!r} has no input.{name}")
-            out[name] = a
+    def is_call(self, case: str) -> bool:
+        """Whether ``case`` is a call case (its metadata lists the forward arguments it recorded)."""
+        return "inputs" in self.case(case)
+
+    def case_probes(self, case: str) -> list[dict]:
+        """The probes of one case in forward order: the case's own ``probes`` list, else every probe."""
+        names = self.case(case).get("probes")
+        probes = self.probes()
+        return probes if names is None else [p for p in probes if p["name"] in set(names)]
+
+    def input_names(self, case: str) -> list[str]:
+        """The input tensors of one case, without the ``<case>/`` prefix."""
+        if not self.is_call(case):
+            return list(schema.INPUTS)
+        names = []
+        for arg in self.case(case)["inputs"]:
+            if arg == "past_key_values":
+                layers = int(self.metadata["config"]["num_hidden_layers"])
+                names += [f"input.past.{i:02d}.{kv}" for i in range(layers) for kv in "kv"]
+            else:
+                names.append(f"input.{arg}")
+        return names
+
+    def inputs(self, case: str) -> dict:
+        """The forward arguments of a case by their HF names: input_ids, attention_mask, position_ids, and for a
+        call case every argument it recorded (``past_key_values`` as a tuple of (key, value) pairs)."""
+        out: dict = {}
+        args = self.case(case)["inputs"] if self.is_call(case) else ("input_ids", "attention_mask", "position_ids")
+        for name in args:
+            if name == "past_key_values":
+                layers = int(self.metadata["config"]["num_hidden_layers"])
+                out[name] = tuple(tuple(self._input(case, f"input.past.{i:02d}.{kv}") for kv in "kv")
+                                  for i in range(layers))  # fmt: skip
+            else:
+                out[name] = self._input(case, f"input.{name}")
         return out
+
+    def _input(self, case: str, name: str) -> np.ndarray:
+        a = self.get(case, name)
+        if a is None:
+            raise BundleError(f"{self.name}: case {case!r} has no {name}")
+        return a
 
     def weights(self) -> dict[str, np.ndarray]:
         return {k[len("weights/") :]: self.array(k) for k in self.tensors if k.startswith("weights/")}
@@ -146,8 +186,8 @@ def load_bundle(path: str) -> Bundle:
                 raise BundleError(f"{path}: metadata {key!r} is not JSON ({e.msg})", "unreadable") from None
     fmt = meta.get("format")
     if fmt is not None and fmt != schema.FORMAT:
-        raise BundleError(f"{path}: format {fmt!r}, expected {schema.FORMAT!r} (a goldens file of the test "
-                          "suite, or a newer bundle?)", "unreadable")  # fmt: skip
+        raise BundleError(f"{path}: format {fmt!r}, expected {schema.FORMAT!r} (a newer bundle?)",
+                          "unreadable")  # fmt: skip
     for key in tensors:
         if "/" not in key:
             raise BundleError(f"{path}: tensor {key!r} is not named <case>/<probe>", "structural")
@@ -181,8 +221,9 @@ def validate(bundle: Bundle, against: Bundle | None = None) -> list[str]:
     """Structural problems of a bundle, as messages (empty: valid).
 
     A reference (no ``against``) must carry the metadata, every case's inputs and every probe its metadata
-    lists at its tier, each of the shape the schema gives. A candidate (``against`` = the reference) must
-    hold every core probe of every reference case, with the reference's shapes; debug probes are optional.
+    lists at its tier, each of the shape the schema gives (a call case: the inputs and probes its entry lists,
+    of any shape). A candidate (``against`` = the reference) must hold every core probe of every reference
+    case, with the reference's shapes; debug probes are optional.
     """
     problems: list[str] = []
     ref = against or bundle
@@ -195,18 +236,25 @@ def validate(bundle: Bundle, against: Bundle | None = None) -> list[str]:
             return problems
     heads = ref.metadata.get("heads") or {}
     for case in ref.case_names():
-        try:
-            dims = case_dims(ref, case)
-        except BundleError as e:
-            problems.append(str(e))
-            continue
+        dims = None
+        if ref.is_call(case):  # shapes follow the call's arguments (a cache, 3-D choices): not the schema's
+            unknown = [a for a in ref.case(case)["inputs"] if a not in schema.CALL_INPUTS]
+            if unknown:
+                problems.append(f"{case}: unknown forward argument(s) {', '.join(map(str, unknown))}")
+                continue
+        else:
+            try:
+                dims = case_dims(ref, case)
+            except BundleError as e:
+                problems.append(str(e))
+                continue
         if against is None:
-            for name in schema.INPUTS:
+            for name in ref.input_names(case):
                 if not bundle.has(case, name):
                     problems.append(f"{case}/{name}: missing input")
             if bundle.metadata.get("role") == "inputs":
                 continue  # an inputs-only bundle (export-inputs) carries no probes
-        for p in ref.probes():
+        for p in ref.case_probes(case):
             key = f"{case}/{p['name']}"
             present = key in bundle.tensors
             required = p["tier"] == "core" or (against is None and p["tier"] == "debug"
@@ -215,16 +263,20 @@ def validate(bundle: Bundle, against: Bundle | None = None) -> list[str]:
                 if required:
                     problems.append(f"{key}: missing {p['tier']} probe")
                 continue
-            dims_p = dict(dims)
-            if p["name"].startswith("head."):
-                dims_p["N"] = int(heads.get(p["name"].split(".")[1], {}).get("num_labels", 0))
-            want = schema.expected_shape(p["shape"], dims_p)
             got = tuple(bundle.tensors[key].shape)
+            if dims is None:
+                known = key in ref.tensors
+                want, shown = (tuple(ref.tensors[key].shape), "as in the reference") if known else (got, "")
+            else:
+                dims_p = dict(dims)
+                if p["name"].startswith("head."):
+                    dims_p["N"] = int(heads.get(p["name"].split(".")[1], {}).get("num_labels", 0))
+                want, shown = schema.expected_shape(p["shape"], dims_p), p["shape"]
             if got != want:
-                problems.append(f"{key}: shape {list(got)}, expected {list(want)} {p['shape']}")
+                problems.append(f"{key}: shape {list(got)}, expected {list(want)} {shown}")
     if against is not None:
-        known = {f"{c}/{p['name']}" for c in ref.case_names() for p in ref.probes()}
-        known |= {f"{c}/{n}" for c in ref.case_names() for n in schema.INPUTS}
+        known = {f"{c}/{p['name']}" for c in ref.case_names() for p in ref.case_probes(c)}
+        known |= {f"{c}/{n}" for c in ref.case_names() for n in ref.input_names(c)}
         extra = [k for k in bundle.tensors if k not in known and not k.startswith("weights/")]
         cases = set(ref.case_names())
         unknown_cases = sorted({k.split("/", 1)[0] for k in extra} - cases)
@@ -243,7 +295,7 @@ def check(bundle: Bundle, against: Bundle | None = None) -> None:
 
 def inputs_only(bundle: Bundle) -> tuple[dict[str, np.ndarray], dict]:
     """The tensors and metadata of an inputs-only bundle (what a port needs to produce a candidate)."""
-    tensors = {f"{c}/{n}": bundle.array(f"{c}/{n}") for c in bundle.case_names() for n in schema.INPUTS
+    tensors = {f"{c}/{n}": bundle.array(f"{c}/{n}") for c in bundle.case_names() for n in bundle.input_names(c)
                if bundle.has(c, n)}  # fmt: skip
     tensors.update({k: bundle.array(k) for k in bundle.tensors if k.startswith("weights/")})
     meta = {k: v for k, v in bundle.metadata.items() if k != "format"}

@@ -319,9 +319,9 @@ def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = 
     order = {p["name"]: i for i, p in enumerate(ref.probes())}
     for case in case_names:
         ids = ref.get(case, "input.input_ids")
-        valid = None if include_padding else ref.get(case, "input.attention_mask").astype(bool)
+        valid = None if include_padding else _valid_tokens(ref, case)
         # inputs a candidate echoes back must match exactly (it read them from the reference)
-        for name in ("input.input_ids", "input.attention_mask", "input.position_ids"):
+        for name in [n for n in ref.input_names(case) if n.startswith("input.")]:
             if cand.has(case, name):
                 a, b = cand.get(case, name), ref.get(case, name)
                 ok = a.shape == b.shape and np.array_equal(a, b)
@@ -329,7 +329,8 @@ def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = 
                                         message="" if ok else "the candidate's inputs differ from the reference's"))  # fmt: skip
                 if not ok:
                     structural.append(f"{case}/{name}: the candidate ran on different inputs than the reference")
-        for p in catalogue:
+        in_case = {p["name"] for p in ref.case_probes(case)}
+        for p in [p for p in catalogue if p["name"] in in_case]:
             name, kind = p["name"], p["kind"]
             if not cand.has(case, name):
                 if p["tier"] == "debug":
@@ -379,6 +380,15 @@ def compare_bundles(reference, candidate, *, profile: str = "fp32", tier: str = 
                                "compute_dtype": cand.metadata.get("compute_dtype")}}  # fmt: skip
     return Report(ref.name, cand.name, profile, mode, rows, first, last_ok, hints, sorted(set(structural)),
                   producers)  # fmt: skip
+
+
+def _valid_tokens(ref: Bundle, case: str) -> np.ndarray | None:
+    """The valid tokens [B, L] of a case: its 2-D attention mask when it has the shape of its ids (a call case
+    may pass none, a 4-D one, or one that covers a cache too: then every position counts)."""
+    mask, ids = ref.get(case, "input.attention_mask"), ref.get(case, "input.input_ids")
+    if mask is None or ids is None or mask.ndim != 2 or mask.shape != ids.shape:
+        return None
+    return mask.astype(bool)
 
 
 def _first_divergence(rows, order) -> tuple[ProbeResult | None, str | None]:
@@ -491,7 +501,9 @@ def _hints(ref: Bundle, cand: Bundle, rows, first: ProbeResult, order) -> list[s
 def _mask_hints(ref, cand, case, probe) -> list[str]:
     """Where the attention errors sit: on masked keys, on key 0 ([CLS]), or everywhere."""
     r, c = ref.get(case, probe).astype(np.float64), cand.get(case, probe).astype(np.float64)
-    mask = ref.get(case, "input.attention_mask").astype(bool)  # [B, Lk]
+    mask = _valid_tokens(ref, case)  # [B, Lk]
+    if mask is None:
+        return []
     ids = ref.get(case, "input.input_ids")
     rows = mask[:, None, :, None]  # valid query rows
     err = np.where(rows, np.abs(c - r), 0.0)

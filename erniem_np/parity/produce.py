@@ -257,6 +257,49 @@ def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: lis
     return tensors, metadata
 
 
+# --------------------------------------------------------------------------------------------- call cases
+# The functions a bundle's ``weights.recipe`` may name: each draws a model's weights from (config, seed).
+WEIGHT_RECIPES = {"erniem_np.parity.produce.parity_weights": parity_weights,
+                  "erniem_np.testing.random_weights": random_weights}  # fmt: skip
+
+
+def bundle_weights(bundle) -> dict[str, np.ndarray]:
+    """A bundle's weights: the stored ``weights/*``, else drawn again from its recorded recipe and seed."""
+    stored = bundle.weights()
+    if stored:
+        return stored
+    info = bundle.metadata.get("weights") or {}
+    if info.get("recipe") not in WEIGHT_RECIPES:
+        raise ValueError(f"{bundle.name}: no weights/* tensors and no known recipe ({info.get('recipe')!r})")
+    return WEIGHT_RECIPES[info["recipe"]](bundle.config(), int(info["seed"]))
+
+
+def call_model(bundle, head: str, weights=None, dtype=np.float32, backend: str = "numpy"):
+    """This implementation's model for a bundle's call cases of ``head`` ("base" or a head's short name), with
+    the bundle's weights and the head's settings from its ``heads`` metadata (num_labels, num_choices)."""
+    from ..model import MODEL_CLASSES
+
+    weights = bundle_weights(bundle) if weights is None else weights
+    config = bundle.config()
+    if head == "base":
+        return MODEL_CLASSES["ErnieMModel"](config, split_head(weights, None), dtype=dtype, backend=backend)
+    settings = (bundle.metadata.get("heads") or {}).get(head, {})
+    config = config.replace(**{k: settings[k] for k in ("num_labels", "num_choices") if k in settings})
+    cls = MODEL_CLASSES[schema.HEADS[schema.HEAD_VARIANTS.get(head, head)][0]]
+    return cls(config, split_head(weights, head), dtype=dtype, backend=backend)
+
+
+def call_probes(model, bundle, case: str) -> dict[str, np.ndarray]:
+    """Run one call case through ``model`` (call_model's) as its caller did, and return the probes the case
+    holds, named as in the bundle (schema.output_probe)."""
+    info = bundle.case(case)
+    head = None if info["head"] == "base" else info["head"]
+    out = model(**bundle.inputs(case), **info.get("kwargs", {}))
+    n = int(bundle.metadata["config"]["num_hidden_layers"])
+    probes = {schema.output_probe(k, head, n): v for k, v in schema.flat_outputs(out).items()}
+    return {name: probes[name] for name in info["probes"] if name in probes}
+
+
 def head_labels(weights, head) -> int:
     """num_labels of a head: the rows of its classifier for seq_cls/token_cls; fixed for the others."""
     if head in ("seq_cls", "token_cls"):

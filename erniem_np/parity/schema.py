@@ -3,7 +3,12 @@
 A bundle is one safetensors file. Tensors are named ``<case>/<probe>``: ``c01_batch_pad/layer.03.attn.probs``.
 Probe names are semantic (not any library's parameter names) and layer indices have two digits, so a
 lexical sort keeps depth order up to 100 layers; the authoritative order is the ``probes`` list in the
-metadata. Dimension legend: B batch, L sequence, H hidden, nh heads, d head size, F FFN width, N labels.
+metadata. Dimension legend: B batch, L sequence, H hidden, nh heads, d head size, F FFN width, N labels,
+K keys (past + L).
+
+A call case (docs/parity-bundles.md#b10-call-cases) records one forward call as the caller made it: its
+arguments as ``input.<argument>`` tensors, and the model outputs it holds under the probe names that
+``output_probe`` gives them (a layer's returned cache, a head's loss and UIE-M's probabilities included).
 """
 
 from __future__ import annotations
@@ -41,26 +46,95 @@ HEADS = {
 }
 
 
+# A head that runs another head's class with other labels: its probes are that head's, under its own name.
+HEAD_VARIANTS = {"seq_cls_reg": "seq_cls"}  # regression: num_labels 1
+
+# Probes only call cases hold: the cache a layer returns (use_cache), after the layer's attn.v; a head's loss
+# (when the call passes labels or positions), after its outputs; Paddle UIE-M's sigmoid probabilities.
+CACHE_PROBES = (("cache.k", "hidden", "[B,nh,K,d]"), ("cache.v", "hidden", "[B,nh,K,d]"))
+HEAD_CALL_PROBES = {"ie": (("start_prob", "[B,L]"), ("end_prob", "[B,L]"))}
+
+# Forward arguments a call case may record, by their HF names; each is stored as <case>/input.<name>, except
+# past_key_values: <case>/input.past.NN.k and .v ([B, nh, P, d]) per layer.
+CALL_INPUTS = ("input_ids", "attention_mask", "position_ids", "head_mask", "inputs_embeds", "past_key_values",
+               "labels", "start_positions", "end_positions")  # fmt: skip
+
+
 def layer_prefix(i: int) -> str:
     return f"layer.{i:02d}."
 
 
-def probe_catalogue(num_layers: int, heads=()) -> list[dict]:
-    """Every probe of a model in forward order: ``[{"name", "tier", "kind", "shape"}]``."""
+def probe_catalogue(num_layers: int, heads=(), calls: bool = False) -> list[dict]:
+    """Every probe of a model in forward order: ``[{"name", "tier", "kind", "shape"}]``. ``calls`` adds the
+    probes only call cases hold (CACHE_PROBES, HEAD_CALL_PROBES, each head's ``loss``)."""
     probes = [{"name": "emb.out", "tier": "core", "kind": "hidden", "shape": "[B,L,H]"}]
     for i in range(num_layers):
-        probes += [{"name": layer_prefix(i) + s, "tier": t, "kind": k, "shape": sh} for s, t, k, sh in LAYER_PROBES]
+        for s, t, k, sh in LAYER_PROBES:
+            probes.append({"name": layer_prefix(i) + s, "tier": t, "kind": k, "shape": sh})
+            if calls and s == "attn.v":
+                probes += [{"name": layer_prefix(i) + c, "tier": "core", "kind": ck, "shape": csh}
+                           for c, ck, csh in CACHE_PROBES]  # fmt: skip
     probes.append({"name": "pooler.out", "tier": "core", "kind": "hidden", "shape": "[B,H]"})
     for head in heads:
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; heads are {', '.join(HEADS)}")
-        for out, shape in HEADS[head][1]:
+        if head not in HEADS and head not in HEAD_VARIANTS:
+            raise ValueError(f"unknown head {head!r}; heads are {', '.join([*HEADS, *HEAD_VARIANTS])}")
+        outputs = HEADS[HEAD_VARIANTS.get(head, head)][1]
+        if calls:
+            outputs = (*outputs, *HEAD_CALL_PROBES.get(head, ()))
+        for out, shape in outputs:
             probes.append({"name": f"head.{head}.{out}", "tier": "core", "kind": "logits", "shape": shape})
+        if calls:
+            probes.append({"name": f"head.{head}.loss", "tier": "core", "kind": "loss", "shape": "[]"})
     return probes
 
 
+def output_probe(output: str, head: str | None, num_layers: int) -> str:
+    """The probe name of a model output named as ``flat_outputs`` names it: ``hidden_states.0`` -> ``emb.out``,
+    ``hidden_states.3`` and (with 3 layers) ``last_hidden_state`` -> ``layer.02.out``, ``attentions.1`` ->
+    ``layer.01.attn.probs``, ``past_key_values.1.k`` -> ``layer.01.cache.k``, ``pooler_output`` ->
+    ``pooler.out``, anything else (``logits``, ``start_prob``, ``loss``) -> ``head.<head>.<output>``."""
+    parts = output.split(".")
+    if parts[0] == "hidden_states":
+        i = int(parts[1])
+        return "emb.out" if i == 0 else layer_prefix(i - 1) + "out"
+    if output == "last_hidden_state":
+        return layer_prefix(num_layers - 1) + "out"
+    if parts[0] == "attentions":
+        return layer_prefix(int(parts[1])) + "attn.probs"
+    if parts[0] == "past_key_values":
+        return layer_prefix(int(parts[1])) + "cache." + parts[2]
+    if output == "pooler_output":
+        return "pooler.out"
+    if head is None:
+        raise ValueError(f"{output!r} is a head's output, but the call ran the base model")
+    return f"head.{head}.{output}"
+
+
+def flat_outputs(outputs) -> dict:
+    """A model's outputs (anything with ``keys()`` and ``[name]`` by HF output names: a ModelOutput of this
+    package, of transformers or of PaddleNLP, a dict) flattened to one tensor per name: ``hidden_states.<i>``,
+    ``attentions.<i>``, ``past_key_values.<i>.k`` / ``.v``; the others as they are; None values skipped.
+    Framework-neutral: the tensors are returned untouched."""
+    flat = {}
+    for key in list(outputs.keys()):
+        value = outputs[key]
+        if value is None:
+            continue
+        if isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                if isinstance(item, (tuple, list)):  # a layer's (key, value) cache
+                    flat[f"{key}.{i}.k"], flat[f"{key}.{i}.v"] = item[0], item[1]
+                else:
+                    flat[f"{key}.{i}"] = item
+        else:
+            flat[key] = value
+    return flat
+
+
 def expected_shape(symbolic: str, dims: dict) -> tuple[int, ...]:
-    """'[B,nh,L,d]' with dims {"B": 2, ...} -> (2, ...)."""
+    """'[B,nh,L,d]' with dims {"B": 2, ...} -> (2, ...); '[]' -> ()."""
+    if symbolic.strip("[]") == "":
+        return ()
     return tuple(int(dims[s]) if s in dims else int(s) for s in symbolic.strip("[]").split(","))
 
 
@@ -68,8 +142,12 @@ def token_axis(probe: str) -> int | None:
     """The axis of a probe that indexes query tokens (to restrict a comparison to valid tokens), or None."""
     if probe.startswith("input.") or probe == "derived.additive_mask":
         return None
-    if probe in ("pooler.out", "head.seq_cls.logits", "head.mc.logits"):
+    if probe in ("pooler.out", "head.seq_cls.logits", "head.seq_cls_reg.logits", "head.mc.logits"):
         return None
+    if probe.startswith("head.") and probe.endswith(".loss"):
+        return None
+    if probe.startswith("layer.") and probe.split(".", 2)[2].startswith("cache."):
+        return None  # keys, past included: every position counts
     if probe.startswith("layer.") and probe.split(".", 2)[2] in ("attn.q", "attn.k", "attn.v", "attn.scores",
                                                                 "attn.probs"):  # fmt: skip
         return 2
@@ -83,7 +161,7 @@ def tier_includes(tier: str, probe_tier: str) -> bool:
 # --------------------------------------------------------------------------------------------- profiles
 # Gate per element: |cand - ref| <= atol + rtol * |ref| on valid positions (docs/parity-bundles.md#b7-tolerances).
 # Kinds: hidden (embeddings, q/k/v, context, every [B, L, H|F] state, pooler), scores, probs, logits, loss (a
-# head's scalar loss: the test suite's reference goldens compare those too, with this same table).
+# head's scalar loss, which call cases hold).
 # Integers (inputs) always compare exactly. Secondary gates apply to low-precision profiles only: cosine and
 # NMSE are nearly blind to real fp32 bugs (tanh GELU moves 1 - cos by 1e-7), so they never gate fp32.
 PROFILES = {
