@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 import pytest
-from goldens import GOLDEN_DIR, PROFILE_FP32, compare, load_golden, probe_kind
+from goldens import GOLDEN_DIR, PROFILE_FP32, compare, probe_kind
 from safetensors import safe_open
 
 from erniem_np import (
@@ -36,6 +36,7 @@ from erniem_np.checkpoints.names import paddle_to_hf, strip_base_prefix
 from erniem_np.checkpoints.pdparams_file import read_pdparams
 from erniem_np.checkpoints.tensors import StoredTensor, bfloat16_to_float32, float32_to_bfloat16
 from erniem_np.cli import main as cli
+from erniem_np.parity.bundle import load_bundle
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoints")
 CLASSES = {
@@ -155,10 +156,10 @@ def test_bfloat16_conversion_is_exact_and_rounds_to_nearest_even():
 def test_paddle_name_map_matches_the_golden_scripts_independent_map():
     """tests/goldens/paddle-tiny holds Paddle's own state dicts (written by make_goldens_paddle.py, which
     renames and transposes by itself) beside the HF-layout weights: the package's map must agree."""
-    g = load_golden(os.path.join(GOLDEN_DIR, "paddle-tiny.safetensors"))
+    g = load_bundle(os.path.join(GOLDEN_DIR, "paddle-tiny.safetensors"))
     hf = g.weights()  # HF names; the UIE-M head under "ie."
     for prefix, head in (("paddle_state/", "base"), ("paddle_state/uiem/", "ie")):
-        state = {k[len(prefix) :]: v for k, v in g.tensors.items()
+        state = {k[len(prefix) :]: g.array(k) for k in g.tensors
                  if k.startswith(prefix) and "/" not in k[len(prefix) :]}  # fmt: skip
         stored = {k: StoredTensor("paddle-tiny", k, "float32", v.shape, lambda v=v: v) for k, v in state.items()}
         mapped = paddle_to_hf(strip_base_prefix(stored, "paddle-tiny"), head)

@@ -1,49 +1,73 @@
 """Every golden from both references, every tensor, at the fp32 profile (and float64 against the same goldens).
 
-The goldens are written by scripts/reference/make_goldens_{hf,paddle}.py inside the reference environments; see
-tests/goldens/README.md. A failure names the file, the case, the tensor (layer included) and the worst element.
+The goldens are parity bundles of call cases (docs/parity-bundles.md#b10-call-cases) written by
+scripts/reference/make_goldens_{hf,paddle}.py inside the reference environments; see tests/goldens/README.md.
+Each case is one forward call as the reference was called; this implementation makes the same call and every
+probe the case holds is compared. A failure names the file, the case, the probe (layer included) and the
+worst element.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
+from goldens import GOLDEN_DIR, PROFILE_FP32, compare
 
-from goldens import PROFILE_FP32, compare, golden_paths, load_golden, output_by_name, probe_kind
+from erniem_np.parity.bundle import load_bundle, validate
+from erniem_np.parity.produce import WEIGHT_RECIPES, bundle_weights, call_model, call_probes
+from erniem_np.testing import weights_digest
 
-PATHS = golden_paths()
+PATHS = sorted(os.path.join(GOLDEN_DIR, n) for n in os.listdir(GOLDEN_DIR) if n.endswith(".safetensors"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _golden(path):
-    return load_golden(path)
+    """(the bundle, its weights: stored or drawn again from its recipe)."""
+    bundle = load_bundle(path)
+    return bundle, bundle_weights(bundle)
+
+
+def _name(path):
+    return os.path.basename(path).removesuffix(".safetensors")
 
 
 def _cases():
     for path in PATHS:
-        g = _golden(path)
-        for case in g.cases:
-            yield pytest.param(path, case["name"], id=f"{g.name}-{case['name']}")
+        bundle, _ = _golden(path)
+        for case in bundle.case_names():
+            yield pytest.param(path, case, id=f"{_name(path)}-{case}")
 
 
 def test_goldens_exist_for_both_references():
-    names = {load_golden(p).name for p in PATHS}
+    names = {_name(p) for p in PATHS}
     for ref in ("hf", "paddle"):
         for cfg in ("tiny", "odd", "base12"):
             assert f"{ref}-{cfg}" in names, f"tests/goldens/{ref}-{cfg}.safetensors is missing"
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.rsplit("/", 1)[-1])
+@pytest.mark.parametrize("path", PATHS, ids=_name)
+def test_golden_is_a_valid_reference_bundle_of_call_cases(path):
+    bundle, _ = _golden(path)
+    assert validate(bundle) == []
+    assert bundle.metadata["flavor"] == _name(path).split("-")[0]
+    assert all(bundle.is_call(c) for c in bundle.case_names())
+
+
+@pytest.mark.parametrize("path", PATHS, ids=_name)
 def test_weights_recipe_reproduces_golden_weights(path):
     """The seeded recipe still draws the weights the reference used (so base12, stored without weights, is
     tested against the model it was made with)."""
-    g = _golden(path)
-    assert g.recipe_digest() == g.meta["weights_digest"], (
-        f"{g.name}: erniem_np.testing.random_weights no longer reproduces the golden's weights; "
+    bundle, weights = _golden(path)
+    info = bundle.metadata["weights"]
+    drawn = WEIGHT_RECIPES[info["recipe"]](bundle.config(), int(info["seed"]))
+    assert weights_digest(drawn) == info["digest"], (
+        f"{_name(path)}: {info['recipe']} no longer reproduces the golden's weights; "
         "regenerate the goldens or restore the recipe"
     )
+    assert weights_digest(weights) == info["digest"]  # the stored weights, where there are any
 
 
 # QUIRK (Paddle): a fully-masked row gets -1e4 added to every score. In float32 the sum is rounded to the
@@ -53,55 +77,55 @@ def test_weights_recipe_reproduces_golden_weights(path):
 QUANTIZED_ROW_TOLERANCE = (2e-3, 1e-3)
 
 
-def _quantized_rows(g, case, inputs):
+def _quantized_rows(bundle, inputs):
     mask = inputs.get("attention_mask")
-    if g.reference != "paddle" or mask is None or np.ndim(mask) != 2:
+    if bundle.metadata["flavor"] != "paddle" or mask is None or np.ndim(mask) != 2:
         return np.zeros(0, dtype=int)
     return np.flatnonzero(np.asarray(mask).sum(axis=-1) == 0)
 
 
-def _compare_case(g, case, inputs, out, label=""):
+def _compare_case(path, case, ours, label=""):
+    bundle, _ = _golden(path)
     failures = []
-    loose = _quantized_rows(g, case, inputs)
-    for name, expected in g.expected(case).items():
-        actual = output_by_name(out, name)
-        assert actual is not None, f"{g.name}/{case['name']}: the model returned no {name}"
-        tol = PROFILE_FP32[probe_kind(name)]
-        tag = f"{g.name}/{case['name']}/{name}{label}"
+    loose = _quantized_rows(bundle, bundle.inputs(case))
+    for probe in bundle.case_probes(case):
+        name = probe["name"]
+        expected = bundle.array(f"{case}/{name}")
+        assert name in ours, f"{_name(path)}/{case}: the model returned nothing for {name}"
+        actual = ours[name]
+        tol = PROFILE_FP32[probe["kind"]]
+        tag = f"{_name(path)}/{case}/{name}{label}"
         if len(loose) and np.ndim(expected) >= 2:
             strict = np.setdiff1d(np.arange(len(expected)), loose)
             msgs = [compare(tag, np.asarray(actual)[strict], expected[strict], *tol),
                     compare(tag + " (fully-masked rows)", np.asarray(actual)[loose], expected[loose],
-                            *QUANTIZED_ROW_TOLERANCE)]
+                            *QUANTIZED_ROW_TOLERANCE)]  # fmt: skip
         else:
             msgs = [compare(tag, actual, expected, *tol)]
         failures += [m for m in msgs if m]
     return failures
 
 
-def _run(path, case_name, dtype, backend="numpy"):
-    g = _golden(path)
-    case = next(c for c in g.cases if c["name"] == case_name)
-    model = g.model(case["model"], dtype=dtype, backend=backend)
-    inputs = g.inputs(case)
-    return g, case, inputs, model(**inputs)
+def _run(path, case, dtype, backend="numpy"):
+    bundle, weights = _golden(path)
+    model = call_model(bundle, bundle.case(case)["head"], weights, dtype=dtype, backend=backend)
+    return call_probes(model, bundle, case)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize(("path", "case_name"), list(_cases()))
-def test_golden_fp32(path, case_name, backend):
-    g, case, inputs, out = _run(path, case_name, np.float32, backend)
-    for name in case["outputs"]:
-        dtype = np.asarray(output_by_name(out, name)).dtype
+@pytest.mark.parametrize(("path", "case"), list(_cases()))
+def test_golden_fp32(path, case, backend):
+    ours = _run(path, case, np.float32, backend)
+    for name, value in ours.items():
+        dtype = np.asarray(value).dtype
         assert dtype == np.float32, f"{name} is {dtype}, expected float32"
-    failures = _compare_case(g, case, inputs, out)
+    failures = _compare_case(path, case, ours)
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize(("path", "case_name"), list(_cases()))
-def test_golden_float64_is_closer_than_the_profile(path, case_name):
+@pytest.mark.parametrize(("path", "case"), list(_cases()))
+def test_golden_float64_is_closer_than_the_profile(path, case):
     """The float64 path against the float32 reference: the reference's own rounding error, so the same
-    profile must hold (it calibrates tolerances for issue-level parity work)."""
-    g, case, inputs, out = _run(path, case_name, np.float64)
-    failures = _compare_case(g, case, inputs, out, " (float64)")
+    profile must hold (it calibrates the tolerances of the parity profiles)."""
+    failures = _compare_case(path, case, _run(path, case, np.float64), " (float64)")
     assert not failures, "\n".join(failures)
