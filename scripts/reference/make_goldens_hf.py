@@ -2,14 +2,16 @@
 
 Run from the repository root inside the HF reference environment:
 
-    .venv-ref-hf/bin/python scripts/reference/make_goldens_hf.py
+    .venv-ref-hf/bin/python scripts/reference/make_goldens_hf.py [tiny odd base12] [--out DIR]
 
-Each file follows tests/goldens/README.md (format ``erniem-np-golden/1``). The weights are
-``erniem_np.testing.random_weights(config, seed)``, loaded with ``strict=True`` into a fresh HF model per case
-(HF mutates ``config.problem_type`` on the first loss, and adds 2 to ``position_ids`` in place). The inputs are
-drawn from ``np.random.default_rng(INPUT_SEED)`` (one fixed seed per config) in case order, so a re-run writes
-the same tensors. Needs torch + transformers 4.46.x; the package itself never imports this script.
-The configs, input ids and metadata are shared with the Paddle script: make_goldens_common.py beside this file.
+Each file is a parity bundle of call cases (docs/parity-bundles.md#b10-call-cases; tests/goldens/README.md):
+every case is one forward call, its arguments stored as given and every output HF returned stored as a probe.
+The weights are ``erniem_np.testing.random_weights(config, seed)``, loaded with ``strict=True`` into a fresh HF
+model per case by produce_bundle_hf.py's ``build`` (HF mutates ``config.problem_type`` on the first loss, and
+adds 2 to ``position_ids`` in place). The inputs are drawn from ``np.random.default_rng(input_seed)`` (one
+fixed seed per config) in case order, so a re-run writes the same tensors. Needs torch + transformers 4.46.x;
+the package itself never imports this script. The configs, input ids and the bundle layout are shared with the
+Paddle script: make_goldens_common.py beside this file.
 
 HF behaviour the cases pin down (docs/reference.md, sections M1-M8 and V1):
 
@@ -24,41 +26,17 @@ HF behaviour the cases pin down (docs/reference.md, sections M1-M8 and V1):
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import torch
+import transformers
+from make_goldens_common import PAD, configs, make_ids, metadata, parse_args, record_cases, write_golden
+from produce_bundle_hf import build
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import safetensors.numpy  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from make_goldens_common import OUT_DIR, PAD, case_entry, configs, make_ids, metadata  # noqa: E402
-from transformers import (  # noqa: E402
-    ErnieMConfig,
-    ErnieMForInformationExtraction,
-    ErnieMForMultipleChoice,
-    ErnieMForQuestionAnswering,
-    ErnieMForSequenceClassification,
-    ErnieMForTokenClassification,
-    ErnieMModel,
-)
-
-from erniem_np.testing import HEAD_LABELS, random_weights, split_head, weights_digest  # noqa: E402
+from erniem_np.parity.schema import flat_outputs
+from erniem_np.testing import HEAD_LABELS, random_weights, weights_digest
 
 # Config dicts given to ErnieMConfig (dropouts are irrelevant: every model runs in eval mode).
 CONFIGS = configs("gelu_new", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, layer_norm_eps=1e-5)
-
-HEAD_CLASSES = {
-    None: ErnieMModel,
-    "seq_cls": ErnieMForSequenceClassification,
-    "seq_cls_reg": ErnieMForSequenceClassification,
-    "token_cls": ErnieMForTokenClassification,
-    "qa": ErnieMForQuestionAnswering,
-    "mc": ErnieMForMultipleChoice,
-    "ie": ErnieMForInformationExtraction,
-}
 
 BOTH = {"output_hidden_states": True, "output_attentions": True}
 
@@ -231,17 +209,6 @@ def small_cases(cfg, rng):
 # Running HF
 
 
-def build_model(cfg, weights, head):
-    torch.manual_seed(0)
-    kw = dict(cfg)
-    if head is not None:
-        kw["num_labels"] = HEAD_LABELS[head]
-    model = HEAD_CLASSES[head](ErnieMConfig(**kw))
-    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in split_head(weights, head).items()}
-    model.load_state_dict(sd, strict=True)
-    return model.eval().float()
-
-
 def to_torch(inputs):
     """Fresh torch tensors (clones: HF adds 2 to position_ids in place)."""
     out = {}
@@ -254,16 +221,11 @@ def to_torch(inputs):
 
 
 def collect(result, names):
-    """Output tensors by golden name from an HF ModelOutput."""
-    got = {}
-    for name in names:
-        if "." in name:
-            field, i = name.split(".")
-            t = getattr(result, field)[int(i)]
-        else:
-            t = getattr(result, name)
-        assert t is not None, name
-        got[name] = t.detach().cpu().numpy().astype(np.float32)  # a C-contiguous copy; a 0-d loss stays 0-d
+    """The outputs HF returned, by flat HF name (schema.flat_outputs), as float32 NumPy arrays; ``names`` are
+    the ones the case expects, all of which must be there."""
+    got = {k: t.detach().cpu().numpy().astype(np.float32) for k, t in flat_outputs(result).items()}
+    missing = [n for n in names if n not in got]
+    assert not missing, missing  # (astype makes a C-contiguous copy; a 0-d loss stays 0-d)
     return got
 
 
@@ -298,7 +260,7 @@ def check_case(case, inputs, got, cfg):
 
 def run_case(case, cfg, weights):
     head = None if case["model"] == "base" else case["model"]
-    model = build_model(cfg, weights, head)
+    model = build(cfg, weights, head, 2 if head is None else HEAD_LABELS[head], torch.float32)
     inputs = case["inputs"]
     with torch.no_grad():
         result = model(**to_torch(inputs), **case["kwargs"])
@@ -317,18 +279,6 @@ def run_case(case, cfg, weights):
     return got
 
 
-def tensors_of_inputs(case):
-    out = {}
-    for k, v in case["inputs"].items():
-        if k == "past_key_values":
-            for i, (pk, pv) in enumerate(v):
-                out[f"{case['name']}/past.{i}.k"] = pk
-                out[f"{case['name']}/past.{i}.v"] = pv
-        else:
-            out[f"{case['name']}/{k}"] = v
-    return out
-
-
 def cross_checks(cases, results):
     by = dict(zip([c["name"] for c in cases], results))
     if "c01_batch_pad" in by and "c02_implicit" in by:
@@ -337,42 +287,38 @@ def cross_checks(cases, results):
             assert np.allclose(by["c01_batch_pad"][k], by["c02_implicit"][k], atol=1e-6, rtol=0), k
 
 
-def write_file(tag, spec):
+def write_file(tag, spec, out_dir):
     cfg = spec["config"]
+    n = cfg["num_hidden_layers"]
     weights = random_weights(cfg, spec["seed"])
     rng = np.random.default_rng(spec["input_seed"])
     cases = small_cases(cfg, rng) if spec["small"] else full_cases(cfg, rng)
 
-    tensors = {}
-    results = []
+    runs, results = [], []
     for case in cases:
         got = run_case(case, cfg, weights)
         results.append(got)
-        tensors.update(tensors_of_inputs(case))
-        tensors.update({f"{case['name']}/{k}": v for k, v in got.items()})
+        runs.append(dict(name=case["name"], description=case["description"], head=case["model"],
+                         inputs=case["inputs"], kwargs=case["kwargs"], outputs={k: got[k] for k in case["outputs"]}))
+    tensors, entries = record_cases(runs, n)
     cross_checks(cases, results)
     if spec["store_weights"]:
         tensors.update({f"weights/{k}": v for k, v in weights.items()})
 
-    for k, v in tensors.items():
-        assert v.dtype in (np.int64, np.float32), (k, v.dtype)
-        assert v.flags.c_contiguous, k  # (np.ascontiguousarray would turn a 0-d loss into shape [1])
-
-    producer = {"reference": "hf", "library": "transformers", "library_version": transformers.__version__,
-                "framework": "torch", "framework_version": torch.__version__}  # fmt: skip
-    case_meta = [case_entry(c, list(c["inputs"]), list(c["outputs"])) for c in cases]
-    meta = metadata(producer, spec, cfg["intermediate_size"], weights_digest(weights), case_meta)
-    path = OUT_DIR / f"hf-{tag}.safetensors"
-    safetensors.numpy.save_file(tensors, str(path), metadata=meta)
-    print(f"{path.relative_to(ROOT)}: {len(cases)} cases, {len(tensors)} tensors, {path.stat().st_size / 1e6:.2f} MB")
+    producer = {"library": "transformers", "library_version": transformers.__version__, "framework": "torch",
+                "framework_version": torch.__version__}  # fmt: skip
+    meta = metadata("hf", producer, cfg, spec["seed"], weights_digest(weights), spec["store_weights"], entries)
+    path = out_dir / f"hf-{tag}.safetensors"
+    write_golden(path, tensors, meta)
+    print(f"{path}: {len(cases)} cases, {len(tensors)} tensors, {path.stat().st_size / 1e6:.2f} MB")
     return path
 
 
 def main():
+    args = parse_args("Write the HF reference goldens (parity bundles of call cases).")
     torch.manual_seed(0)
     torch.set_num_threads(1)  # fixed summation order run to run
-    tags = sys.argv[1:] or list(CONFIGS)
-    total = sum(write_file(tag, CONFIGS[tag]).stat().st_size for tag in tags)
+    total = sum(write_file(tag, CONFIGS[tag], args.out).stat().st_size for tag in args.tags)
     print(f"total {total / 1e6:.2f} MB")
 
 

@@ -4,98 +4,31 @@ import aiohttp, datasets  # noqa: E401,F401  -- must come before paddle (paddle 
 #
 # Run from the repository root inside the Paddle reference environment:
 #
-#     .venv-ref-paddle/bin/python scripts/reference/make_goldens_paddle.py
+#     .venv-ref-paddle/bin/python scripts/reference/make_goldens_paddle.py [tiny odd base12] [--out DIR]
 #
-# Format: tests/goldens/README.md (``erniem-np-golden/1``). Weights come from
-# ``erniem_np.testing.random_weights(config, seed, ffn_size=4 * hidden_size)`` (HF names, torch ``[out, in]``
-# layout); paddle_layout.py beside this script renames and transposes them to PaddleNLP's own layout (the
-# package's loader is not used), the script loads them with ``set_state_dict`` and checks that every parameter
-# was set. The configs, input ids and metadata are shared with the HF script: make_goldens_common.py.
-
-import json
-import struct
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Each file is a parity bundle of call cases (docs/parity-bundles.md#b10-call-cases; tests/goldens/README.md).
+# Weights come from ``erniem_np.testing.random_weights(config, seed)`` with ``intermediate_size`` = 4 * hidden
+# (the FFN width PaddleNLP builds whatever the config says), HF names and torch ``[out, in]`` layout;
+# produce_bundle_paddle.py's ``build`` (with paddle_layout.py, independent of the package's loader) renames and
+# transposes them to PaddleNLP's own layout, loads them with ``set_state_dict`` and checks that every parameter
+# was set. The configs, input ids and the bundle layout are shared with the HF script: make_goldens_common.py.
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddlenlp  # noqa: E402
-from make_goldens_common import OUT_DIR, PAD, case_entry, configs, make_ids, metadata  # noqa: E402
+from make_goldens_common import PAD, configs, make_ids, metadata, parse_args, record_cases, write_golden  # noqa: E402
 from paddle.nn import MultiHeadAttention  # noqa: E402
-from paddle_layout import paddle_state  # noqa: E402
-from paddlenlp.transformers import (  # noqa: E402
-    UIEM,
-    ErnieMConfig,
-    ErnieMForMultipleChoice,
-    ErnieMForQuestionAnswering,
-    ErnieMForSequenceClassification,
-    ErnieMForTokenClassification,
-    ErnieMModel,
-)
-from safetensors import safe_open  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
+from produce_bundle_paddle import build  # noqa: E402
 
-from erniem_np.testing import HEAD_LABELS, random_weights, split_head, weights_digest  # noqa: E402
+from erniem_np.testing import HEAD_LABELS, random_weights, weights_digest  # noqa: E402
 
-CONFIGS = configs("relu")
+CONFIGS = configs("relu", ffn_of=lambda sizes: 4 * sizes["hidden_size"])
 PADDLE_STATE = ("tiny",)  # the goldens that also store Paddle's own state dicts (paddle_state/...)
 
-HEAD_CLASSES = {
-    None: ErnieMModel,
-    "seq_cls": ErnieMForSequenceClassification,
-    "seq_cls_reg": ErnieMForSequenceClassification,
-    "token_cls": ErnieMForTokenClassification,
-    "qa": ErnieMForQuestionAnswering,
-    "mc": ErnieMForMultipleChoice,
-    "ie": UIEM,
-}
 
-# --------------------------------------------------------------------------------------------------
-# weights: HF layout -> Paddle layout (written out explicitly, independent of erniem_np's loader)
-# --------------------------------------------------------------------------------------------------
-
-
-def hf_to_paddle_state(weights, head):
-    """Paddle state dict (names, [in, out] Linear layout) of the Paddle class for ``head`` (None = base)."""
-    return paddle_state(split_head(weights, head), head, pooler_from=weights)
-
-
-def build_model(cfg_dict, head, **extra):
-    paddle.seed(0)
-    kw = dict(cfg_dict)
-    if head is not None:
-        kw["num_labels"] = HEAD_LABELS[head]
-    kw.update(extra)
-    config = ErnieMConfig(**kw)
-    model = HEAD_CLASSES[head](config)
-    model.eval()
-    return model
-
-
-def load_weights(model, state):
-    want = {k: tuple(v.shape) for k, v in state.items()}
-    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(have) - set(want))
-    unexpected = sorted(set(want) - set(have))
-    if missing or unexpected:
-        raise RuntimeError(f"state dict mismatch: missing={missing} unexpected={unexpected}")
-    bad = {k: (have[k], want[k]) for k in want if have[k] != want[k]}
-    if bad:
-        raise RuntimeError(f"shape mismatch: {bad}")
-    ret = model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
-    if ret is not None:
-        m, u = ret
-        if m or u:
-            raise RuntimeError(f"set_state_dict reported missing={m} unexpected={u}")
-    for k, v in model.state_dict().items():
-        got = v.numpy()
-        if got.dtype != np.float32 or not np.array_equal(got, state[k]):
-            raise RuntimeError(f"parameter {k} was not set")
-    return model
+def build_model(cfg, weights, head, **extra):
+    """The Paddle class for ``head`` (None: ErnieMModel) with the golden's weights, in eval mode."""
+    return build(cfg, weights, head, 2 if head is None else HEAD_LABELS[head], cfg["intermediate_size"], **extra)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,8 +394,7 @@ def check_attn(name, a):
 
 def run_case(case, cfg_dict, weights):
     head = None if case["model"] == "base" else case["model"]
-    model = build_model(cfg_dict, head, **case.get("extra_config", {}))
-    load_weights(model, hf_to_paddle_state(weights, head))
+    model = build_model(cfg_dict, weights, head, **case.get("extra_config", {}))
     call_kw = {} if head == "ie" else {"return_dict": True}
     inputs = case["inputs"]
     before = {k: v.copy() for k, v in inputs.items()}
@@ -494,11 +426,11 @@ def run_case(case, cfg_dict, weights):
             assert out.past_key_values is not None
             for i, c in enumerate(out.past_key_values):
                 assert isinstance(c, MultiHeadAttention.Cache), type(c)
-                res[f"present.{i}.k"] = f32(c.k)
-                res[f"present.{i}.v"] = f32(c.v)
+                res[f"past_key_values.{i}.k"] = f32(c.k)
+                res[f"past_key_values.{i}.v"] = f32(c.v)
                 P = case["past"][i][0].shape[2]
-                assert np.array_equal(res[f"present.{i}.k"][:, :, :P], case["past"][i][0])
-                assert np.array_equal(res[f"present.{i}.v"][:, :, :P], case["past"][i][1])
+                assert np.array_equal(res[f"past_key_values.{i}.k"][:, :, :P], case["past"][i][0])
+                assert np.array_equal(res[f"past_key_values.{i}.v"][:, :, :P], case["past"][i][1])
         if "store" in case:
             res = {
                 k: v
@@ -532,86 +464,49 @@ def run_case(case, cfg_dict, weights):
     return res, model
 
 
-def canonicalize_header(path):
-    """Rewrite the safetensors header with the metadata keys sorted.
-
-    safetensors serializes ``__metadata__`` from a hash map, so its key order (and the file's bytes) change
-    from run to run. The tensor entries and data are untouched; the header keeps its length.
-    """
-    raw = path.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8 : 8 + n], object_pairs_hook=dict)
-    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(text) > n:
-        raise RuntimeError("canonical header is longer than the original")
-    path.write_bytes(raw[:8] + text + b" " * (n - len(text)) + raw[8 + n :])
-
-
-def make_file(tag, spec):
+def make_file(tag, spec, out_dir):
     cfg = spec["config"]
-    H = cfg["hidden_size"]
-    ffn = 4 * H
-    weights = random_weights(cfg, spec["seed"], ffn_size=ffn)
+    n = cfg["num_hidden_layers"]
+    weights = random_weights(cfg, spec["seed"])
     rng = np.random.default_rng(spec["input_seed"])
     cases = base12_cases(rng, cfg) if spec["small"] else base_cases(rng, cfg) + head_cases(rng, cfg)
 
-    tensors = {}
-    meta_cases = []
+    runs = []
     for case in cases:
         res, _ = run_case(case, cfg, weights)
-        name = case["name"]
-        in_names = list(case["inputs"])
-        for k, v in case["inputs"].items():
-            v = np.ascontiguousarray(v, dtype=np.int64 if np.issubdtype(v.dtype, np.integer) else np.float32)
-            tensors[f"{name}/{k}"] = v
-        if "past" in case:
-            in_names.append("past_key_values")
-            for i, (k, v) in enumerate(case["past"]):
-                tensors[f"{name}/past.{i}.k"] = np.ascontiguousarray(k, dtype=np.float32)
-                tensors[f"{name}/past.{i}.v"] = np.ascontiguousarray(v, dtype=np.float32)
-        for k, v in res.items():
-            tensors[f"{name}/{k}"] = v
-        meta_cases.append(case_entry(case, in_names, list(res)))
+        inputs = dict(case["inputs"], **({"past_key_values": case["past"]} if "past" in case else {}))
+        runs.append(dict(name=case["name"], description=case["description"], head=case["model"], inputs=inputs,
+                         kwargs=case["kwargs"], outputs=res))  # fmt: skip
+    tensors, entries = record_cases(runs, n)
 
     if spec["store_weights"]:
         for k, v in weights.items():
             tensors[f"weights/{k}"] = np.ascontiguousarray(v, dtype=np.float32)
     if tag in PADDLE_STATE:
         for prefix, head in (("paddle_state/", None), ("paddle_state/uiem/", "ie")):
-            model = load_weights(build_model(cfg, head), hf_to_paddle_state(weights, head))
-            for k, v in model.state_dict().items():
+            for k, v in build_model(cfg, weights, head).state_dict().items():
                 tensors[prefix + k] = np.ascontiguousarray(v.numpy())
 
-    producer = {"reference": "paddle", "library": "paddlenlp", "library_version": paddlenlp.__version__,
-                "framework": "paddlepaddle", "framework_version": paddle.__version__}  # fmt: skip
-    meta = metadata(producer, spec, ffn, weights_digest(weights), meta_cases)
-    for k, v in tensors.items():
-        assert v.dtype in (np.int64, np.float32) and v.flags["C_CONTIGUOUS"], (k, v.dtype)
-    path = OUT_DIR / f"paddle-{tag}.safetensors"
-    save_file(tensors, str(path), metadata=meta)
-    canonicalize_header(path)
+    producer = {"library": "paddlenlp", "library_version": paddlenlp.__version__, "framework": "paddlepaddle",
+                "framework_version": paddle.__version__}  # fmt: skip
+    settings = {c["model"]: c["extra_config"] for c in cases if "extra_config" in c}  # mc: num_choices
+    meta = metadata("paddle", producer, cfg, spec["seed"], weights_digest(weights), spec["store_weights"], entries,
+                    settings)  # fmt: skip
+    path = out_dir / f"paddle-{tag}.safetensors"
+    write_golden(path, tensors, meta)
     path.chmod(0o644)
-    with safe_open(str(path), "np") as f:  # re-read: the canonical header must load to the same content
-        assert f.metadata() == meta and sorted(f.keys()) == sorted(tensors)
-        for k in tensors:
-            assert np.array_equal(f.get_tensor(k), tensors[k]), k
     size = path.stat().st_size
-    print(
-        f"{path.relative_to(ROOT)}: {size / 1e6:.3f} MB, {len(meta_cases)} cases, {len(tensors)} tensors, "
-        f"ffn {ffn}, digest {meta['weights_digest'][:12]}"
-    )
+    print(f"{path}: {size / 1e6:.3f} MB, {len(entries)} cases, {len(tensors)} tensors, ffn {cfg['intermediate_size']}, "
+          f"digest {meta['weights']['digest'][:12]}")  # fmt: skip
     return size
 
 
 def main():
+    args = parse_args("Write the PaddleNLP reference goldens (parity bundles of call cases).")
     paddle.set_device("cpu")
     paddle.set_default_dtype("float32")
     paddle.seed(0)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    total = 0
-    for tag, spec in CONFIGS.items():
-        total += make_file(tag, spec)
+    total = sum(make_file(tag, CONFIGS[tag], args.out) for tag in args.tags)
     print(f"total {total / 1e6:.3f} MB")
 
 

@@ -64,6 +64,7 @@ from transformers import (  # noqa: E402
 
 HEAD_CLASSES = {
     "seq_cls": ErnieMForSequenceClassification,
+    "seq_cls_reg": ErnieMForSequenceClassification,  # num_labels 1 (make_goldens_hf.py builds it)
     "token_cls": ErnieMForTokenClassification,
     "qa": ErnieMForQuestionAnswering,
     "mc": ErnieMForMultipleChoice,

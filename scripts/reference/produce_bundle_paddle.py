@@ -64,6 +64,7 @@ from produce_bundle_common import (  # noqa: E402
 HEAD_CLASSES = {
     None: ErnieMModel,
     "seq_cls": ErnieMForSequenceClassification,
+    "seq_cls_reg": ErnieMForSequenceClassification,  # num_labels 1 (make_goldens_paddle.py builds it)
     "token_cls": ErnieMForTokenClassification,
     "qa": ErnieMForQuestionAnswering,
     "mc": ErnieMForMultipleChoice,
