@@ -46,15 +46,24 @@ MAX_K = 66_000  # 255 * 127 * K < 2**31
 
 
 # ================================================================================================ quantization
-def quantize_weight(w):
+def quantize_weight(w, block_rows=4096):
     """Symmetric int8 per output row: w [N, K] float -> (wq int8 [N, K], scale float32 [N]), w ~ wq * scale.
-    A row of zeros gets scale 1 (any scale represents it exactly)."""
-    w = np.asarray(w, dtype=np.float32)
-    amax = np.abs(w).max(axis=1) if w.shape[1] else np.zeros(w.shape[0], np.float32)
-    if not np.all(np.isfinite(amax)):
-        raise ValueError("cannot quantize a weight holding NaN or inf")
-    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    wq = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    A row of zeros gets scale 1 (any scale represents it exactly). Works ``block_rows`` rows at a time, so
+    quantizing a memory-mapped word table (768 MB at ErnieM-base) needs a few MB besides the result."""
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"a weight to quantize must be 2-D, got shape {w.shape}")
+    N, K = w.shape
+    wq = np.empty((N, K), dtype=np.int8)
+    scale = np.ones(N, dtype=np.float32)
+    for i in range(0, N, block_rows):
+        block = np.asarray(w[i : i + block_rows], dtype=np.float32)
+        amax = np.abs(block).max(axis=1) if K else np.zeros(len(block), np.float32)
+        if not np.all(np.isfinite(amax)):
+            raise ValueError("cannot quantize a weight holding NaN or inf")
+        s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+        wq[i : i + block_rows] = np.clip(np.rint(block / s[:, None]), -127, 127)
+        scale[i : i + block_rows] = s
     return wq, scale
 
 

@@ -199,3 +199,31 @@ def test_an_int8_checkpoint_with_float_weights_is_refused(tmp_path):
 def test_the_int8_layers_compute_in_float32_only():
     with pytest.raises(ValueError, match="float32"):
         ErnieMModel(CONFIG, seed=0, dtype=np.float64, backend="int8")
+
+
+# ------------------------------------------------------------------------------------------------ files
+def test_convert_quantize_writes_a_quarter_size_checkpoint_that_loads_as_int8(tmp_path, capsys):
+    from erniem_np.bundled import LANGID_MODEL
+    from erniem_np.cli import main as cli
+
+    dst = tmp_path / "int8"
+    assert cli(["convert", LANGID_MODEL, str(dst), "--quantize", "int8", "--quiet"]) == 0
+    ratio = (dst / "model.safetensors").stat().st_size / os.path.getsize(os.path.join(LANGID_MODEL, "model.safetensors"))
+    assert ratio <= 0.30, ratio
+    assert cli(["inspect", str(dst)]) == 0
+    assert "an int8 checkpoint" in capsys.readouterr().out
+    stored = ErnieMForSequenceClassification.from_pretrained(dst)
+    at_load = ErnieMForSequenceClassification.from_pretrained(LANGID_MODEL, quantize="int8")
+    ids = np.random.default_rng(3).integers(5, 1000, (2, 17))
+    assert stored.backend == "int8" and np.array_equal(stored(ids).logits, at_load(ids).logits)
+    # an int8 checkpoint converts to int8 again (unchanged), never silently back to float
+    assert cli(["convert", str(dst), str(tmp_path / "again"), "--quiet"]) == 1
+    assert "converts only to int8" in capsys.readouterr().err
+    assert cli(["convert", LANGID_MODEL, str(tmp_path / "x"), "--quantize", "int8", "--dtype", "float16"]) == 1
+
+
+def test_quantizing_a_large_table_works_in_row_blocks():
+    w = np.random.default_rng(0).standard_normal((10_001, 8)).astype(np.float32)
+    q, s = qgemm.quantize_weight(w, block_rows=4096)
+    q1, s1 = qgemm.quantize_weight(w, block_rows=10**6)
+    assert np.array_equal(q, q1) and np.array_equal(s, s1)

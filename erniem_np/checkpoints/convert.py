@@ -17,6 +17,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..config import tokenizer_config_problems
+from ..parameters import SCALE_SUFFIX, is_int8_weight
 from .errors import CheckpointError
 from .hub import TOKENIZER_FILES
 from .loader import Checkpoint, open_checkpoint, read_json_object
@@ -27,22 +28,32 @@ SUMMARY_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attenti
                   "max_position_embeddings", "hidden_act", "layer_norm_eps", "pad_token_id", "num_labels")
 
 
-def convert_checkpoint(src, dst, *, dtype: str = "float32", flavor: str | None = None, config=None,
+def convert_checkpoint(src, dst, *, dtype: str = "float32", quantize: str | None = None, flavor: str | None = None,
+                       config=None,
                        download: bool = False, revision: str | None = None, cache_dir: str | None = None,
                        overwrite: bool = False, verify: bool = True,
                        progress: ProgressFn | None = None) -> Checkpoint:  # fmt: skip
     """Write ``src`` (any supported layout, a file, a cached hub id...) to the directory ``dst`` natively.
 
     ``dtype``: the stored float type ("float32", the fast-loading default; "float16" or "bfloat16" halve
-    the file). The flavor decided for ``src`` (or given) is recorded in ``dst/config.json``. With ``verify``,
+    the file). ``quantize="int8"`` writes an int8 checkpoint instead: the weights ``parameters.is_int8_weight``
+    names as int8 with float32 scales per row (``kernels/qgemm.quantize_weight``), the rest float32, and
+    ``"quantization": "int8"`` in config.json, so ``from_pretrained(dst)`` loads it on the int8 layers as
+    stored. The flavor decided for ``src`` (or given) is recorded in ``dst/config.json``. With ``verify``,
     the written file is read back and compared tensor by tensor. Returns the opened ``dst``.
 
     Every file is written beside its destination and renamed into place only once all of them are complete
     (the weights first, then config.json and the tokenizer files): a failure (a full disk) changes no file in
     ``dst`` and leaves no partial one. A ``dst`` that is the source's directory, by any path, is refused.
     """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be \"int8\" or None, got {quantize!r}")
+    if quantize and dtype != "float32":
+        raise ValueError(f"an int8 checkpoint keeps its other weights in float32: dtype {dtype!r} does not apply")
     ckpt = open_checkpoint(src, config=config, flavor=flavor, download=download, revision=revision,
                            cache_dir=cache_dir, progress=progress)  # fmt: skip
+    if ckpt.config.quantization and quantize is None:
+        raise CheckpointError(f"{ckpt.describe()} is an int8 checkpoint: it converts only to int8 (--quantize int8)")
     dst = os.fspath(dst)
     _refuse_the_source_directory(dst, ckpt)
     check_tokenizer_files(ckpt.tokenizer_files)
@@ -53,9 +64,11 @@ def convert_checkpoint(src, dst, *, dtype: str = "float32", flavor: str | None =
     os.makedirs(dst, exist_ok=True)
 
     arrays = ckpt.state_dict(np.float32)  # views of the source's mapping where possible
+    if quantize == "int8" and not ckpt.config.quantization:
+        arrays = int8_state_dict(arrays, progress)
     metadata = {"format": "pt", "erniem_np.source_format": ckpt.format,
                 "erniem_np.source": os.path.basename(os.path.normpath(ckpt.source))}  # fmt: skip
-    config = ckpt.config.to_dict()  # records flavor
+    config = ckpt.config.replace(quantization=quantize).to_dict()  # records flavor (and quantization)
     config["architectures"] = [ckpt.architecture]
     config["torch_dtype"] = dtype
     try:
@@ -75,6 +88,23 @@ def convert_checkpoint(src, dst, *, dtype: str = "float32", flavor: str | None =
     out = open_checkpoint(dst)
     if verify:
         _verify(arrays, out, dtype, progress)
+    return out
+
+
+def int8_state_dict(arrays: dict[str, np.ndarray], progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
+    """The state dict of an int8 checkpoint: each weight ``is_int8_weight`` names quantized (int8, then its
+    float32 scales under ``name + SCALE_SUFFIX``), every other array as it is."""
+    from ..kernels.qgemm import quantize_weight  # NumPy only: compiles nothing
+
+    out = {}
+    names = [k for k in arrays if is_int8_weight(k)]
+    for name, a in arrays.items():
+        if name in names:
+            out[name], out[name + SCALE_SUFFIX] = quantize_weight(a)
+            if progress is not None:
+                progress("quantizing", len([k for k in out if k.endswith(SCALE_SUFFIX)]), len(names))
+        else:
+            out[name] = a
     return out
 
 
@@ -147,6 +177,7 @@ def inspect_checkpoint(path_or_name, **open_kwargs) -> dict[str, Any]:
         "parameters": ckpt.num_parameters,
         "tensors": len(ckpt.tensors),
         "dtypes": ckpt.dtypes(),
+        "quantization": cfg.quantization,
         "tokenizer_files": sorted(ckpt.tokenizer_files),
         "tokenizer_missing": [n for n in TOKENIZER_FILES[:4] if n not in ckpt.tokenizer_files],
         "notes": list(ckpt.notes),

@@ -12,14 +12,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     progress = None if args.quiet else Progress()
     try:
-        out = convert_checkpoint(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,
+        out = convert_checkpoint(args.src, args.dst, dtype=args.dtype, quantize=args.quantize, overwrite=args.overwrite,
                                  verify=not args.no_verify, progress=progress, **checkpoint_options(args))
     except OSError as e:  # an existing destination, a full disk: one line, as for bad input
         raise ValueError(str(e)) from None
     finally:
         if progress is not None:
             progress.close()
-    print(f"wrote {args.dst}: {out.architecture}, {out.num_parameters:,} parameters, {args.dtype}, "
+    stored = "int8 (float32 elsewhere)" if args.quantize else args.dtype
+    print(f"wrote {args.dst}: {out.architecture}, {out.num_parameters:,} parameters, {stored}, "
           f"{megabytes(out.size_on_disk)}, flavor {out.flavor}")
     tokenizer = sorted(out.tokenizer_files)
     print(f"  tokenizer files copied: {', '.join(tokenizer) if tokenizer else 'none found beside the source'}")
@@ -58,7 +59,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
          + (" -- a guess: the config does not name the class, and a 'classifier' head may also be token "
             "classification or multiple choice" if info["head_source"] == "guess" else "")),
         ("parameters", f"{info['parameters']:,} in {info['tensors']} tensors"),
-        ("dtype", ", ".join(f"{k} ({v} tensors)" for k, v in sorted(info["dtypes"].items()))),
+        ("dtype", ", ".join(f"{k} ({v} tensors)" for k, v in sorted(info["dtypes"].items()))
+         + ("; an int8 checkpoint: loads on the int8 layers" if info["quantization"] == "int8" else "")),
         ("flavor", f"{info['flavor']} ({flavor_why})"),
         ("tokenizer", (", ".join(info["tokenizer_files"]) or "no tokenizer files")
          + (f"; missing: {', '.join(info['tokenizer_missing'])}" if info["tokenizer_missing"] else "")),
@@ -83,6 +85,9 @@ def register(sub) -> None:
     convert.add_argument("dst", metavar="DST")
     convert.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                          help="stored float type (default float32: loads without a copy)")  # fmt: skip
+    convert.add_argument("--quantize", choices=("int8",),
+                         help="write an int8 checkpoint: Linear weights of the encoder and the word table int8 "
+                         "with a float32 scale per row, a quarter of the float32 size (docs/quantization.md)")
     convert.add_argument("--overwrite", action="store_true", help="replace DST's config.json and weights")
     convert.add_argument("--no-verify", action="store_true", help="skip reading the result back")
     convert.add_argument("--quiet", action="store_true", help="no progress output")
