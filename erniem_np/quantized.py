@@ -33,7 +33,8 @@ pooler = fused.pooler
 QUANTIZATION = "int8"  # the model's config records it, so a saved int8 model loads as int8
 class Int8Rows:
     """The word-embedding table in int8 with a float32 scale per row: ``table[ids]`` gives the float32 rows
-    ``q[ids] * scale[ids]`` ([..., H]), as indexing the float32 table would give its rows."""
+    ``q[ids] * scale[ids]`` ([..., H]), as indexing the float32 table would give its rows. ``q`` is the int8
+    array, or for a mapped checkpoint a ``RowReadTable`` that reads just the rows asked for from the file."""
 
     def __init__(self, q, scale):
         self.q, self.scale = q, scale
@@ -44,7 +45,7 @@ class Int8Rows:
         return self.q[ids].astype(np.float32) * self.scale[ids][..., None]
 
     def __array__(self, dtype=None, copy=None):
-        table = self.q.astype(np.float32) * self.scale[:, None]
+        table = np.asarray(self.q).astype(np.float32) * self.scale[:, None]
         return table if dtype is None else table.astype(dtype)
 
 

@@ -227,3 +227,18 @@ def test_quantizing_a_large_table_works_in_row_blocks():
     q, s = qgemm.quantize_weight(w, block_rows=4096)
     q1, s1 = qgemm.quantize_weight(w, block_rows=10**6)
     assert np.array_equal(q, q1) and np.array_equal(s, s1)
+
+
+@needs_int8_cpu
+def test_a_mapped_int8_word_table_is_read_row_by_row(tmp_path, monkeypatch):
+    from erniem_np.checkpoints import safetensors_file
+    from erniem_np.checkpoints.tensors import RowReadTable
+
+    monkeypatch.setattr(safetensors_file, "ROW_READER_MIN_BYTES", 0)
+    ErnieMModel(CONFIG, seed=7, backend="int8").save_pretrained(tmp_path)
+    mapped = ErnieMModel.from_pretrained(tmp_path)
+    in_memory = ErnieMModel.from_pretrained(tmp_path, mmap=False)
+    assert isinstance(mapped.base_params["embeddings"]["word_embeddings"]["weight"].q, RowReadTable)
+    ids, mask = _ids(4)
+    assert np.array_equal(mapped(ids, attention_mask=mask).last_hidden_state,
+                          in_memory(ids, attention_mask=mask).last_hidden_state)  # fmt: skip

@@ -48,10 +48,14 @@ def load_pretrained(cls, path_or_name, flavor=None, dtype=np.float32, backend=No
         raise type(e)(f"{ckpt.describe()}: {e}") from None
     name = cls.base_prefix + "embeddings.word_embeddings.weight"
     stored = ckpt.tensors.get(name) or ckpt.tensors.get(name.removeprefix("ernie_m."))
-    reader = None if stored is None else stored.row_reader(model.dtype)
-    if reader is not None and model.config.quantization is None:  # a mapped float table: rows read from the file
+    int8 = model.config.quantization == "int8"
+    reader = None if stored is None else stored.row_reader(np.int8 if int8 else model.dtype)
+    if reader is not None:  # the table as stored, mapped: the lookup reads its rows from the file
         table = model.base_params["embeddings"]["word_embeddings"]
-        table["weight"] = RowReadTable(table["weight"], reader)
+        if int8:  # an Int8Rows: its int8 rows come from the file, its scales are in memory
+            table["weight"].q = RowReadTable(table["weight"].q, reader)
+        else:
+            table["weight"] = RowReadTable(table["weight"], reader)
     return model
 
 

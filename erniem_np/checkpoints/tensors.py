@@ -117,7 +117,7 @@ class StoredTensor:
         """
         if self.read_rows is None or self.transposed or len(self.shape) != 2:
             return None
-        if not self.is_float or NUMPY_DTYPES[self.dtype] != np.dtype(dtype).newbyteorder("<"):
+        if self.dtype == "bfloat16" or NUMPY_DTYPES[self.dtype] != np.dtype(dtype).newbyteorder("<"):
             return None
         return self.read_rows
 
