@@ -242,3 +242,18 @@ def test_a_mapped_int8_word_table_is_read_row_by_row(tmp_path, monkeypatch):
     ids, mask = _ids(4)
     assert np.array_equal(mapped(ids, attention_mask=mask).last_hidden_state,
                           in_memory(ids, attention_mask=mask).last_hidden_state)  # fmt: skip
+
+
+@needs_int8_cpu
+def test_the_demo_runs_int8_and_checks_it_against_hf_float32(capsys, monkeypatch):
+    from erniem_np.cli import main as cli
+    from erniem_np.commands import demo
+
+    assert cli(["demo", "--quantize", "int8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    check = out["reference_check"]
+    assert out["backend"] == "int8" and check["agrees"] and check["same_top_label"]
+    assert 0 < check["max_abs_difference"] <= demo.INT8_TOLERANCE  # int8 differs from float32, within bounds
+    monkeypatch.setattr(demo, "INT8_TOLERANCE", check["max_abs_difference"] / 2)
+    assert cli(["demo", "--quantize", "int8"]) == 1  # the check can fail
+    assert "DISAGREES" in capsys.readouterr().out
