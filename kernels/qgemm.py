@@ -423,26 +423,30 @@ def _qgemm(xq, sx, zx, wp, colsum, sw, b, residual, out, epilogue, rows, cols, c
         nc = min(cols, N - j0)
         c = np.empty((rows, cols), dtype=np.int32)
         y = np.empty(cols, dtype=out.dtype)
+        cs, ws, bs = colsum[j0 : j0 + nc], sw[j0 : j0 + nc], b[j0 : j0 + nc]
         for i0 in range(0, M, rows):
             nr = min(rows, M - i0)
             micro_tile(xq, i0, nr, wp, s, kg, c, code)
-            for r in range(nr):
+            for r in range(nr):  # the epilogue, on the tile while it is in L1
                 i = i0 + r
                 z = zx[i]
-                for j in range(nc):
-                    a = c[r, j] - z * colsum[j0 + j]
-                    if epilogue == EPILOGUE_RAW:
-                        y[j] = a
-                    else:
-                        y[j] = np.float32(a) * sx[i] * sw[j0 + j] + b[j0 + j]
+                o = out[i, j0 : j0 + nc]
+                cr = c[r]
+                if epilogue == EPILOGUE_RAW:
+                    for j in range(nc):
+                        o[j] = np.int32(cr[j] - np.int32(z * cs[j]))
+                    continue
+                si = sx[i]
+                for j in range(nc):  # int32 exact (|sum| < 2**31), then float32: vectorised
+                    y[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * si * ws[j] + bs[j]
                 if epilogue == EPILOGUE_GELU:
                     gelu_row(y[:nc])
                 elif epilogue == EPILOGUE_RESIDUAL:
+                    res = residual[i, j0 : j0 + nc]
                     for j in range(nc):
-                        y[j] += residual[i, j0 + j]
-                o = out[i]
+                        y[j] += res[j]
                 for j in range(nc):
-                    o[j0 + j] = y[j]
+                    o[j] = y[j]
 
 
 _qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")
