@@ -31,7 +31,7 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as c:  # fmt: skip
+                                  dashboard_address=":0") as c:  # fmt: skip
         yield c
 
 

@@ -39,7 +39,7 @@ def langid_lines(n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as c:  # fmt: skip
+                                  dashboard_address=":0") as c:  # fmt: skip
         yield c
 
 
@@ -126,3 +126,32 @@ def test_task_on_dask_equals_one_process(task, ckpts, cluster, tmp_path, capsys)
     assert on_dask == one
     assert one == json.loads(json.dumps(want, ensure_ascii=False))
     assert len(one) == len(inputs)
+
+
+@pytest.mark.parametrize("bad", ["undecodable", "over-long"])
+def test_bad_input_is_one_line_naming_it_as_in_one_process(bad, ckpts, cluster, tmp_path, capsys):
+    """Line 7 of the input is bad: the command stops with exit 1 and one stderr line naming ``FILE:7``, after
+    printing the results of the chunks before it (a valid JSON array), on Dask exactly as in one process.
+    Undecodable: not UTF-8, found by the client's reader; over-long: a question that leaves a QA window no
+    room for its context, found by the worker that runs its chunk."""
+    path = tmp_path / ("in.txt" if bad == "undecodable" else "in.jsonl")
+    if bad == "undecodable":
+        lines = [t.encode() for t in langid_lines(12)]
+        lines[6] = b"caf\xe9 au lait"  # Latin-1, not UTF-8
+        argv = ["classify", LANGID_MODEL]
+    else:
+        items = _contexts(12)
+        items[6]["question"] = "why " * 40
+        lines = [json.dumps(x).encode() for x in items]
+        argv = ["qa", ckpts["qa"], "--max-seq-len", "32", "--doc-stride", "8"]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    argv += ["-i", str(path), "--chunk-size", "2", "--json", "--quiet"]
+    runs = []
+    for extra in ([], ["--dask", cluster.scheduler_address]):
+        code = main(argv + extra)
+        out, err = capsys.readouterr()
+        assert code == 1 and err.count("\n") == 1 and err.startswith(f"erniem-np: error: {path}:7: "), err
+        runs.append((json.loads(out), err))
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) == 6  # the three chunks before the bad line
+    assert ("not valid UTF-8" if bad == "undecodable" else "leaves no room for the context") in runs[0][1]

@@ -17,8 +17,9 @@ flat on an input of any size.
 A lost worker loses nothing: the client holds a future for every chunk not yet collected, so the scheduler
 recomputes on another worker whatever a dead worker was running or holding. A chunk that kills workers again
 and again (``distributed.scheduler.allowed-failures``, 3 by default) ends the run with an ``InputError``
-naming its inputs. A bad input fails its chunk with an ``InputError`` naming the input's line; chunks still
-out are cancelled.
+naming its inputs. A bad input fails its chunk with an ``InputError`` naming the input's line, and the chunks
+before it are delivered, as in one process; chunks still out after it are cancelled. An input the client
+cannot read (an error while reading the next chunk) likewise ends the run after the chunks read before it.
 
 Kernel threads: each worker process runs its kernels with ``cores // threads``, where ``cores`` is the number
 of cores its machine lets it use and ``threads`` the sum of the worker threads of all worker processes on that
@@ -119,7 +120,7 @@ class DaskRunner:
             if address is None:
                 self._own_cluster = LocalCluster(n_workers=n_workers or usable_cores(),
                                                  threads_per_worker=threads_per_worker, processes=processes,
-                                                 dashboard_address=None)  # fmt: skip
+                                                 dashboard_address=":0")  # fmt: skip  # 8787 may be taken
                 client = self._own_client = Client(self._own_cluster)
             else:
                 try:
@@ -157,8 +158,17 @@ class DaskRunner:
                 progress(what, done, None)
             return chunk, results
 
+        chunks = iter(chunks)
         try:
-            for chunk in chunks:
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except Exception:  # a bad input read on the client: the inputs before it are still delivered
+                    while pending:
+                        yield collect()
+                    raise
                 future = self.client.submit(run_chunk_task, self.spec, chunk, self.plan, pure=False)
                 pending.append((chunk, future))
                 if len(pending) >= self.max_in_flight:
