@@ -15,6 +15,7 @@ from types import ModuleType
 import numpy as np
 
 BACKENDS = ("numba", "numpy", "int8")
+FLOAT_BACKENDS = ("numba", "numpy")  # the two that compute the references' float numbers (int8 approximates them)
 
 
 def layer_set(backend: str) -> ModuleType:

@@ -87,7 +87,7 @@ def build_pair(cfg_dict: dict, weights: dict, head: str):
     hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
     hf.eval()
     config = ErnieMConfig.from_dict(cfg, flavor="hf")
-    ours = PerBackend({b: MODEL_CLASS[head](config, sd, backend=b) for b in backends.BACKENDS})
+    ours = PerBackend({b: MODEL_CLASS[head](config, sd, backend=b) for b in backends.FLOAT_BACKENDS})
     return hf, ours
 
 
@@ -480,7 +480,7 @@ def test_our_save_pretrained_loads_in_hf(head, tmp_path):
     cfg = dict(SMALL, num_labels=num_labels(head))
     sd = split_head(weights_for(SMALL, 5), None if head == "base" else head)
     config = ErnieMConfig.from_dict(cfg, flavor="hf")
-    ours = PerBackend({b: MODEL_CLASS[head](config, sd, backend=b) for b in backends.BACKENDS})
+    ours = PerBackend({b: MODEL_CLASS[head](config, sd, backend=b) for b in backends.FLOAT_BACKENDS})
     ours["numba"].save_pretrained(tmp_path)
     hf, info = getattr(transformers, HF_CLASS[head]).from_pretrained(tmp_path, output_loading_info=True)
     hf.eval()
@@ -501,7 +501,7 @@ def test_hf_save_pretrained_loads_in_ours(head, tmp_path):
     assert (tmp_path / "model.safetensors").is_file()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a class's own checkpoint: no unused weights to warn about
-        ours = PerBackend({b: MODEL_CLASS[head].from_pretrained(tmp_path, backend=b) for b in backends.BACKENDS})
+        ours = PerBackend({b: MODEL_CLASS[head].from_pretrained(tmp_path, backend=b) for b in backends.FLOAT_BACKENDS})
     for model in ours.values():
         assert model.config.flavor == "hf"
         assert model.config.num_labels == num_labels(head)
