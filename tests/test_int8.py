@@ -257,3 +257,18 @@ def test_the_demo_runs_int8_and_checks_it_against_hf_float32(capsys, monkeypatch
     monkeypatch.setattr(demo, "INT8_TOLERANCE", check["max_abs_difference"] / 2)
     assert cli(["demo", "--quantize", "int8"]) == 1  # the check can fail
     assert "DISAGREES" in capsys.readouterr().out
+
+
+@needs_int8_cpu
+def test_a_layer_by_layer_report_of_int8_against_float32(tmp_path, capsys):
+    from erniem_np.bundled import LANGID_MODEL
+    from erniem_np.cli import main as cli
+
+    texts = ["The train to the mountains leaves every morning at seven.", "我们明天早上一起去图书馆看书吧。"]
+    f32, i8 = str(tmp_path / "f32.safetensors"), str(tmp_path / "int8.safetensors")
+    assert cli(["golden", LANGID_MODEL, "--tier", "core", "-o", f32, "--texts", *texts]) == 0
+    assert cli(["golden", LANGID_MODEL, "--tier", "core", "--quantize", "int8", "-o", i8, "--texts", *texts]) == 0
+    assert cli(["golden", LANGID_MODEL, "--quantize", "int8", "-o", i8, "--texts", *texts]) == 1  # debug tier
+    capsys.readouterr()
+    assert cli(["parity", "compare", f32, i8, "--profile", "int8", "--tier", "core"]) == 0
+    assert cli(["parity", "compare", f32, i8, "--profile", "fp32", "--tier", "core"]) == 1  # int8 is not float32

@@ -83,11 +83,15 @@ def run_golden(args: argparse.Namespace) -> int:
         cases = produce.cases_from_json(items, config)
     else:
         cases = produce.default_cases(config, seed=args.input_seed)
+    if args.quantize and (args.dtype != "float32" or args.tier != "core"):
+        raise UserError("--quantize int8 computes in float32 and records the core tier: pass --tier core "
+                        "(and no --dtype float64)")  # fmt: skip
     nbytes = sum(np.asarray(w).size * 4 for w in weights.values())
     store = args.store_weights if args.store_weights is not None else nbytes <= 4_000_000
     progress = Progress()
     tensors, meta = produce.make_bundle(config, weights, cases, dtype=np.dtype(args.dtype), tier=args.tier,
-                                        backend="numpy", store_weights=store, weights_info=weights_info,
+                                        backend="int8" if args.quantize else "numpy", store_weights=store,
+                                        weights_info=weights_info,
                                         calibrate=args.calibrate,
                                         progress=progress)  # fmt: skip
     progress.close()
@@ -205,6 +209,8 @@ def register(sub) -> None:
     g.add_argument("-o", "--output", required=True, help="the bundle file to write (.safetensors)")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute dtype")
     g.add_argument("--tier", choices=("core", "debug"), default="debug", help="probes to record (default debug)")
+    g.add_argument("--quantize", choices=("int8",), help="run the int8 layers (core tier; compare it with a float32 "
+                   "bundle under --profile int8 to see, layer by layer, where the int8 error enters)")
     g.add_argument("--flavor", choices=("hf", "paddle"), help="reference behaviour (default: the checkpoint's; hf)")
     g.add_argument("--seed", type=int, help="weights seed for a preset or config (default: the preset's, or 0)")
     g.add_argument("--input-seed", type=int, default=0, help="seed of the built-in cases' ids (default 0)")
@@ -227,7 +233,7 @@ def register(sub) -> None:
     c = psub.add_parser("compare", help="compare a candidate bundle with a reference bundle")
     c.add_argument("reference", metavar="REF")
     c.add_argument("candidate", metavar="CAND")
-    c.add_argument("--profile", default="fp32", choices=("fp32", "fp32-strict", "fp16", "bf16"))
+    c.add_argument("--profile", default="fp32", choices=("fp32", "fp32-strict", "fp16", "bf16", "int8"))
     c.add_argument("--tier", default="debug", choices=("core", "debug"),
                    help="debug (default): also every debug probe the candidate provides; core: core probes only")  # fmt: skip
     c.add_argument("--cases", help="comma-separated case names or globs")

@@ -203,8 +203,8 @@ def make_bundle(config: ErnieMConfig, weights: dict[str, np.ndarray], cases: lis
     dtype = np.dtype(dtype)
     if tier not in ("core", "debug"):
         raise ValueError(f"tier must be core or debug, got {tier!r}")
-    if backend == "numba" and tier == "debug":
-        raise ValueError("the numba backend's fused kernels do not expose the debug tier: use backend='numpy'")
+    if backend in ("numba", "int8") and tier == "debug":
+        raise ValueError(f"the {backend} backend's fused kernels do not expose the debug tier: use tier='core'")
     heads = tuple(h for h in heads if _has_head(weights, h))
     models = _models(config, weights, heads, dtype, backend)
     if calibrate and dtype != np.float32:

@@ -185,6 +185,11 @@ PROFILES = {
         "loss": (2.5e-1, 5e-2), "nmse_max": 1e-3, "cosd_max": 5e-4, "argmax_min": 0.98,
         "use": "a port computing in bfloat16 (within the low-precision envelope; never proof of correctness)",
     },
+    "int8": {  # bfloat16's envelope: measured int8 error on trained weights is far inside it (docs/quantization.md)
+        "hidden": (2e-1, 5e-2), "probs": (2e-2, 5e-2), "scores": (3e-1, 5e-2), "logits": (2.5e-1, 5e-2),
+        "loss": (2.5e-1, 5e-2), "nmse_max": 1e-3, "cosd_max": 5e-4, "argmax_min": 0.98,
+        "use": "an int8-quantized port against float32, on trained weights (never proof of correctness)",
+    },
 }  # fmt: skip
 
 
