@@ -43,6 +43,17 @@ def cluster():
         yield c
 
 
+def _chunks_held(client) -> dict[str, int]:
+    """{worker address: chunks it is running or holds the results of}; waits (up to 5 s) for one to hold any."""
+    deadline = time.monotonic() + 5
+    while True:
+        running, stored = client.processing(), client.has_what()
+        held = {w: len(running.get(w, ())) + len(stored.get(w, ())) for w in client.nthreads()}
+        if any(held.values()) or time.monotonic() > deadline:
+            return held
+        time.sleep(0.01)
+
+
 def test_a_killed_worker_loses_nothing(cluster):
     texts = [t[:40] for t in langid_lines(200)]
     spec = TaskSpec.of("classify", LANGID_MODEL, {"chunk_size": 8, "batch_size": 4}, {"top_k": 3})
@@ -55,9 +66,9 @@ def test_a_killed_worker_loses_nothing(cluster):
             seen.extend(chunk.items)
             got.extend(results)
             if n == 3:
-                processing = client.processing()  # {worker address: keys it holds to run}
-                killed = max(processing, key=lambda w: len(processing[w]))
-                assert processing[killed], "the killed worker held chunks"
+                held = _chunks_held(client)
+                killed = max(held, key=held.get)
+                assert held[killed], "the killed worker held chunks"
                 os.kill(pids[killed], signal.SIGKILL)
         assert killed not in client.nthreads(), "the killed worker is gone"
     assert seen == texts  # every input exactly once, in order

@@ -5,6 +5,10 @@ three ways on the same input file, with the same --chunk-size and --batch-size: 
 ``--dask ADDRESS``, and through the pipeline class's own streaming call; the three results are equal (JSON
 values, exactly). Models: the bundled language-ID classifier (classify), random checkpoints with the fixture
 tokenizer (choose, tag, qa), and the tiny UIE-M fixture (extract).
+
+Also: a bad input line stops a run on Dask as it stops one process (the same results before it, the same one
+error line naming FILE:LINE), and the kernel threads each worker takes (its host's cores divided among the
+worker threads there).
 """
 
 from __future__ import annotations
@@ -155,3 +159,23 @@ def test_bad_input_is_one_line_naming_it_as_in_one_process(bad, ckpts, cluster, 
     assert runs[0] == runs[1]
     assert len(runs[0][0]) == 6  # the three chunks before the bad line
     assert ("not valid UTF-8" if bad == "undecodable" else "leaves no room for the context") in runs[0][1]
+
+
+def test_kernel_threads_share_each_hosts_cores(cluster):
+    """cores // worker threads on the host: two 2-thread workers on an 8-core host get 2 kernel threads, one
+    single-threaded worker alone on a 4-core host 4; the module's cluster (2 x 1 thread here) splits this
+    machine's cores in two."""
+    from erniem_np.pipelines import distributed as d
+
+    class FakeClient:
+        def run(self, fn):
+            return {"w1": ("a", 8), "w2": ("a", 8), "w3": ("b", 4)}
+
+        def nthreads(self):
+            return {"w1": 2, "w2": 2, "w3": 1}
+
+    assert d.kernel_thread_plan(FakeClient()) == {"a": 2, "b": 4}
+    import socket
+
+    with distributed.Client(cluster) as client:
+        assert d.kernel_thread_plan(client) == {socket.gethostname(): max(1, d.usable_cores() // 2)}
