@@ -52,7 +52,7 @@ def test_dask_equals_one_process(ckpt, cluster, pooling):
                                                                          **options) as enc:  # fmt: skip
             got = enc.encode(iter(TEXTS))
         assert client.status == "running"  # an outside client is left open
-    tasks = [t for t in stream.data if "run_chunk_task" in t["key"]]
+    tasks = [t for t in stream.data if "encode_chunk" in t["key"]]
     assert len(tasks) == 10 and len({t["worker"] for t in tasks}) == 2  # 150 texts / 16 per chunk, both workers
     if pooling == "last":
         assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))

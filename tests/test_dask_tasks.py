@@ -125,7 +125,7 @@ def test_task_on_dask_equals_one_process(task, ckpts, cluster, tmp_path, capsys)
     one = run_json(capsys, argv)
     with distributed.Client(cluster) as client, distributed.get_task_stream(client) as stream:
         on_dask = run_json(capsys, [*argv, "--dask", cluster.scheduler_address])
-    workers = {t["worker"] for t in stream.data if "run_chunk_task" in t["key"]}
+    workers = {t["worker"] for t in stream.data if f"{task}_chunk" in t["key"]}
     assert len(workers) == 2, "both workers took chunks"
     assert on_dask == one
     assert one == json.loads(json.dumps(want, ensure_ascii=False))

@@ -14,7 +14,8 @@
 # # 8. Scaling out: encoding a corpus on a Dask cluster
 #
 # The code this chapter explains: `erniem_np/pipelines/encode.py` (`Encoder`: chunks, length buckets,
-# pooling) and `erniem_np/pipelines/distributed.py` (`DaskEncoder`, `worker_encoder`, `encode_chunk_task`).
+# pooling), `erniem_np/pipelines/chunks.py` (`pipeline_for`, `run_chunk`: one chunk, in any process) and
+# `erniem_np/pipelines/distributed.py` (`DaskRunner`, `DaskEncoder`, `run_chunk_task`).
 #
 # Turning a corpus into embeddings is embarrassingly parallel: every text is encoded on its own. One machine
 # runs the kernels on all its cores already; past that, the work has to go to other machines. Dask's
@@ -77,8 +78,9 @@ print(single.shape, single.dtype)  # [N, H]
 # %% [markdown]
 # ## A cluster
 #
-# `DaskEncoder` cuts the input into the same chunks and submits each as one task, `encode_chunk_task(path,
-# options, texts)`. On a worker, `worker_encoder` loads the model once per process and keeps it, so only
+# `DaskEncoder` cuts the input into the same chunks and submits each as one task, `run_chunk_task(spec,
+# chunk)` (its key starts with `encode_chunk`); `spec` names the task, the checkpoint path and the options. On
+# a worker, `pipeline_for(spec)` loads the model once per process and keeps it, so only
 # texts and embeddings travel (here the two workers share one process, so they share one loaded model). $N$
 # texts make $\lceil N / c \rceil$ tasks for a chunk size $c$. At most `max_in_flight` chunks are out at once
 # (by default twice the cluster's worker threads), and results are taken in input order, so the client's

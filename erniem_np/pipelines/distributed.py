@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -169,7 +170,8 @@ class DaskRunner:
                     while pending:
                         yield collect()
                     raise
-                future = self.client.submit(run_chunk_task, self.spec, chunk, self.plan, pure=False)
+                key = f"{self.spec.task}_chunk-{uuid.uuid4().hex}"  # "encode_chunk-...", in the dashboard too
+                future = self.client.submit(run_chunk_task, self.spec, chunk, self.plan, key=key)
                 pending.append((chunk, future))
                 if len(pending) >= self.max_in_flight:
                     yield collect()
