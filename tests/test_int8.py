@@ -272,3 +272,26 @@ def test_a_layer_by_layer_report_of_int8_against_float32(tmp_path, capsys):
     capsys.readouterr()
     assert cli(["parity", "compare", f32, i8, "--profile", "int8", "--tier", "core"]) == 0
     assert cli(["parity", "compare", f32, i8, "--profile", "fp32", "--tier", "core"]) == 1  # int8 is not float32
+
+
+@needs_int8_cpu
+@pytest.mark.parametrize("command", ["classify", "encode"])
+def test_task_commands_take_quantize_int8(tmp_path, capsys, command):
+    from erniem_np.bundled import LANGID_MODEL
+    from erniem_np.cli import main as cli
+    from erniem_np.pipelines.classify import Classifier
+    from erniem_np.pipelines.encode import Encoder
+
+    texts = ["The train to the mountains leaves every morning at seven.", "Nous avons mangé une tarte aux pommes."]
+    if command == "classify":
+        assert cli(["classify", LANGID_MODEL, "--quantize", "int8", "--json", "-q", *texts]) == 0
+        got = [row["score"] for row in json.loads(capsys.readouterr().out)]
+        want = [r["score"] for r in Classifier(LANGID_MODEL, backend="int8")(texts)]
+        assert got == pytest.approx(want, rel=1e-6)
+        assert want != pytest.approx([r["score"] for r in Classifier(LANGID_MODEL)(texts)], rel=1e-6)
+    else:
+        out = str(tmp_path / "v.npy")
+        assert cli(["encode", LANGID_MODEL, "--quantize", "int8", "-o", out, "-q", *texts]) == 0
+        assert np.array_equal(np.load(out), Encoder(LANGID_MODEL, backend="int8").encode(texts))
+    assert cli([command, LANGID_MODEL, "--quantize", "int8", "--backend", "numpy", *texts]) == 1
+    assert "does not combine" in capsys.readouterr().err

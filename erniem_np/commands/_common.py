@@ -98,9 +98,24 @@ def add_model_options(p: argparse.ArgumentParser, *, batch_size: int = 32) -> No
                    f"length (default {batch_size})")  # fmt: skip
     p.add_argument("--max-length", type=int, help="cut inputs to this many tokens (default: the model's limit, "
                    "512 for ErnieM)")  # fmt: skip
-    p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="compute kernels (default numba)")
+    add_backend_options(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     add_checkpoint_options(p)
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """--backend and --quantize, which every command that runs a model takes."""
+    p.add_argument("--backend", choices=("numba", "numpy", "int8"), help="compute kernels: numba (the default), "
+                   "numpy (the reference layers) or int8 (the default for an int8 checkpoint)")  # fmt: skip
+    p.add_argument("--quantize", choices=("int8",), help="quantize the weights to int8 as they load (the same "
+                   "as --backend int8; docs/quantization.md)")  # fmt: skip
+
+
+def backend_option(args: argparse.Namespace) -> str | None:
+    """The backend --backend and --quantize ask for (None: the checkpoint decides, numba or int8)."""
+    if args.quantize and args.backend not in (None, "int8"):
+        raise UserError(f"--quantize int8 runs on the int8 layers: it does not combine with --backend {args.backend}")
+    return "int8" if args.quantize else args.backend
 
 
 def pipeline_options(args: argparse.Namespace) -> dict:
@@ -111,7 +126,7 @@ def pipeline_options(args: argparse.Namespace) -> dict:
     if opts.get("revision") is None:
         opts.pop("revision")
     return {"tokenizer": args.tokenizer, "max_length": args.max_length, "batch_size": args.batch_size,
-            "flavor": flavor, "backend": args.backend, **opts}  # fmt: skip
+            "flavor": flavor, "backend": backend_option(args), **opts}  # fmt: skip
 
 
 def add_input_options(p: argparse.ArgumentParser, *, field_help: str = "the text") -> None:

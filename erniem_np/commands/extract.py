@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 
-from ._common import UserError, add_input_options, add_run_options, numbered_inputs, run_chunked, strings
+from ._common import (UserError, add_backend_options, add_input_options, add_run_options, backend_option,
+                      numbered_inputs, run_chunked, strings)
 
 DESCRIPTION = """\
 UIE-M information extraction: find what a schema names in each text, and what each answer's children name
@@ -53,7 +54,7 @@ def register(sub) -> None:
                    help="pad each row to the smallest of these lengths that holds it, not to --max-seq-len")  # fmt: skip
     p.add_argument("--flavor", choices=("paddle", "hf"), default="paddle",
                    help="implicit attention mask: paddle (UIE-M, Taskflow; default) or hf")  # fmt: skip
-    p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="compute backend (numba)")
+    add_backend_options(p)
     p.add_argument("--json", action="store_true", help="print Taskflow's JSON result list (with -o: a JSON summary)")
     add_input_options(p)
     add_run_options(p, chunk_size=64, what="texts", output_help="write Taskflow's result object of each text to OUT, "
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"schema": schema, "schema_lang": args.schema_lang, "max_seq_len": args.max_seq_len,
                "position_prob": args.position_prob, "batch_size": args.batch_size,
                "split_sentence": args.split_sentence, "dynamic_max_length": _lengths(args.dynamic_max_length),
-               "flavor": args.flavor, "backend": args.backend}  # fmt: skip
+               "flavor": args.flavor, "backend": backend_option(args)}  # fmt: skip
     spec = TaskSpec.of("extract", args.model, options)
     return run_chunked(args, spec, strings(numbered_inputs(args)), lambda _text, result: result, _print_result,
                        "extracting")  # fmt: skip

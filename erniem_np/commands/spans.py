@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from ..pipelines.chunks import Numbered
 from ._common import (
     UserError,
+    add_backend_options,
     add_checkpoint_options,
     add_input_options,
     add_run_options,
+    backend_option,
     checkpoint_options,
     numbered_inputs,
     run_chunked,
@@ -33,7 +35,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="directory with sentencepiece.bpe.model and vocab.txt "
                    "(default: the checkpoint's directory)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default: 8)")
-    p.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="compute backend (default: numba)")
+    add_backend_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON array, one object per input, written as "
                    "each chunk is done (with -o: a JSON summary)")  # fmt: skip
     add_checkpoint_options(p)
@@ -45,7 +47,7 @@ def run_tag(args: argparse.Namespace) -> int:
 
     options = {"aggregation_strategy": args.aggregation, "ignore_labels": args.ignore_labels, "stride": args.stride,
                "max_length": args.max_length, "batch_size": args.batch_size, "tokenizer": args.tokenizer,
-               "backend": args.backend, **checkpoint_options(args)}  # fmt: skip
+               "backend": backend_option(args), **checkpoint_options(args)}  # fmt: skip
     spec = TaskSpec.of("tag", args.model, options)
     return run_chunked(args, spec, strings(numbered_inputs(args), "text"),
                        lambda text, entities: {"text": text, "entities": entities}, _print_tagged, "tagging")  # fmt: skip
@@ -68,7 +70,7 @@ def run_qa(args: argparse.Namespace) -> int:
     options = {"top_k": args.top_k, "max_answer_len": args.max_answer_len, "max_seq_len": args.max_seq_len,
                "doc_stride": args.doc_stride, "handle_impossible_answer": args.handle_impossible_answer,
                "align_to_words": not args.no_align_to_words, "batch_size": args.batch_size,
-               "tokenizer": args.tokenizer, "backend": args.backend, **checkpoint_options(args)}  # fmt: skip
+               "tokenizer": args.tokenizer, "backend": backend_option(args), **checkpoint_options(args)}  # fmt: skip
     spec = TaskSpec.of("qa", args.model, options)
     return run_chunked(args, spec, _qa_inputs(args), _answered, _print_answered, "answering")
 

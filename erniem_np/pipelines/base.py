@@ -61,7 +61,7 @@ def load_model_and_tokenizer(
     tokenizer: str | os.PathLike | ErnieMTokenizer | None = None,
     flavor: str | None = None,
     dtype=np.float32,
-    backend: str = "numba",
+    backend: str | None = None,
     quiet_unused: bool = False,
     **checkpoint_options: Any,
 ) -> tuple[ErnieMPreTrainedModel, ErnieMTokenizer]:

@@ -55,7 +55,7 @@ class Chooser:
     """
 
     def __init__(self, model, *, tokenizer=None, max_length: int | None = None, batch_size: int = 32,
-                 chunk_size: int = 256, flavor: str | None = None, dtype=np.float32, backend: str = "numba",
+                 chunk_size: int = 256, flavor: str | None = None, dtype=np.float32, backend: str | None = None,
                  **checkpoint_options):  # fmt: skip
         self.model, self.tokenizer = load_model_and_tokenizer(
             model, ErnieMForMultipleChoice, task="choose", tokenizer=tokenizer, flavor=flavor, dtype=dtype,

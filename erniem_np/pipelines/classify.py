@@ -81,7 +81,7 @@ class Classifier:
 
     def __init__(self, model, *, tokenizer=None, max_length: int | None = None, batch_size: int = 32,
                  chunk_size: int = 1024, function_to_apply: str | None = None, flavor: str | None = None,
-                 dtype=np.float32, backend: str = "numba", **checkpoint_options):  # fmt: skip
+                 dtype=np.float32, backend: str | None = None, **checkpoint_options):  # fmt: skip
         self.model, self.tokenizer = load_model_and_tokenizer(
             model, ErnieMForSequenceClassification, task="classify", tokenizer=tokenizer, flavor=flavor,
             dtype=dtype, backend=backend, **checkpoint_options)  # fmt: skip

@@ -92,7 +92,7 @@ class Encoder(EncodeMethods):
 
     def __init__(self, model, *, pooling: str = "pooled", tokenizer=None, max_length: int | None = None,
                  batch_size: int = 32, chunk_size: int = 1024, normalize: bool = False, flavor: str | None = None,
-                 dtype=np.float32, backend: str = "numba", **checkpoint_options):  # fmt: skip
+                 dtype=np.float32, backend: str | None = None, **checkpoint_options):  # fmt: skip
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
         if normalize and pooling == "last":

@@ -343,7 +343,7 @@ class Extractor:
     def __init__(self, model, schema: Schema | None = None, *, schema_lang: str = "ch", max_seq_len: int = 512,
                  position_prob: float = 0.5, batch_size: int = 16, split_sentence: bool = False,
                  dynamic_max_length: Sequence[int] | None = None, flavor: str = "paddle", tokenizer=None,
-                 backend: str = "numba", dtype=np.float32):  # fmt: skip
+                 backend: str | None = None, dtype=np.float32):  # fmt: skip
         from ..model import ErnieMForInformationExtraction, ErnieMPreTrainedModel
         from .base import load_model_and_tokenizer
 

@@ -80,7 +80,7 @@ class QuestionAnswerer:
         tokenizer: str | os.PathLike | ErnieMTokenizer | None = None,
         flavor: str | None = None,
         dtype=np.float32,
-        backend: str = "numba",
+        backend: str | None = None,
         **checkpoint_options: Any,
     ) -> None:
         check_declared_head(model, ErnieMForQuestionAnswering, "qa")

@@ -77,7 +77,7 @@ class Tagger:
         tokenizer: str | os.PathLike | ErnieMTokenizer | None = None,
         flavor: str | None = None,
         dtype=np.float32,
-        backend: str = "numba",
+        backend: str | None = None,
         **checkpoint_options: Any,
     ) -> None:
         aggregation_strategy = str(aggregation_strategy).lower()
