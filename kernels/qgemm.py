@@ -17,10 +17,12 @@ No step can saturate: every instruction below sums products in 32 bits (``vpdpbu
 adds groups of 4 into int32; ``vpmaddwd`` multiplies int16 pairs, each |product| <= 255 * 127, into int32).
 The saturating ``vpmaddubsw`` (u8 x s8 pairs summed into int16, which 255 * 127 * 2 overflows) is not used.
 
-The instruction set is chosen at run time (``int8_isa``), from what the CPU reports:
+The instruction set is chosen at run time (``int8_isa``), from the features of the CPU Numba compiles for
+(``_cpu_features``: the host's unless ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` say otherwise):
 * ``vnni512``: AVX-512 VNNI, ``vpdpbusd`` on zmm, 64 multiply-adds per instruction;
 * ``vnni256``: AVX-VNNI (or AVX-512 VNNI with VL), ``vpdpbusd`` on ymm, 32 per instruction;
-* ``avx2``: ``vpmovsxbw`` widens the weights to int16 and ``vpmaddwd`` + ``vpaddd`` accumulate, 16 per pair;
+* ``avx2``: ``vpmovsxbw`` widens the weights to int16 and ``vpmaddwd`` + ``vpaddd`` accumulate, 16 per pair
+  (where the CPU also has AVX-512 VNNI, LLVM fuses the pair into ``vpdpwssd``, as exact);
 * none of these: the NumPy twin runs, after one ``Int8FallbackWarning``.
 ``ERNIEM_NP_INT8_ISA`` picks one of them by name (one the CPU has), for tests and measurements.
 """
@@ -137,8 +139,16 @@ ISAS = {
 
 
 def _cpu_features() -> dict[str, bool]:
+    """The features of the CPU Numba compiles for: the host's, or ``NUMBA_CPU_FEATURES`` when set (a list like
+    ``+avx2,+fma,-avx512f``). A ``NUMBA_CPU_NAME`` other than the host's without ``NUMBA_CPU_FEATURES`` names a
+    CPU whose features are not known here: none are assumed, and the NumPy twin runs."""
     import llvmlite.binding as llvm
+    import numba
 
+    if numba.config.CPU_FEATURES:
+        return {f[1:]: f[0] == "+" for f in numba.config.CPU_FEATURES.split(",") if f[:1] in "+-" and len(f) > 1}
+    if numba.config.CPU_NAME not in (None, "host"):
+        return {}
     return dict(llvm.get_host_cpu_features())
 
 

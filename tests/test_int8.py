@@ -295,3 +295,19 @@ def test_task_commands_take_quantize_int8(tmp_path, capsys, command):
         assert np.array_equal(np.load(out), Encoder(LANGID_MODEL, backend="int8").encode(texts))
     assert cli([command, LANGID_MODEL, "--quantize", "int8", "--backend", "numpy", *texts]) == 1
     assert "does not combine" in capsys.readouterr().err
+
+
+@needs_int8_cpu
+def test_the_isa_follows_the_cpu_numba_compiles_for():
+    """Numba told to compile for an AVX2-only CPU must not be handed VNNI instructions (LLVM would abort)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from erniem_np.kernels import qgemm as q; print(q.supported_isas()); "
+            "w = q.PackedInt8.quantize(np.ones((5, 9), np.float32)); x = np.ones((3, 9), np.float32); "
+            "print(w.isa, np.array_equal(q.qlinear(x, w, raw=True), q.qmatmul_ref(*q.quantize_rows_ref(x)[::2], w.q)))")  # fmt: skip
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", ERNIEM_NP_CACHE_DIR="",
+               NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+sse4.2,+popcnt,+bmi,+bmi2,+f16c,+lzcnt,+movbe,-avx512f,-avx512vnni,-avxvnni")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[:2] == ["['avx2']", "avx2 True"], r.stdout
