@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
+from erniem_np.kernels import qgemm
 
 from erniem_np import ErnieMConfig
-from erniem_np.kernels import qgemm
 from erniem_np.model import ErnieMForSequenceClassification, ErnieMModel
 
 ISAS = qgemm.supported_isas()
@@ -59,7 +59,7 @@ def test_kernel_epilogues_match_the_twin(isa, epilogue):
 def test_the_extreme_sums_do_not_saturate(isa):
     """Codes 255 against weights +-127 at K = 4099: every pair, quad and total at its largest magnitude.
     A u8 x s8 pair summed in int16 (vpmaddubsw) would clip 2 * 255 * 127 = 64,770 to 32,767."""
-    K, N = 4099, 3
+    K = 4099
     w = np.stack([np.full(K, 1.0), np.full(K, -1.0), np.where(np.arange(K) % 2, 1.0, -1.0)]).astype(np.float32)
     x = np.stack([np.full(K, 5.0), np.where(np.arange(K) % 2, 5.0, -5.0), np.full(K, -3.0)]).astype(np.float32)
     weight = qgemm.PackedInt8.quantize(w, isa=isa)
@@ -118,7 +118,7 @@ def test_the_isa_can_be_named_and_a_missing_one_is_refused(monkeypatch):
     monkeypatch.setenv("ERNIEM_NP_INT8_ISA", "vnni512")
     with pytest.raises(ValueError, match="lacks it"):
         qgemm.int8_isa()
-    monkeypatch.setattr(qgemm, "supported_isas", lambda: [])
+    monkeypatch.setattr(qgemm, "supported_isas", list)
     monkeypatch.delenv("ERNIEM_NP_INT8_ISA")
     with pytest.warns(qgemm.Int8FallbackWarning):
         assert qgemm.int8_isa() is None
@@ -308,6 +308,6 @@ def test_the_isa_follows_the_cpu_numba_compiles_for():
             "print(w.isa, np.array_equal(q.qlinear(x, w, raw=True), q.qmatmul_ref(*q.quantize_rows_ref(x)[::2], w.q)))")  # fmt: skip
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", ERNIEM_NP_CACHE_DIR="",
                NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+sse4.2,+popcnt,+bmi,+bmi2,+f16c,+lzcnt,+movbe,-avx512f,-avx512vnni,-avxvnni")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split("\n")[:2] == ["['avx2']", "avx2 True"], r.stdout

@@ -6,8 +6,16 @@ import argparse
 import json
 import os
 
-from ._common import (UserError, add_backend_options, add_input_options, add_run_options, backend_option,
-                      numbered_inputs, run_chunked, strings)
+from ._common import (
+    UserError,
+    add_backend_options,
+    add_input_options,
+    add_run_options,
+    backend_option,
+    numbered_inputs,
+    run_chunked,
+    strings,
+)
 
 DESCRIPTION = """\
 UIE-M information extraction: find what a schema names in each text, and what each answer's children name
