@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from ..config import ErnieMConfig
-from ..parameters import WeightsMismatchError
+from ..parameters import WORD_TABLE, WeightsMismatchError
 from .loader import open_checkpoint
 from ..atomic import atomic_write
 from .safetensors_file import write_safetensors
@@ -56,6 +56,11 @@ def load_pretrained(cls, path_or_name, flavor=None, dtype=np.float32, backend=No
             table["weight"].q = RowReadTable(table["weight"].q, reader)
         else:
             table["weight"] = RowReadTable(table["weight"], reader)
+    if int8:  # the int8 Linear weights were read once, to pack them: their mapped pages need not stay resident
+        for key, a in model.state_dict().items():
+            t = ckpt.tensors.get(key)
+            if t is not None and t.release is not None and t.dtype == "int8" and not key.endswith(WORD_TABLE):
+                t.release(a)
     return model
 
 
