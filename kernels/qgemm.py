@@ -132,7 +132,7 @@ class Isa:
 
 
 ISAS = {
-    "vnni512": Isa("vnni512", 4, 16, 2, 8, np.uint8),  # 16 zmm accumulators
+    "vnni512": Isa("vnni512", 4, 16, 4, 6, np.uint8),  # 24 zmm accumulators: 6 rows x 64 columns
     "vnni256": Isa("vnni256", 4, 8, 2, 6, np.uint8),  # 12 ymm accumulators
     "avx2": Isa("avx2", 2, 8, 2, 6, np.int16),  # 12 ymm accumulators
 }

@@ -599,7 +599,7 @@ for name, isa in qgemm.ISAS.items():
           f"{registers} registers; {isa.ROWS * isa.NV} multiply-adds per group = {isa.ROWS * isa.COLS * isa.G} "
           f"products")  # fmt: skip
     assert live <= registers
-assert (qgemm.ISAS["vnni512"].ROWS, qgemm.ISAS["vnni512"].COLS) == (8, 32)
+assert (qgemm.ISAS["vnni512"].ROWS, qgemm.ISAS["vnni512"].COLS) == (6, 64)
 assert all((qgemm.ISAS[n].ROWS, qgemm.ISAS[n].COLS) == (6, 16) for n in ("vnni256", "avx2"))
 
 # %% [markdown]
