@@ -38,9 +38,10 @@ import aiohttp, datasets  # noqa: E401,F401,I001  -- must come before paddle (pa
 # How the texts compare, per case: (a) identical as Taskflow returns them (probabilities aside: they differ
 # by float rounding); (b) identical up to the order of list items; (c) for each text that still differs, why:
 #   list order   the same items in another order (the order of a Python set keyed on the float probabilities)
-#   set order    more than order, but with get_span's set replaced by a sorted list Taskflow's own decoding
-#                gives the same result on Taskflow's probabilities and on erniem-np's: the difference comes
-#                from the set's hash order (auto_joiner's is_cls_task, a classification's first-span vote)
+#   set order    more than order, but with get_span's set replaced by a list sorted on (start, end) on both
+#                sides the results agree (Taskflow: its pipeline on its recorded probabilities, its own
+#                predictor for rows it never ran; erniem-np: run again so): the difference comes from the
+#                set's hash order (auto_joiner's is_cls_task, a classification's first-span vote)
 #   threshold    a position of the text's rows lies on different sides of 0.5 in the two runs, each such
 #                position closer to 0.5 than Paddle's own paths differ among themselves (listed with every
 #                run's probability there)
@@ -197,15 +198,22 @@ def run_taskflow(model_dir: Path, lang: str, schema, texts: list[str]) -> dict:
 
 class _Replay:
     """Stands in for Taskflow's predictor: run() looks each fed row (input ids and position ids) up in a table
-    of recorded probabilities, so the rows may come in any order; a row not in the table raises KeyError."""
+    of recorded probabilities, so the rows may come in any order. A row not in the table goes to ``fallback``
+    (ids, pos -> start, end; counted in ``n_fallback``) if given, else raises KeyError."""
 
-    def __init__(self, ids: np.ndarray, pos: np.ndarray, start: np.ndarray, end: np.ndarray):
+    def __init__(self, ids: np.ndarray, pos: np.ndarray, start: np.ndarray, end: np.ndarray, fallback=None):
         self.table = {row_key(i, p): (s, e) for i, p, s, e in zip(ids, pos, start, end)}
-        self.fed, self.out = [], None
+        self.fed, self.out, self.fallback, self.n_fallback = [], None, fallback, 0
 
     def run(self):
         ids, pos = self.fed
         self.fed = []
+        missing = [k for k, (i, p) in enumerate(zip(ids, pos)) if row_key(i, p) not in self.table]
+        if missing and self.fallback is not None:
+            ms, me = self.fallback(ids[missing], pos[missing])
+            for k, a, b in zip(missing, ms, me):
+                self.table[row_key(ids[k], pos[k])] = (a, b)
+            self.n_fallback += len(missing)
         rows = [self.table[row_key(i, p)] for i, p in zip(ids, pos)]
         self.out = (np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
 
@@ -239,19 +247,38 @@ def _ordered_get_span(start_ids, end_ids, with_prob=False):
 ORIGINAL_GET_SPAN = ie_module.get_span
 
 
-def replay_taskflow(tf, texts: list[str], ids, pos, start, end, ordered: bool = False) -> list:
-    """Taskflow's own pipeline (split, encode, decode, join) on recorded probabilities instead of its model's.
-    ``tf``: a Taskflow of the case (its predictor is replaced; a call keeps no state, so one serves every
-    replay). ``ordered``: get_span's set replaced by a sorted list, so the order of spans no longer depends on
-    the hash of their float probabilities."""
+def make_replayer(task_dir: Path, lang: str, schema):
+    """A Taskflow of the case whose predictor replay_taskflow replaces (a call keeps no state, so one serves
+    every replay); its real predictor is kept to compute rows the recording lacks."""
+    tf = Taskflow("information_extraction", schema=schema, model="uie-m-base", task_path=str(task_dir),
+                  schema_lang=lang)  # fmt: skip
     ti = tf.task_instance
-    replay = _Replay(ids, pos, start, end)
+    real = (ti.predictor, ti.input_handles, ti.output_handle)
+
+    def run_real(ids, pos):
+        real[1][0].copy_from_cpu(ids)
+        real[1][1].copy_from_cpu(pos)
+        real[0].run()
+        return real[2][0].copy_to_cpu(), real[2][1].copy_to_cpu()
+
+    tf.run_real = run_real
+    return tf
+
+
+def replay_taskflow(tf, texts: list[str], ids, pos, start, end, ordered: bool = False, own_model: bool = False):
+    """Taskflow's own pipeline (split, encode, decode, join) on recorded probabilities instead of its model's.
+    ``tf``: from make_replayer. ``ordered``: get_span's set replaced by a sorted list, so the order of spans
+    no longer depends on the hash of their float probabilities. ``own_model``: rows not recorded (a changed
+    decision in one stage changes the next stage's prompts) are run through Taskflow's own predictor.
+    Returns the result and the number of rows so run."""
+    ti = tf.task_instance
+    replay = _Replay(ids, pos, start, end, fallback=tf.run_real if own_model else None)
     ti.predictor = replay
     ti.input_handles, ti.output_handle = replay.handles()
     if ordered:
         ie_module.get_span = _ordered_get_span
     try:
-        return to_json(tf(texts))
+        return to_json(tf(texts)), replay.n_fallback
     finally:
         ie_module.get_span = ORIGINAL_GET_SPAN
 
@@ -338,7 +365,12 @@ for b in range(0, len(tf_in["ids"]), 16):
     s.append(out.start_prob.astype(np.float32)); e.append(out.end_prob.astype(np.float32))
 np.savez(args["out_npz"], ids=ids, pos=pos, start=np.concatenate(s), end=np.concatenate(e),
          own_start=np.concatenate([o[0] for o in own]), own_end=np.concatenate([o[1] for o in own]))
-json.dump({"result": result, "chunks": chunks, "seconds": seconds}, open(args["out_json"], "w"), ensure_ascii=False)
+# the same with get_span's set replaced by a list sorted on (start, end): no hash order left
+get_span = ex.get_span
+ex.get_span = lambda s, e: sorted(get_span(s, e), key=lambda se: (se[0][0], se[1][0]))
+ordered = x(args["texts"])
+json.dump({"result": result, "chunks": chunks, "seconds": seconds, "ordered_result": ordered},
+          open(args["out_json"], "w"), ensure_ascii=False)
 """
 
 
@@ -463,8 +495,8 @@ def explain_flips(flips: list, runs: dict, limit: float = 0.5) -> list[dict]:
 def explain_texts(texts, tf, npr, ordered_tf, ordered_np, flips: list[dict], rows_of: list[int],
                   decider_rows: set[int]) -> list[dict]:  # fmt: skip
     """Why each text differs, in this order: 'list order' (the same items, lists in another order);
-    'set order' (with get_span's set replaced by a sorted list, Taskflow's decoding gives the same result on
-    Taskflow's probabilities and on erniem-np's: the difference comes from the hash order of the float
+    'set order' (with get_span's set replaced by a sorted list, Taskflow and erniem-np give the same result:
+    the difference comes from the hash order of the float
     probabilities, e.g. through auto_joiner's is_cls_task or a classification's first-span vote);
     'threshold' (a position of one of the text's rows falls on different sides of 0.5, every such position
     within the spread of Paddle's own float32 paths; such a position in a row that decided a stage's
@@ -626,17 +658,14 @@ def main() -> None:
             gc.collect()
             own = (npr["ids"], npr["pos"], npr["own_start"], npr["own_end"])
             recorded = (tf["ids"], tf["pos"], tf["start"], tf["end"])
-            replayer = Taskflow("information_extraction", schema=schema, model="uie-m-base", task_path=str(task_dir),
-                                schema_lang=lang)  # fmt: skip
-            replayed = replay_taskflow(replayer, texts, *own)
-            self_check = replay_taskflow(replayer, texts, *recorded) == tf["result"]
-            ordered = []
-            for rows in (recorded, own):
-                try:
-                    ordered.append(replay_taskflow(replayer, texts, *rows, ordered=True))
-                except KeyError:  # the sorted order led to a row the side never ran
-                    ordered.append(None)
-            r = compare(name, texts, tf, npr, plain, dyg, *ordered)
+            replayer = make_replayer(task_dir, lang, schema)
+            replayed, _ = replay_taskflow(replayer, texts, *own)
+            self_check = replay_taskflow(replayer, texts, *recorded)[0] == tf["result"]
+            # Taskflow with sorted sets: its recorded probabilities, its own predictor for rows it never ran;
+            # erniem-np with sorted sets: run in the subprocess
+            ordered_tf, n_new_rows = replay_taskflow(replayer, texts, *recorded, ordered=True, own_model=True)
+            r = compare(name, texts, tf, npr, plain, dyg, ordered_tf, npr["ordered_result"])
+            r["ordered_taskflow_rows_run_anew"] = n_new_rows
             r["replay_of_taskflow_probs_equals_taskflow"] = self_check
             r["taskflow_on_erniem_np_probs_equals_erniem_np"] = replayed == npr["result"]  # probabilities too
             r["taskflow_on_erniem_np_probs_texts_equal"] = sum(a == b for a, b in zip(replayed, npr["result"]))
