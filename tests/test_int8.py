@@ -311,3 +311,20 @@ def test_the_isa_follows_the_cpu_numba_compiles_for():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split("\n")[:2] == ["['avx2']", "avx2 True"], r.stdout
+
+
+@needs_int8_cpu
+def test_an_int8_checkpoint_missing_a_scale_is_named_not_taken_for_a_missing_head(tmp_path, capsys):
+    from erniem_np.bundled import LANGID_MODEL
+    from erniem_np.checkpoints.safetensors_file import write_safetensors
+    from erniem_np.cli import main as cli
+
+    dst = tmp_path / "int8"
+    assert cli(["convert", LANGID_MODEL, str(dst), "--quantize", "int8", "--quiet"]) == 0
+    sd = dict(ErnieMForSequenceClassification.from_pretrained(dst).state_dict())
+    del sd["ernie_m.encoder.layers.0.linear1.weight_scale"]
+    write_safetensors(os.path.join(dst, "model.safetensors"), sd, metadata={"format": "pt"})
+    capsys.readouterr()
+    assert cli(["classify", str(dst), "hello world", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "encoder.layers.0.linear1.weight_scale" in err and "head" not in err

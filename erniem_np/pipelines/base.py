@@ -119,7 +119,9 @@ def _load_head(path, model_class, task, flavor, dtype, backend, quiet_unused, op
                 warnings.filterwarnings("ignore", message=".*does not use these weights", category=UserWarning)
             return model_class.from_pretrained(path, flavor=flavor, dtype=dtype, backend=backend, **options)
     except WeightsMismatchError as e:
-        if not (e.missing or e.misshapen):
+        encoder = ("embeddings.", "encoder.", "ernie_m.embeddings.", "ernie_m.encoder.")
+        names = [*e.missing, *(m.split(":")[0] for m in e.misshapen)]
+        if not names or all(n.startswith(encoder) for n in names):  # a broken encoder, not a missing head
             raise
         raise ValueError(f"{path}: {task} needs a checkpoint with a {head}; this one does not have it "
                          f"({e.detail})") from None  # fmt: skip
