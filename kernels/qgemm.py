@@ -378,25 +378,34 @@ def _micro_tile_jit(xq, i0, nr, wp, s, kg, c, code):
 
 # ================================================================================================ the kernels
 @jit(parallel=True)
-def _quantize_rows(x, xq, sx, zx):
-    """quantize_rows_ref into xq [M, Kp] (uint8, or int16 holding 0..255 for vpmaddwd), zeros past K."""
+def _quantize_rows(x, xq, sx, zx, bounds):
+    """quantize_rows_ref into xq [M, Kp] (uint8, or int16 holding 0..255 for vpmaddwd), zeros past K.
+    ``bounds`` [M, 2] int32 is scratch: each row's min(x, 0) and max(x, 0) as float32 bits.
+
+    The range is found on the float bits mapped to integers of the same order (``b ^ ((b >> 31) & 0x7fffffff)``),
+    because an integer min/max reduction vectorises and a float one, which must honour NaN, does not (7x
+    slower). A NaN maps beyond +-inf, so a row holding NaN or inf gets a bound that is NaN or inf, and a scale
+    that is not finite."""
     M, K = x.shape
     Kp = xq.shape[1]
+    bits = x.view(np.int32)  # x is float32
+    range_f = bounds.view(np.float32)
+    sign_off = np.int32(0x7FFFFFFF)
     for i in prange(M):
-        row = x[i]
-        lo = np.float32(0)
-        hi = np.float32(0)
+        row_bits = bits[i]
+        lo = np.int32(0)  # the key of +0.0
+        hi = np.int32(0)
         for k in range(K):
-            v = row[k]
-            lo = min(lo, v)
-            hi = max(hi, v)
-        s = (hi - lo) / np.float32(255)
-        bad = not np.isfinite(s)
-        for k in range(K):  # NaN never wins min/max: look for it
-            if row[k] != row[k]:
-                bad = True
+            b = row_bits[k]
+            key = b ^ ((b >> np.int32(31)) & sign_off)
+            lo = key if key < lo else lo
+            hi = key if key > hi else hi
+        bounds[i, 0] = lo ^ ((lo >> np.int32(31)) & sign_off)  # the key back to float32 bits
+        bounds[i, 1] = hi ^ ((hi >> np.int32(31)) & sign_off)
+        lo_f = range_f[i, 0]
+        s = (range_f[i, 1] - lo_f) / np.float32(255)
         out = xq[i]
-        if bad:
+        if not np.isfinite(s):  # NaN or inf in the row
             sx[i] = np.float32(np.nan)
             zx[i] = 0
             for k in range(Kp):
@@ -404,12 +413,14 @@ def _quantize_rows(x, xq, sx, zx):
             continue
         if not s > 0:
             s = np.float32(1)
-        z = np.rint(-lo / s)
+        z = np.rint(-lo_f / s)
         sx[i] = s
         zx[i] = np.int32(z)
+        row = x[i]
         for k in range(K):
             q = np.rint(row[k] / s) + z
-            out[k] = min(max(q, np.float32(0)), np.float32(255))
+            q = q if q > np.float32(0) else np.float32(0)
+            out[k] = q if q < np.float32(255) else np.float32(255)
         for k in range(K, Kp):
             out[k] = 0
 
@@ -471,7 +482,7 @@ def quantize_rows(x2, isa: Isa):
     xq = np.empty((M, Kp), dtype=isa.x_dtype)
     sx = np.empty(M, dtype=np.float32)
     zx = np.empty(M, dtype=np.int32)
-    run(_quantize_rows, _quantize_rows_serial, 20 * M * K, x2, xq, sx, zx)
+    run(_quantize_rows, _quantize_rows_serial, 20 * M * K, x2, xq, sx, zx, np.empty((M, 2), np.int32))
     return xq, sx, zx
 
 
