@@ -355,6 +355,26 @@ def test_gelu_non_finite_and_float64():
     np.testing.assert_allclose(norm.gelu(x64), norm.gelu_ref(x64), rtol=1e-14, atol=1e-15)  # libm erf
 
 
+def test_float32_gelu_of_the_int8_epilogue_within_2e6_of_exact_gelu():
+    """``gelu_row_f32`` (the int8 GEMM's GELU epilogue): compiled and twin within 2e-6 of float64 erf GELU on
+    the same strided sample, and NaN, +-inf, +-0 as exact GELU gives them."""
+    pos = np.arange(0, np.float32(10).view(np.int32) + 1, GELU_STRIDE, dtype=np.int32).view(np.float32)
+    x = np.concatenate([pos, -pos, np.float32([5.5, -5.5, 1e30, -1e30, 3.4e38, -3.4e38, 1e-30, -1e-30])])
+    special = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0])
+    with np.errstate(all="ignore"):
+        exact = norm.gelu_ref(x.astype(np.float64))
+        special_exact = norm.gelu_ref(special)
+    compiled = numba.njit(lambda r: norm.gelu_row_f32(r))
+    for run_gelu in (compiled, norm.gelu_row_f32):
+        y, z = x.copy(), special.copy()
+        with np.errstate(all="ignore"):
+            run_gelu(y)
+            run_gelu(z)
+        err = np.abs(y.astype(np.float64) - exact)
+        assert err.max() < 2e-6, f"GELU max abs error {err.max():.3g} at x = {x[int(err.argmax())]!r}"
+        np.testing.assert_array_equal(z, special_exact)
+
+
 # ------------------------------------------------------------------------------------------------ attention
 @SETTINGS
 @given(B=st.integers(0, 3), L=st.integers(1, 9), P=st.integers(0, 4), nh=st.integers(1, 3), d=st.integers(1, 9),
