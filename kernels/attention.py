@@ -98,6 +98,44 @@ def _exp_shifted_jit(row, n, m, scale_bits):
     return impl
 
 
+def row_max(row, n, key):
+    """max(row[:n]) of a float row with n >= 1; ``key`` is an int scratch array of 1 (its bits become the
+    result's). This NumPy body is the twin and runs when the JIT is disabled.
+
+    Compiled for float32 the maximum is taken on the float bits mapped to integers of the same order
+    (``b ^ ((b >> 31) & 0x7fffffff)``): an integer max reduction vectorises, a float one (which must honour
+    NaN) does not, and was a third of the softmax's time. A NaN with the sign bit clear maps above +inf and
+    becomes the maximum; one with it set maps below -inf and does not, but its own exp is NaN, so the row's
+    sum and every probability come out NaN as the twin's do."""
+    return row[:n].max()
+
+
+@overload(row_max, jit_options=JIT)
+def _row_max_jit(row, n, key):
+    if row.dtype == types.float32:
+
+        def impl(row, n, key):
+            bits = row.view(np.int32)
+            off = np.int32(0x7FFFFFFF)
+            b = bits[0]
+            m = b ^ ((b >> np.int32(31)) & off)
+            for j in range(1, n):
+                b = bits[j]
+                m = max(m, b ^ ((b >> np.int32(31)) & off))
+            key[0] = m ^ ((m >> np.int32(31)) & off)
+            return key.view(np.float32)[0]
+
+        return impl
+
+    def impl(row, n, key):
+        m = row[0]
+        for j in range(1, n):
+            m = max(m, row[j])
+        return m
+
+    return impl
+
+
 @jit(parallel=True)
 def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_probs, ctx, probs):
     """One task per (batch, head); both products on the GEMM's register tile (``micro_tile``).
@@ -138,6 +176,7 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
         S = np.empty((TILE_COLS, Lk), dtype=q.dtype)  # scores, then probabilities
         c = np.empty((TILE_COLS, TILE_ROWS), dtype=q.dtype)
         scale_bits = np.empty(Lk, dtype=np.int32)
+        key = np.empty(1, dtype=np.int32)
         for i0 in range(0, L, TILE_COLS):
             nr = min(TILE_COLS, L - i0)
             for p in range(n_kp):  # S[r, 16p + col] = q_{i0 + r} . k_{16p + col} (/ sqrt(d)) + mask
@@ -157,14 +196,12 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
             for r in range(nr):  # softmax, head mask: one row at a time
                 i = i0 + r
                 row = S[r]
-                m = row[0]
-                for j in range(1, Lk):
-                    m = max(m, row[j])
+                m = row_max(row, Lk, key)
                 exp_shifted(row, Lk, m, scale_bits)
                 total = 0.0
                 for j in range(Lk):
                     total += row[j]
-                scale = head_mask[h] / total
+                scale = q.dtype.type(head_mask[h] / total)  # the sum in float64, the multiplier in the dtype
                 for j in range(Lk):
                     row[j] *= scale
                 if need_probs:

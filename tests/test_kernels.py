@@ -422,6 +422,34 @@ def test_attention_several_tiles(scaling, dtype):
     assert np.all(probs[0][np.broadcast_to(mask[0] != 0, probs[0].shape)] == 0)  # masked keys: exactly 0
 
 
+def test_softmax_row_max_on_float_bits():
+    """``row_max`` (the softmax's maximum, taken on integer keys of the float32 bits) against NumPy's max:
+    negative values and -0.0, +-inf, one value, a row prefix; a NaN with the sign bit clear is the maximum."""
+    row_max = numba.njit(lambda row, n, key: attention.row_max(row, n, key))
+    key = np.empty(1, np.int32)
+    rows = [[-3.0, -1.5, -7.0], [-0.0, 0.0, -1.0], [0.0, -0.0], [np.inf, 1.0], [-np.inf, -np.inf], [-np.inf, -5.0],
+            [2.5], [-1e-45, -2e-45], [np.finfo(np.float32).min, np.finfo(np.float32).max]]  # fmt: skip
+    for r in rows:
+        x = np.float32(r + [99.0])  # the value past n is never read
+        assert row_max(x, len(r), key) == np.max(x[: len(r)]), r
+    nan = np.float32([1.0, np.nan, 2.0])
+    assert np.isnan(row_max(nan, 3, key)) and np.isnan(attention.row_max(nan, 3, key))
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_attention_nan_score_makes_the_row_nan_as_in_the_twin(sign):
+    """A NaN in a query (either sign bit: x86 makes NaNs with it set) gives that query's probabilities and
+    context NaN, and no other's, as the twin."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 5, 8)).astype(np.float32) for _ in range(3))
+    q[0, 2, 1] = np.copysign(np.float32(np.nan), np.float32(sign))
+    ctx, probs = attention.attention(q, k, v, 2, None, None, "hf", True)
+    ctx_r, probs_r = attention.attention_ref(q, k, v, 2, None, None, "hf", True)
+    np.testing.assert_array_equal(np.isnan(probs), np.isnan(probs_r))
+    np.testing.assert_array_equal(np.isnan(ctx), np.isnan(ctx_r))
+    assert np.isnan(probs[0, 0, 2]).all() and not np.isnan(probs[0, 1]).any()
+
+
 @pytest.mark.parametrize("need_probs", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("scaling, fill", [("hf", FMIN), ("paddle", -1e4)])
