@@ -30,7 +30,6 @@ The instruction set is chosen at run time (``int8_isa``), from the features of t
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -430,22 +429,34 @@ _quantize_rows_serial = serial_twin(_quantize_rows, "_quantize_rows_serial")
 
 
 @jit(parallel=True)
-def _qgemm(xq, sx, zx, wp, colsum, sw, b, residual, out, epilogue, rows, cols, code):
-    """out = dequant(xq . wp) + b (+ GELU, or + residual): xq [M, Kp] quantized rows, wp [S, Kp / G, COLS, G]
-    a packed weight, out [M, N].
+def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, cols, code):
+    """outs[p] = dequant(xq . wps[p]) + bs[p] (+ GELU, or + residual): xq [M, Kp] quantized rows, wps[p]
+    [S_p, Kp / G, COLS, G] a packed weight, outs[p] [M, N_p]; one weight, or several that share the input
+    (q, k and v), whose strips form one parallel loop (one wake-up of the pool, not three).
 
     A task owns one strip of COLS output columns (its K x COLS int8 weights, 24-96 KB, stay in L2) and sweeps
     all rows of x, ``rows`` at a time, through the register tile; each finished tile is dequantized, biased,
     activated and stored while it is in L1. One level of parallelism, over the strips.
     ``epilogue`` EPILOGUE_RAW writes the exact integer sums (for tests, into a float64 out)."""
-    M, N = out.shape
-    kg = wp.shape[1]
-    for s in prange(wp.shape[0]):
+    M = xq.shape[0]
+    kg = wps[0].shape[1]
+    n_parts = len(wps)
+    strips = np.empty(n_parts + 1, dtype=np.int64)  # strips[p]: first strip of weight p (cumulative)
+    strips[0] = 0
+    for p in range(n_parts):
+        strips[p + 1] = strips[p] + wps[p].shape[0]
+    for task in prange(strips[n_parts]):
+        p = 0
+        while task >= strips[p + 1]:
+            p += 1
+        wp, colsum, sw, b, out = wps[p], colsums[p], sws[p], bs[p], outs[p]
+        s = task - strips[p]
+        N = out.shape[1]
         j0 = s * cols
         nc = min(cols, N - j0)
         c = np.empty((rows, cols), dtype=np.int32)
         y = np.empty(cols, dtype=out.dtype)
-        cs, ws, bs = colsum[j0 : j0 + nc], sw[j0 : j0 + nc], b[j0 : j0 + nc]
+        cs, ws, bias = colsum[j0 : j0 + nc], sw[j0 : j0 + nc], b[j0 : j0 + nc]
         for i0 in range(0, M, rows):
             nr = min(rows, M - i0)
             micro_tile(xq, i0, nr, wp, s, kg, c, code)
@@ -460,7 +471,7 @@ def _qgemm(xq, sx, zx, wp, colsum, sw, b, residual, out, epilogue, rows, cols, c
                     continue
                 si = sx[i]
                 for j in range(nc):  # int32 exact (|sum| < 2**31), then float32: vectorised
-                    y[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * si * ws[j] + bs[j]
+                    y[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * si * ws[j] + bias[j]
                 if epilogue == EPILOGUE_GELU:
                     gelu_row_f32(y[:nc])  # float32 GELU: its error is far below the next 8-bit step
                 elif epilogue == EPILOGUE_RESIDUAL:
@@ -473,7 +484,6 @@ def _qgemm(xq, sx, zx, wp, colsum, sw, b, residual, out, epilogue, rows, cols, c
 
 _qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")
 
-_scratch_local = threading.local()
 
 
 def quantize_rows(x2, isa: Isa):
@@ -505,8 +515,20 @@ def qlinear(x, weight: PackedInt8, bias=None, activation=None, residual=None, ra
 
 def qlinear_many(x, params):
     """Several int8 Linear layers on one input, quantized once: params [(PackedInt8, bias or None), ...] ->
-    [x W^T + b for each] (the q, k and v projections)."""
+    [x W^T + b for each] (the q, k and v projections), in one kernel call: the strips of all the weights
+    share one parallel loop."""
     return _qlinear_parts(x, list(params), None, None, False)
+
+
+def _readonly(arrays):
+    """A tuple of read-only views: arrays from a memory-mapped checkpoint and from memory then have one Numba
+    type, so the weights' tuple is homogeneous and each kernel is compiled once."""
+    views = []
+    for a in arrays:
+        v = a.view()
+        v.flags.writeable = False
+        views.append(v)
+    return tuple(views)
 
 
 def _qlinear_parts(x, params, activation, residual, raw):
@@ -514,31 +536,33 @@ def _qlinear_parts(x, params, activation, residual, raw):
     K = x.shape[-1]
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(int(np.prod(lead)), K)
     M = x2.shape[0]
-    quantized = {}  # instruction set -> x quantized for it (all weights of a model share one)
-    results = []
+    r2 = None
+    if residual is not None:
+        r2 = np.ascontiguousarray(residual, dtype=np.float32).reshape(M, params[0][0].shape[0])
+    results, kernel_parts = [], []  # kernel_parts: (weight, bias, out) for the int8 kernel
     for weight, bias in params:
         N = weight.shape[0]
         if weight.shape[1] != K:
             raise ValueError(f"an int8 weight {list(weight.shape)} does not take inputs of {K} features")
         b = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-        r2 = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32).reshape(M, N)
         if weight.packed is None:  # no int8 instructions on this CPU: the twin
             if raw:
                 xq, _, zx = quantize_rows_ref(x2)
                 out = qmatmul_ref(xq, zx, weight.q).astype(np.float64)
             else:
                 out = qlinear_ref(x2, weight.q, weight.scale, b, activation, r2)
-            results.append(out.reshape(lead + (N,)))
-            continue
-        isa = ISAS[weight.isa]
-        out = np.empty((M, N), dtype=np.float64 if raw else np.float32)
-        if M and N:
-            if isa.name not in quantized:
-                quantized[isa.name] = quantize_rows(x2, isa)
-            xq, sx, zx = quantized[isa.name]
-            epilogue = EPILOGUE_RAW if raw else EPILOGUE_GELU if activation == "gelu" else \
-                EPILOGUE_RESIDUAL if r2 is not None else EPILOGUE_BIAS  # fmt: skip
-            run(_qgemm, _qgemm_serial, 2 * M * K * N, xq, sx, zx, weight.packed, weight.colsum, weight.scale, b,
-                out if r2 is None else r2, out, epilogue, isa.ROWS, isa.COLS, ISA_CODES[isa.name])  # fmt: skip
+        else:
+            out = np.empty((M, N), dtype=np.float64 if raw else np.float32)
+            kernel_parts.append((weight, b, out))
         results.append(out.reshape(lead + (N,)))
+    if kernel_parts and M:
+        isa = ISAS[kernel_parts[0][0].isa]  # every weight of a model is packed for the one instruction set
+        xq, sx, zx = quantize_rows(x2, isa)
+        ws, bs, outs = zip(*kernel_parts, strict=True)
+        epilogue = EPILOGUE_RAW if raw else EPILOGUE_GELU if activation == "gelu" else \
+            EPILOGUE_RESIDUAL if r2 is not None else EPILOGUE_BIAS  # fmt: skip
+        flops = 2 * M * K * sum(w.shape[0] for w in ws)
+        run(_qgemm, _qgemm_serial, flops, xq, sx, zx, _readonly(w.packed for w in ws),
+            _readonly(w.colsum for w in ws), _readonly(w.scale for w in ws), _readonly(bs),
+            outs[0] if r2 is None else r2, outs, epilogue, isa.ROWS, isa.COLS, ISA_CODES[isa.name])  # fmt: skip
     return results

@@ -644,8 +644,9 @@ if COMPILED and ISAS:
         packed = qgemm.PackedInt8(w2q, w2s, isa=name)
         xq_isa, sx_isa, zx_isa = qgemm.quantize_rows(act, isa)
         out = np.empty((act.shape[0], w2q.shape[0]), dtype=np.float64)
-        kernel(xq_isa, sx_isa, zx_isa, packed.packed, packed.colsum, packed.scale, np.zeros(w2q.shape[0], np.float32),
-               out, out, qgemm.EPILOGUE_RAW, isa.ROWS, isa.COLS, qgemm.ISA_CODES[name])  # fmt: skip
+        kernel(xq_isa, sx_isa, zx_isa, (packed.packed,), (packed.colsum,), (packed.scale,),
+               (np.zeros(w2q.shape[0], np.float32),), out, (out,), qgemm.EPILOGUE_RAW, isa.ROWS, isa.COLS,
+               qgemm.ISA_CODES[name])  # fmt: skip
         assert np.array_equal(out, acc)
         asm = kernel.inspect_asm(kernel.signatures[-1])
         census.update(tile_census(asm))
