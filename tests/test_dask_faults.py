@@ -1,14 +1,20 @@
-"""Faults on a run: a worker killed mid-run loses nothing; a killed command continues with --resume.
+"""Faults on a run, for every task: a worker killed mid-run loses nothing; a killed command continues with
+--resume; a chunk that kills every worker it runs on stops the run with one line, its output resumable.
 
 A local cluster of two worker processes (each under a nanny, which starts a new worker when one dies) serves
-the module, with the bundled language-ID model.
+the module (conftest.py's ``dask_cluster``); the commands, inputs and models are tests/dask_cases.py's. Each
+result is compared with the same command run in this process without Dask.
 
-- A worker killed (SIGKILL) while it holds chunks: the run completes, every input comes back exactly once and
-  in order, and the results equal a run in this process.
+- A worker killed (SIGKILL) while it runs a chunk: the run completes, every input comes back exactly once and
+  in order, and the results equal the run in one process.
 - The command killed (SIGKILL, in a subprocess) in the middle of writing ``-o OUT --resume``: OUT is not there,
-  ``OUT.partial`` holds complete records only up to the length its state file names (a torn record is added
+  ``OUT.partial`` holds complete results only up to the length its state file names (a torn record is added
   after it here, as a kill inside a write would leave), and the same command run again finishes it; OUT then
-  equals, byte for byte, the output of a run that was never interrupted.
+  equals, byte for byte, the output of the run in one process.
+- A poison chunk (one whose input kills the worker process running it, here by a test-only Dask task): after
+  Dask gives up on it (``distributed.scheduler.allowed-failures``) the command exits 1 with one line on its
+  stderr naming the chunk's input lines; ``OUT.partial`` holds the chunks before it, and ``--resume``
+  continues there.
 """
 
 from __future__ import annotations
@@ -25,60 +31,78 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from test_dask_tasks import langid_lines
-from test_pipelines import make_checkpoint
+from dask_cases import POISON, TASKS, case, langid_lines, run_chunk_dying_once, write_inputs
 
 from erniem_np.bundled import LANGID_MODEL
 from erniem_np.cli import main
-from erniem_np.pipelines.chunks import LocalRunner, TaskSpec, chunk_inputs
-from erniem_np.pipelines.distributed import DaskRunner
+from erniem_np.pipelines import distributed as dask_runner
+from erniem_np.pipelines.chunks import LocalRunner
+from erniem_np.pipelines.encode import NpyWriter, SafetensorsWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER = {".npy": NpyWriter.HEADER, ".safetensors": 8 + SafetensorsWriter.RESERVED, ".jsonl": 0}
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as c:  # fmt: skip
-        yield c
+def _inputs_file(tmp_path, c) -> str:
+    path = tmp_path / f"in{c.suffix}"
+    write_inputs(path, c.inputs)
+    return str(path)
 
 
-def _chunks_held(client) -> dict[str, int]:
-    """{worker address: chunks it is running or holds the results of}; waits (up to 5 s) for one to hold any."""
-    deadline = time.monotonic() + 5
-    while True:
-        running, stored = client.processing(), client.has_what()
-        held = {w: len(running.get(w, ())) + len(stored.get(w, ())) for w in client.nthreads()}
-        if any(held.values()) or time.monotonic() > deadline:
-            return held
-        time.sleep(0.01)
+def _recording(monkeypatch, runner, seen: list) -> None:
+    """Make ``runner.map_chunks`` add the items of each chunk it delivers to ``seen``."""
+    real = runner.map_chunks
 
-
-def test_a_killed_worker_loses_nothing(cluster):
-    texts = [t[:40] for t in langid_lines(200)]
-    spec = TaskSpec.of("classify", LANGID_MODEL, {"chunk_size": 8, "batch_size": 4}, {"top_k": 3})
-    with LocalRunner(spec) as local:
-        want = [r for _, results in local.map_chunks(chunk_inputs(texts, 8)) for r in results]
-    with distributed.Client(cluster) as client, DaskRunner(spec, client=client, max_in_flight=6) as runner:
-        pids = client.run(os.getpid)  # {worker address: pid}
-        seen, got, killed = [], [], None
-        for n, (chunk, results) in enumerate(runner.map_chunks(chunk_inputs(texts, 8)), 1):
+    def map_chunks(self, chunks, *args, **kwargs):
+        for chunk, results in real(self, chunks, *args, **kwargs):
             seen.extend(chunk.items)
-            got.extend(results)
-            if n == 3:
-                held = _chunks_held(client)
-                killed = max(held, key=held.get)
-                assert held[killed], "the killed worker held chunks"
-                os.kill(pids[killed], signal.SIGKILL)
-        assert killed not in client.nthreads(), "the killed worker is gone"
-    assert seen == texts  # every input exactly once, in order
-    assert got == want
+            yield chunk, results
+
+    monkeypatch.setattr(runner, "map_chunks", map_chunks)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_killed_worker_loses_nothing(task, task_ckpts, dask_cluster, tmp_path, capsys, monkeypatch):
+    """The worker that runs the third chunk SIGKILLs itself (a test-only task function, dask_cases.py), while
+    the other worker runs another chunk and either may hold finished ones: its nanny starts a new worker, and the
+    command's output equals the one-process run's; the chunks came back whole and in order."""
+    c = case(task, task_ckpts)
+    path = _inputs_file(tmp_path, c)
+    argv = [*c.argv, "-i", path, "--json", "--quiet"]
+    in_one, on_dask = [], []
+    _recording(monkeypatch, LocalRunner, in_one)
+    assert main(argv) == 0
+    one = json.loads(capsys.readouterr().out)
+
+    _recording(monkeypatch, dask_runner.DaskRunner, on_dask)
+    monkeypatch.setattr(dask_runner, "run_chunk_task", run_chunk_dying_once)
+    with distributed.Client(dask_cluster) as client:
+        client.wait_for_workers(2, timeout=60)  # the one a test before this killed has come back
+        pids = set(client.run(os.getpid).values())
+        assert main([*argv, "--dask", dask_cluster.scheduler_address]) == 0
+        assert os.path.exists(f"{path}.killed") and len(pids - set(client.run(os.getpid).values())) == 1
+    assert len(in_one) == len(c.inputs) and on_dask == in_one  # every input exactly once, in order
+    assert json.loads(capsys.readouterr().out) == one
+
+
+# The command as `python -m erniem_np.cli` runs it, but each chunk's commit waits 0.1 s, so that a kill lands
+# in the middle of the run however fast the machine is (and most often between a chunk's write and its commit).
+SLOW_COMMITS = """import sys, time
+from erniem_np.pipelines.resumable import ChunkJournal
+commit = ChunkJournal.commit
+def slow_commit(self, items):
+    time.sleep(0.1)
+    commit(self, items)
+ChunkJournal.commit = slow_commit
+from erniem_np.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _kill_midway(argv, state_path, at_least):
     """Run the command in a subprocess and SIGKILL it once its state file counts ``at_least`` inputs done."""
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "erniem_np.cli", *argv], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_COMMITS, *argv], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 120
     try:
@@ -98,32 +122,33 @@ def _kill_midway(argv, state_path, at_least):
         proc.stderr.close()
 
 
-@pytest.mark.parametrize("task", ["classify-dask", "encode"])
-def test_a_killed_command_resumes(task, cluster, tmp_path, capsys):
-    """classify on the cluster, written as JSON Lines; encode in one process, written as .npy."""
-    n = 400
-    texts = [t[:40] for t in langid_lines(n)]
-    path = tmp_path / "in.txt"
-    path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    if task == "encode":
-        model = make_checkpoint(tmp_path / "base", None, seed=3)
-        argv, suffix = ["encode", model, "--pooling", "mean", "--chunk-size", "10"], ".npy"
-    else:
-        argv = ["classify", LANGID_MODEL, "--top-k", "2", "--chunk-size", "10", "--dask", cluster.scheduler_address]
-        suffix = ".jsonl"
-    argv += ["-i", str(path), "--quiet"]
+RESUMED = [(task, ".jsonl", True) for task in TASKS if task != "encode"]
+RESUMED += [("encode", ".safetensors", True), ("encode", ".npy", False)]
+
+
+@pytest.mark.parametrize(("task", "suffix", "on_dask"), RESUMED,
+                         ids=[f"{t}{s}{'-dask' if d else ''}" for t, s, d in RESUMED])  # fmt: skip
+def test_a_killed_command_resumes(task, suffix, on_dask, task_ckpts, dask_cluster, tmp_path, capsys):
+    """Killed once a quarter of the inputs are done, then resumed (on the cluster, or for encode .npy in one
+    process): the output equals the one-process run's byte for byte."""
+    c = case(task, task_ckpts)
+    n = len(c.inputs)
+    argv = [*c.argv, "-i", _inputs_file(tmp_path, c), "--quiet"]
     whole, out = tmp_path / f"whole{suffix}", tmp_path / f"out{suffix}"
     assert main([*argv, "-o", str(whole)]) == 0
+    if on_dask:
+        argv += ["--dask", dask_cluster.scheduler_address]
 
     partial, state_path = tmp_path / f"out{suffix}.partial", tmp_path / f"out{suffix}.partial.json"
-    _kill_midway([*argv, "-o", str(out), "--resume"], state_path, at_least=30)
+    _kill_midway([*argv, "-o", str(out), "--resume"], state_path, at_least=n // 4)
     state = json.loads(state_path.read_text())
-    assert not out.exists() and 30 <= state["inputs"] < n
-    done = partial.read_bytes()[: state["bytes"]]
-    if suffix == ".jsonl":  # complete records up to the state's length, the first inputs in order
-        records = [json.loads(line) for line in done.decode().splitlines()]
-        assert len(records) == state["inputs"] and done.endswith(b"\n")
-        assert [r["text"] for r in records] == texts[: state["inputs"]]
+    assert not out.exists() and n // 4 <= state["inputs"] < n
+    done, header = partial.read_bytes()[: state["bytes"]], HEADER[suffix]
+    assert done[header:] == whole.read_bytes()[header : len(done)]  # the first inputs' results
+    if suffix == ".jsonl":  # complete records only
+        assert done.endswith(b"\n") and done.count(b"\n") == state["inputs"]
+    else:
+        assert (len(done) - header) % state["inputs"] == 0
     with open(partial, "ab") as f:
         f.write(b'{"text": "a torn rec')  # what a kill inside a write leaves after the last complete chunk
 
@@ -133,6 +158,58 @@ def test_a_killed_command_resumes(task, cluster, tmp_path, capsys):
     assert not partial.exists() and not state_path.exists()
     if suffix == ".npy":
         assert np.load(out).shape == (n, 32)
+
+
+# The command as `python -m erniem_np.cli` runs it, with the chunk task of dask_cases.py that kills its worker
+# on a chunk holding POISON (the workers find dask_cases.py through PYTHONPATH).
+POISONED = """import sys
+from erniem_np.pipelines import distributed
+from dask_cases import run_chunk_or_die
+distributed.run_chunk_task = run_chunk_or_die
+from erniem_np.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("where", ["address", "local"])
+def test_a_poison_chunk_stops_the_run_and_resume_continues(where, dask_cluster, tmp_path, capsys, monkeypatch):
+    """Line 23 of 40 kills every worker that runs its chunk (lines 21-24; a test-only task function, not the
+    product's), on a scheduler that gives up on a task after two deaths (allowed-failures 1). The command, in a
+    subprocess, on the module's cluster (``--dask ADDRESS``, whose scheduler is told so here: the command's own
+    Dask config still says 3) or on a local cluster it starts (``--dask``), exits 1 with one line on its stderr,
+    distributed's log messages included, naming the chunk's lines; it wrote the five chunks before it. With the
+    chunk's input harmless again, --resume finishes the output."""
+    texts = [t[:40] for t in langid_lines(40)]
+    texts[22] = f"{POISON} {texts[22]}"
+    path = tmp_path / "in.txt"
+    write_inputs(path, texts)
+    argv = ["classify", LANGID_MODEL, "-i", str(path), "--chunk-size", "4", "--quiet"]
+    whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
+    assert main([*argv, "-o", str(whole)]) == 0
+    argv += ["-o", str(out), "--resume"]
+
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    if where == "address":
+        monkeypatch.setattr(dask_cluster.scheduler, "allowed_failures", 1)
+        dask = ["--dask", dask_cluster.scheduler_address]
+    else:
+        env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "1"
+        dask = ["--dask", "--dask-workers", "2"]
+    run = subprocess.run([sys.executable, "-c", POISONED, *argv, *dask], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300, check=False)  # fmt: skip
+    monkeypatch.undo()
+    assert run.returncode == 1
+    assert run.stderr == (f"erniem-np: error: {path}:21 to {path}:24: 2 workers died running this chunk (more than "
+                          "distributed.scheduler.allowed-failures, 1); an input there may be too large for a "
+                          "worker's memory\n")  # fmt: skip
+    partial, state = tmp_path / "out.jsonl.partial", json.loads((tmp_path / "out.jsonl.partial.json").read_text())
+    assert not out.exists() and state["inputs"] == 20
+    assert partial.read_bytes() == whole.read_bytes()[: state["bytes"]]
+    assert partial.read_bytes().count(b"\n") == 20
+
+    assert main([*argv, "--dask", dask_cluster.scheduler_address]) == 0
+    assert out.read_bytes() == whole.read_bytes()
 
 
 def test_a_full_disk_leaves_complete_chunks_and_resume_checks_its_input(tmp_path, capsys, monkeypatch):

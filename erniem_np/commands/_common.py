@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import logging
 import sys
 import textwrap
 import time
@@ -263,8 +264,9 @@ def make_runner(args: argparse.Namespace, spec):
         return LocalRunner(spec)
     from ..pipelines.distributed import DaskRunner
 
-    try:
-        return DaskRunner(spec, address=None if args.dask == "local" else args.dask, n_workers=args.dask_workers)
+    try:  # distributed's own log lines would break the one-line error (what matters arrives as an exception)
+        return DaskRunner(spec, address=None if args.dask == "local" else args.dask, n_workers=args.dask_workers,
+                          silence_logs=logging.CRITICAL)  # fmt: skip
     except ImportError as e:
         raise UserError(str(e)) from None
 

@@ -15,11 +15,13 @@ single-process run gives (tests/test_dask.py and tests/test_dask_tasks.py compar
 flat on an input of any size.
 
 A lost worker loses nothing: the client holds a future for every chunk not yet collected, so the scheduler
-recomputes on another worker whatever a dead worker was running or holding. A chunk that kills workers again
-and again (``distributed.scheduler.allowed-failures``, 3 by default) ends the run with an ``InputError``
-naming its inputs. A bad input fails its chunk with an ``InputError`` naming the input's line, and the chunks
-before it are delivered, as in one process; chunks still out after it are cancelled. An input the client
-cannot read (an error while reading the next chunk) likewise ends the run after the chunks read before it.
+recomputes on another worker whatever a dead worker was running or holding. A poison chunk, one whose workers
+die again and again (more often than the scheduler's ``distributed.scheduler.allowed-failures``, 3 by
+default), is failed by the scheduler (``KilledWorker``): the chunks before it are delivered, then an
+``InputError`` names its inputs. A bad input fails its chunk with an ``InputError`` naming the input's line,
+and the chunks before it are delivered, as in one process; chunks still out after it are cancelled. An input
+the client cannot read (an error while reading the next chunk) likewise ends the run after the chunks read
+before it.
 
 Kernel threads: each worker process runs its kernels with ``cores // threads``, where ``cores`` is the number
 of cores its machine lets it use and ``threads`` the sum of the worker threads of all worker processes on that
@@ -35,6 +37,8 @@ inputs and results travel over the network. Needs ``pip install "erniem-np[dask]
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -85,6 +89,20 @@ def _worker_kernel_threads(plan: dict[str, int] | int | None) -> int | None:
     return share
 
 
+@contextlib.contextmanager
+def _log_level(level: int | str) -> Iterator[None]:
+    """Within the block, distributed's log handlers in this process print messages of ``level`` and above."""
+    handlers = [h for h in logging.getLogger("distributed").handlers if isinstance(h, logging.StreamHandler)]
+    before = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(level)
+    try:
+        yield
+    finally:
+        for h, old in zip(handlers, before, strict=True):
+            h.setLevel(old)
+
+
 def run_chunk_task(spec: TaskSpec, chunk: Chunk, plan: dict[str, int] | int | None = None):
     """The Dask task: ``chunks.run_chunk`` with this worker's kernel threads."""
     return run_chunk(spec, chunk, _worker_kernel_threads(plan))
@@ -101,6 +119,11 @@ class DaskRunner:
             worker process per usable core).
         max_in_flight: chunks submitted and not yet collected (default: 2 per worker thread).
         kernel_threads: Numba threads per task (default: the per-host rule of the module docstring).
+        silence_logs: while the runner is open, distributed's log messages below this level are not printed in
+            this process (the client's; a local cluster's scheduler and nannies), nor by the worker processes
+            of a local cluster it starts (LocalCluster's ``silence_logs``, whose default this is); None: as
+            configured. The command line passes ``logging.CRITICAL``: what matters reaches it as an exception
+            (a lost worker's chunks are run again, a poison chunk fails the run).
 
     The pipeline is built once on the client first, so a wrong path or option fails there, before a cluster
     starts (weights are memory-mapped: this costs little). Use it as a context manager (or call ``close``): a
@@ -109,7 +132,7 @@ class DaskRunner:
 
     def __init__(self, spec: TaskSpec, *, address: str | None = None, client=None, n_workers: int | None = None,
                  threads_per_worker: int = 1, processes: bool = True, max_in_flight: int | None = None,
-                 kernel_threads: int | None = None):  # fmt: skip
+                 kernel_threads: int | None = None, silence_logs: int | str = logging.WARNING):  # fmt: skip
         self.spec = spec
         self.pipeline = build_pipeline(spec)  # checks the checkpoint and options here
         try:
@@ -117,22 +140,30 @@ class DaskRunner:
         except ImportError:
             raise ImportError('Dask is not installed: pip install "erniem-np[dask]" (dask[distributed])') from None
         self._own_client = self._own_cluster = None
-        if client is None:
-            if address is None:
+        self._logs = contextlib.ExitStack()
+        try:
+            if silence_logs:
+                self._logs.enter_context(_log_level(silence_logs))
+            if client is None and address is None:
                 self._own_cluster = LocalCluster(n_workers=n_workers or usable_cores(),
                                                  threads_per_worker=threads_per_worker, processes=processes,
-                                                 dashboard_address=":0")  # fmt: skip  # 8787 may be taken
+                                                 dashboard_address=":0",  # 8787 may be taken
+                                                 silence_logs=silence_logs)  # fmt: skip
                 client = self._own_client = Client(self._own_cluster)
-            else:
+            elif client is None:
                 try:
                     client = self._own_client = Client(address)
                 except OSError as e:
                     raise OSError(f"cannot connect to the Dask scheduler at {address}: {e}") from None
-        self.client = client
-        self.plan: dict[str, int] | int = kernel_threads if kernel_threads is not None else kernel_thread_plan(client)
-        if max_in_flight is None:
-            max_in_flight = 2 * (sum(client.nthreads().values()) or 1)
-        self.max_in_flight = max(1, int(max_in_flight))
+            self.client = client
+            self.plan: dict[str, int] | int = (
+                kernel_threads if kernel_threads is not None else kernel_thread_plan(client))
+            if max_in_flight is None:
+                max_in_flight = 2 * (sum(client.nthreads().values()) or 1)
+            self.max_in_flight = max(1, int(max_in_flight))
+        except BaseException:
+            self.close()
+            raise
 
     def map_chunks(self, chunks: Iterable[Chunk], progress: ProgressFn | None = None, what: str = "inputs"
                    ) -> Iterator[tuple[Chunk, Any]]:  # fmt: skip
@@ -147,13 +178,11 @@ class DaskRunner:
             chunk, future = pending.popleft()
             try:
                 results = future.result()
-            except KilledWorker:
-                import dask
-
-                deaths = int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
-                raise InputError(f"{chunk.where[0]} to {chunk.where[-1]}: {deaths} workers died running this chunk "
-                                 "(distributed.scheduler.allowed-failures); an input there may be too large for a "
-                                 "worker's memory") from None  # fmt: skip
+            except KilledWorker as e:  # the scheduler's own allowed-failures, not this process's config
+                allowed = e.allowed_failures
+                raise InputError(f"{chunk.where[0]} to {chunk.where[-1]}: {allowed + 1} workers died running this "
+                                 f"chunk (more than distributed.scheduler.allowed-failures, {allowed}); an input "
+                                 "there may be too large for a worker's memory") from None  # fmt: skip
             done += len(chunk)
             if progress is not None:
                 progress(what, done, None)
@@ -182,13 +211,15 @@ class DaskRunner:
                 self.client.cancel([f for _, f in pending])
 
     def close(self) -> None:
-        """Shut down the client and local cluster this object started (an outside client stays open)."""
+        """Shut down the client and local cluster this object started (an outside client stays open), and
+        give distributed's log handlers their levels back."""
         if self._own_client is not None:
             self._own_client.close()
             self._own_client = None
         if self._own_cluster is not None:
             self._own_cluster.close()
             self._own_cluster = None
+        self._logs.close()
 
     def __enter__(self) -> DaskRunner:
         return self
