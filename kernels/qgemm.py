@@ -455,12 +455,11 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
         j0 = s * cols
         nc = min(cols, N - j0)
         c = np.empty((rows, cols), dtype=np.int32)
-        y = np.empty(cols, dtype=out.dtype)
         cs, ws, bias = colsum[j0 : j0 + nc], sw[j0 : j0 + nc], b[j0 : j0 + nc]
         for i0 in range(0, M, rows):
             nr = min(rows, M - i0)
             micro_tile(xq, i0, nr, wp, s, kg, c, code)
-            for r in range(nr):  # the epilogue, on the tile while it is in L1
+            for r in range(nr):  # the epilogue, on the tile while it is in L1, straight into out's row
                 i = i0 + r
                 z = zx[i]
                 o = out[i, j0 : j0 + nc]
@@ -470,16 +469,15 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
                         o[j] = np.int32(cr[j] - np.int32(z * cs[j]))
                     continue
                 si = sx[i]
-                for j in range(nc):  # int32 exact (|sum| < 2**31), then float32: vectorised
-                    y[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * si * ws[j] + bias[j]
-                if epilogue == EPILOGUE_GELU:
-                    gelu_row_f32(y[:nc])  # float32 GELU: its error is far below the next 8-bit step
-                elif epilogue == EPILOGUE_RESIDUAL:
+                if epilogue == EPILOGUE_RESIDUAL:
                     res = residual[i, j0 : j0 + nc]
+                    for j in range(nc):  # int32 exact (|sum| < 2**31), then float32: vectorised
+                        o[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * si * ws[j] + bias[j] + res[j]
+                else:
                     for j in range(nc):
-                        y[j] += res[j]
-                for j in range(nc):
-                    o[j] = y[j]
+                        o[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * si * ws[j] + bias[j]
+                    if epilogue == EPILOGUE_GELU:
+                        gelu_row_f32(o)  # float32 GELU: its error is far below the next 8-bit step
 
 
 _qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")
