@@ -3,6 +3,7 @@ that could saturate, the quantizers, and an int8 model built, saved and loaded a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -148,6 +149,19 @@ def test_an_int8_model_stays_close_to_float32():
     assert cos.min() > 0.999
     assert np.abs(a.logits - b.logits).max() < 0.05 * np.abs(a.logits).max()
     assert not np.array_equal(a.logits, b.logits)  # it really ran the int8 layers
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_the_feed_forward_in_blocks_of_rows_gives_the_bits_of_one_pass(activation, monkeypatch):
+    """The int8 FFN runs in blocks of FFN_ROWS rows (to bound its [rows, F] intermediate): each row is quantized
+    and normalised on its own, so 33 rows in blocks of 5 (a short last one) equal one block, bit for bit."""
+    from erniem_np import quantized
+
+    model = ErnieMModel(dataclasses.replace(CONFIG, hidden_act=activation), seed=5, backend="int8")
+    ids = np.random.default_rng(1).integers(3, 300, (3, 11))
+    whole = model(ids).last_hidden_state
+    monkeypatch.setattr(quantized, "FFN_ROWS", 5)
+    assert np.array_equal(model(ids).last_hidden_state, whole)
 
 
 @needs_int8_cpu
