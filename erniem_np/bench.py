@@ -15,8 +15,9 @@ each round times one call of every implementation, in an order that rotates from
 after every call (the frameworks' and OpenBLAS's threads spin-wait for a while after a call and would take the
 cores from the next one). So a slow stretch of a shared machine lands on every implementation alike, and the
 ratios compare calls made seconds apart. Workloads: B=1 L=128, B=8 L=128, B=1 L=512, and 64 texts of mixed
-length (token counts of lines of the multilingual fixture corpus); erniem-np sorts and buckets those by length,
-the frameworks pad the batch to its longest text. Reported: median latency (and the spread of the rounds),
+length (token counts of lines of the multilingual fixture corpus); erniem-np batches those as its task commands
+do (``pipelines.base.bucket_batches``, batches of at most 32 similar lengths), the frameworks pad the batch to
+its longest text. Reported: median latency (and the spread of the rounds),
 throughput, effective GFLOP/s (useful FLOPs, padding not counted), the percentage of the OpenBLAS sgemm rate
 measured in the same run, peak RSS. Writes results.json, results.md and results.png into --out.
 
@@ -129,6 +130,7 @@ def load(impl, ckpt, threads):
     if impl.startswith("erniem-np"):
         import erniem_np
         from erniem_np import ErnieMModel
+        from erniem_np.pipelines.base import bucket_batches, pad_batch
 
         backend = impl.split()[-1]
         if backend == "int8":
@@ -142,17 +144,9 @@ def load(impl, ckpt, threads):
         def run(ids, mask):
             return model(input_ids=ids, attention_mask=mask).last_hidden_state
 
-        def run_mixed(ids_list):  # sort by length and bucket: batches of 8 similar-length texts
-            order = np.argsort([len(x) for x in ids_list])
-            for s in range(0, len(order), 8):
-                group = [ids_list[i] for i in order[s : s + 8]]
-                n = max(len(g) for g in group)
-                ids = np.ones((len(group), n), np.int64)
-                mask = np.zeros_like(ids)
-                for r, g in enumerate(group):
-                    ids[r, : len(g)] = g
-                    mask[r, : len(g)] = 1
-                run(ids, mask)
+        def run_mixed(ids_list):  # as the task commands batch (their default --batch-size 32): by length
+            for idx in bucket_batches([len(x) for x in ids_list], 32):
+                run(*pad_batch([ids_list[i] for i in idx], 1))
     elif impl == "torch eager":
         import torch
         from transformers import ErnieMModel as HFModel

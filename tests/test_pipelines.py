@@ -7,6 +7,7 @@ directly, from HF transformers' own pipeline (live, when installed), or from def
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from erniem_np import model as M
 from erniem_np.cli import main
@@ -83,9 +86,37 @@ def test_bucketing_returns_results_in_input_order():
 
     out = base.map_bucketed(rows, 8, run)
     assert out == [("len", len(r), tuple(r)) for r in rows]
-    assert [len(b) for b in seen_batches] == [8] * 7 + [1]
+    assert sum(len(b) for b in seen_batches) == 57 and max(len(b) for b in seen_batches) <= 8
     flat = [n for b in seen_batches for n in b]
     assert flat == sorted(flat), "batches are not sorted by length"
+
+
+def _batch_cost(lengths, batches, forward_cost):
+    return sum(len(b) * max(lengths[i] for i in b) + forward_cost for b in batches)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(lengths=st.lists(st.integers(1, 60), max_size=9), batch_size=st.integers(1, 5),
+       forward_cost=st.integers(0, 80))  # fmt: skip
+def test_bucketing_cuts_where_the_work_is_least(lengths, batch_size, forward_cost):
+    """The batches: every index once, in sorted-length order, none over batch_size, and the least cost
+    (positions computed + forward_cost per batch) of every way to cut the sorted rows, found by brute force."""
+    batches = base.bucket_batches(lengths, batch_size, forward_cost)
+    flat = [int(i) for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths))) and max(map(len, batches), default=0) <= batch_size
+    assert [lengths[i] for i in flat] == sorted(lengths)
+    order = [int(i) for i in np.argsort(lengths, kind="stable")]
+    best = min(_batch_cost(lengths, [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], forward_cost)
+               for k in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), k)
+               if all(b - a <= batch_size for a, b in zip((0, *cuts), (*cuts, len(order))))) if lengths else 0  # fmt: skip
+    assert _batch_cost(lengths, batches, forward_cost) == best
+
+
+def test_bucketing_keeps_a_long_text_out_of_a_batch_of_short_ones():
+    """Seven texts of 10 positions and one of 300: one batch of 8 would compute 2,400 positions; the cut
+    computes 70 + 300 (+ 2 forwards)."""
+    batches = base.bucket_batches([10, 10, 300, 10, 10, 10, 10, 10], 8)
+    assert [sorted(b.tolist()) for b in batches] == [[0, 1, 3, 4, 5, 6, 7], [2]]
 
 
 def test_pad_batch_and_chunks():

@@ -186,7 +186,7 @@ def positions(chunk_size, sort):
     for start in range(0, len(lengths), chunk_size):
         chunk = lengths[start : start + chunk_size]
         if sort:
-            batches = bucket_batches(chunk, 16)  # what Encoder does: sort the chunk by length, then cut
+            batches = bucket_batches(chunk, 16)  # what Encoder does: sort the chunk by length, cut where work is least
         else:
             batches = [np.arange(i, min(i + 16, len(chunk))) for i in range(0, len(chunk), 16)]
         total += sum(len(b) * int(chunk[b].max()) for b in batches)
