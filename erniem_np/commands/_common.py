@@ -95,8 +95,8 @@ def add_model_options(p: argparse.ArgumentParser, *, batch_size: int = 32) -> No
                    "hub id in the local cache")  # fmt: skip
     p.add_argument("--tokenizer", metavar="DIR", help="directory with sentencepiece.bpe.model and vocab.txt "
                    "(default: MODEL's directory)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"sequences per forward pass, grouped by "
-                   f"length (default {batch_size})")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"at most this many sequences per forward "
+                   f"pass, grouped by length (default {batch_size})")  # fmt: skip
     p.add_argument("--max-length", type=int, help="cut inputs to this many tokens (default: the model's limit, "
                    "512 for ErnieM)")  # fmt: skip
     add_backend_options(p)
