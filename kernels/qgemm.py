@@ -485,7 +485,9 @@ _qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")
 
 
 def quantize_rows(x2, isa: Isa):
-    """x [M, K] float32 -> (xq [M, Kp] in the isa's x dtype, sx [M], zx [M]); the buffers are new arrays."""
+    """x [M, K] -> (xq [M, Kp] in the isa's x dtype, sx [M], zx [M]); the buffers are new arrays. x is read as
+    float32 (the kernel reads its bits), converted first when it is not."""
+    x2 = np.ascontiguousarray(x2, dtype=np.float32)
     M, K = x2.shape
     Kp = -(-K // isa.G) * isa.G
     xq = np.empty((M, Kp), dtype=isa.x_dtype)
@@ -553,12 +555,12 @@ def _qlinear_parts(x, params, activation, residual, raw):
             out = np.empty((M, N), dtype=np.float64 if raw else np.float32)
             kernel_parts.append((weight, b, out))
         results.append(out.reshape(lead + (N,)))
-    if kernel_parts and M:
-        isa = ISAS[kernel_parts[0][0].isa]  # every weight of a model is packed for the one instruction set
+    epilogue = EPILOGUE_RAW if raw else EPILOGUE_GELU if activation == "gelu" else \
+        EPILOGUE_RESIDUAL if r2 is not None else EPILOGUE_BIAS  # fmt: skip
+    for name in dict.fromkeys(w.isa for w, _, _ in kernel_parts) if M else ():  # one call per instruction set
+        isa = ISAS[name]  # (a model's weights are all packed for one; PackedInt8(..., isa=...) can mix them)
+        ws, bs, outs = zip(*[part for part in kernel_parts if part[0].isa == name], strict=True)
         xq, sx, zx = quantize_rows(x2, isa)
-        ws, bs, outs = zip(*kernel_parts, strict=True)
-        epilogue = EPILOGUE_RAW if raw else EPILOGUE_GELU if activation == "gelu" else \
-            EPILOGUE_RESIDUAL if r2 is not None else EPILOGUE_BIAS  # fmt: skip
         flops = 2 * M * K * sum(w.shape[0] for w in ws)
         run(_qgemm, _qgemm_serial, flops, xq, sx, zx, _readonly(w.packed for w in ws),
             _readonly(w.colsum for w in ws), _readonly(w.scale for w in ws), _readonly(bs),

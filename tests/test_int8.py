@@ -94,6 +94,30 @@ def test_row_quantizer_equals_its_twin_on_awkward_rows():
     assert np.isnan(sx[4]) and np.isnan(sx[5]) and np.isnan(sx[7])
 
 
+@needs_int8_cpu
+def test_row_quantizer_reads_float64_as_float32():
+    """quantize_rows reads the float32 bits: a float64 array is converted first, not read as halves."""
+    x = np.random.default_rng(0).standard_normal((4, 8))
+    xq, sx, zx = qgemm.quantize_rows(x, qgemm.ISAS[ISAS[0]])
+    rq, rs, rz = qgemm.quantize_rows_ref(x)
+    assert np.array_equal(xq[:, :8].astype(np.int64), rq.astype(np.int64))
+    np.testing.assert_array_equal(sx, rs)
+    assert np.array_equal(zx, rz)
+
+
+@pytest.mark.skipif(len(ISAS) < 2, reason="the CPU runs one int8 instruction set")
+def test_weights_packed_for_different_instruction_sets_in_one_call():
+    """qlinear_many with weights packed for two instruction sets (PackedInt8(..., isa=...)) runs each set's
+    kernel on x quantized for it: both results equal the exact integer product."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((7, 96)).astype(np.float32)
+    a, b = (qgemm.PackedInt8.quantize(rng.standard_normal((65, 96)).astype(np.float32), isa=n) for n in ISAS[:2])
+    for first, second in ((a, b), (b, a)):
+        y1, y2 = qgemm.qlinear_many(x, [(first, None), (second, None)])
+        for y, w in ((y1, first), (y2, second)):
+            np.testing.assert_allclose(y, qgemm.qlinear_ref(x, w.q, w.scale), rtol=1e-5, atol=1e-5)
+
+
 def test_weight_quantizer_is_symmetric_per_row_and_refuses_nan():
     w = np.array([[0.0, 0.0], [1.0, -2.0], [-0.5, 0.25]], np.float32)
     q, s = qgemm.quantize_weight(w)
@@ -154,7 +178,8 @@ def test_an_int8_model_stays_close_to_float32():
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_the_feed_forward_in_blocks_of_rows_gives_the_bits_of_one_pass(activation, monkeypatch):
     """The int8 FFN runs in blocks of FFN_ROWS rows (to bound its [rows, F] intermediate): each row is quantized
-    and normalised on its own, so 33 rows in blocks of 5 (a short last one) equal one block, bit for bit."""
+    and normalised on its own, so 33 rows in blocks of 5 (a short last one) equal one block. Here every call
+    runs the serial kernels, so bit for bit (the serial and parallel ones may round the epilogue differently)."""
     from erniem_np import quantized
 
     model = ErnieMModel(dataclasses.replace(CONFIG, hidden_act=activation), seed=5, backend="int8")
@@ -320,7 +345,8 @@ def test_the_isa_follows_the_cpu_numba_compiles_for():
     code = ("import numpy as np; from erniem_np.kernels import qgemm as q; print(q.supported_isas()); "
             "w = q.PackedInt8.quantize(np.ones((5, 9), np.float32)); x = np.ones((3, 9), np.float32); "
             "print(w.isa, np.array_equal(q.qlinear(x, w, raw=True), q.qmatmul_ref(*q.quantize_rows_ref(x)[::2], w.q)))")  # fmt: skip
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", ERNIEM_NP_CACHE_DIR="",
+    env = {k: v for k, v in os.environ.items() if k != "ERNIEM_NP_INT8_ISA"}  # the fake CPU picks its own
+    env.update(NUMBA_CPU_NAME="haswell", ERNIEM_NP_CACHE_DIR="",
                NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+sse4.2,+popcnt,+bmi,+bmi2,+f16c,+lzcnt,+movbe,-avx512f,-avx512vnni,-avxvnni")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -199,8 +199,9 @@ def bucket_batches(lengths: Sequence[int], batch_size: int,
     """Indices grouped into batches of at most ``batch_size`` rows of similar length: sorted by length (stable,
     so ties keep input order), then cut where the work is least. A batch costs the positions its forward
     computes, |batch| x its longest row (padding included), plus ``forward_cost`` positions for the forward
-    itself; the cuts that minimise the sum are found exactly, by dynamic programming over the sorted lengths.
-    Texts of one length fill whole batches; a long text is not padded into a batch of short ones."""
+    itself; the cuts that minimise the sum are found exactly, by dynamic programming over the sorted lengths
+    (O(n x batch_size) steps). A long text joins shorter ones only where padding them costs less than a forward
+    of its own."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
