@@ -11,7 +11,7 @@ The scheme (docs/quantization.md says why and what it costs in accuracy):
   range gives them all 256 codes where a symmetric one would give them 128;
 * the product, exact in int32: ``acc[i, j] = sum_k xq[i, k] wq[j, k] - zx[i] colsum[j]`` with
   ``colsum[j] = sum_k wq[j, k]``; ``|acc| <= 255 * 127 * K`` fits int32 for K <= 66,000 (checked);
-* the epilogue in float32: ``y = float32(acc) * sx[i] * sw[j] + b[j]``, then GELU or + residual.
+* the epilogue in float32: ``y = float32(acc) * (sx[i] * sw[j]) + b[j]``, then GELU or + residual.
 
 No step can saturate: every instruction below sums products in 32 bits (``vpdpbusd`` multiplies u8 x s8 and
 adds groups of 4 into int32; ``vpmaddwd`` multiplies int16 pairs, each |product| <= 255 * 127, into int32).
@@ -98,7 +98,7 @@ def qlinear_ref(x, wq, sw, bias=None, activation=None, residual=None):
     """The NumPy twin of ``qlinear``: x [M, K] float32 -> [M, N] float32 through the int8 product."""
     xq, sx, zx = quantize_rows_ref(x)
     acc = qmatmul_ref(xq, zx, wq).astype(np.int32)
-    y = acc.astype(np.float32) * sx[:, None] * sw[None, :]
+    y = acc.astype(np.float32) * (sx[:, None] * sw[None, :])  # the kernel's order: the scales multiplied first
     if bias is not None:
         y = y + bias
     if activation == "gelu":
@@ -455,6 +455,7 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
         j0 = s * cols
         nc = min(cols, N - j0)
         c = np.empty((rows, cols), dtype=np.int32)
+        scale = np.empty(cols, dtype=np.float32)
         cs, ws, bias = colsum[j0 : j0 + nc], sw[j0 : j0 + nc], b[j0 : j0 + nc]
         for i0 in range(0, M, rows):
             nr = min(rows, M - i0)
@@ -469,15 +470,20 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
                         o[j] = np.int32(cr[j] - np.int32(z * cs[j]))
                     continue
                 si = sx[i]
-                if epilogue == EPILOGUE_RESIDUAL:
+                # each step in a loop of its own, so that every compilation rounds in one order: within one
+                # expression the fast-math flags let the compiler pick (x sx) sw or x (sx sw), and which sum to
+                # fuse with the product; the parallel kernel compiled in a process and the same kernel loaded
+                # from the cache can pick differently (3.8e-6 apart, measured)
+                for j in range(nc):
+                    scale[j] = si * ws[j]
+                for j in range(nc):  # int32 exact (|sum| < 2**31), then float32: vectorised
+                    o[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * scale[j] + bias[j]
+                if epilogue == EPILOGUE_GELU:
+                    gelu_row_f32(o)  # float32 GELU: its error is far below the next 8-bit step
+                elif epilogue == EPILOGUE_RESIDUAL:
                     res = residual[i, j0 : j0 + nc]
-                    for j in range(nc):  # int32 exact (|sum| < 2**31), then float32: vectorised
-                        o[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * si * ws[j] + bias[j] + res[j]
-                else:
-                    for j in range(nc):
-                        o[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * si * ws[j] + bias[j]
-                    if epilogue == EPILOGUE_GELU:
-                        gelu_row_f32(o)  # float32 GELU: its error is far below the next 8-bit step
+                    for j in range(nc):  # a loop of its own, like the scales: (y + b) + r, never y + (b + r)
+                        o[j] += res[j]
 
 
 _qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")

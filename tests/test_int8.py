@@ -105,6 +105,38 @@ def test_row_quantizer_reads_float64_as_float32():
     assert np.array_equal(zx, rz)
 
 
+FRESH_OR_CACHED = """
+import sys, numpy as np
+from erniem_np.kernels import qgemm, settings
+rng = np.random.default_rng(0)
+x, r = rng.standard_normal((1035, 64)).astype(np.float32), rng.standard_normal((1035, 128)).astype(np.float32)
+w, b = qgemm.PackedInt8.quantize(rng.standard_normal((128, 64)).astype(np.float32)), rng.standard_normal(128).astype(np.float32)
+settings.SERIAL_BELOW_FLOPS = 0  # the parallel kernel
+np.save(sys.argv[1], np.stack([qgemm.qlinear(x, w, b), qgemm.qlinear(x, w, b, activation="gelu"),
+                               qgemm.qlinear(x, w, b, residual=r)]))
+"""
+
+
+@needs_int8_cpu
+def test_a_kernel_loaded_from_the_cache_rounds_as_the_one_compiled(tmp_path):
+    """The parallel int8 GEMM compiled in a process and the same kernel loaded from the cache by the next one
+    give the same bits, for each epilogue. (With the epilogue in one expression, the fast-math flags let each
+    compilation pick its own rounding order, and these two differed by up to 3.8e-6.)"""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    env = dict(os.environ, ERNIEM_NP_CACHE_DIR=str(cache))
+    for run in ("compiled", "cached"):
+        r = subprocess.run([sys.executable, "-c", FRESH_OR_CACHED, str(tmp_path / run)], env=env,
+                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert any(cache.rglob("*.nbi")), "nothing was cached: the second run compiled again"
+    compiled, cached = np.load(tmp_path / "compiled.npy"), np.load(tmp_path / "cached.npy")
+    assert np.array_equal(compiled, cached), f"max |difference| {np.abs(compiled - cached).max():.3g}"
+
+
 @pytest.mark.skipif(len(ISAS) < 2, reason="the CPU runs one int8 instruction set")
 def test_weights_packed_for_different_instruction_sets_in_one_call():
     """qlinear_many with weights packed for two instruction sets (PackedInt8(..., isa=...)) runs each set's

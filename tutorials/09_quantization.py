@@ -302,11 +302,12 @@ for isa in [*ISAS, None]:  # each instruction set this CPU has, and the twin (is
 print(f"output ({i}, {j}): {one}; all {acc.size} sums equal qmatmul_ref and qlinear(raw=True) on {[*ISAS, None]}")
 
 # %% [markdown]
-# Then the *epilogue*, in float32: $y_{ij} = \mathrm{float32}(\text{acc}_{ij})\, s_{x,i}\, s_j + b_j$. By hand,
-# against the twin `qlinear_ref`, the kernel `qlinear`, and the float32 layer it replaces:
+# Then the *epilogue*, in float32: $y_{ij} = \mathrm{float32}(\text{acc}_{ij})\, (s_{x,i}\, s_j) + b_j$, the two
+# scales multiplied first (the kernel does it in a loop of its own, so every compilation of it rounds in that
+# order). By hand, against the twin `qlinear_ref`, the kernel `qlinear`, and the float32 layer it replaces:
 
 # %%
-y_hand = acc.astype(np.int32).astype(np.float32) * a_s[:, None] * w2s[None, :] + b2
+y_hand = acc.astype(np.int32).astype(np.float32) * (a_s[:, None] * w2s[None, :]) + b2
 y_twin = qgemm.qlinear_ref(act, w2q, w2s, b2)
 y_kernel = qgemm.qlinear(act, qgemm.PackedInt8(w2q, w2s), bias=b2)
 y_float = act @ W2.T + b2
