@@ -21,6 +21,7 @@ from numba import prange, types
 from numba.extending import overload
 
 from .gemm import TILE_COLS, TILE_ROWS, micro_tile
+from .norm import order_key
 from .settings import JIT, jit, run, serial_twin
 
 
@@ -103,8 +104,8 @@ def row_max(row, n, key):
     result's). This NumPy body is the twin and runs when the JIT is disabled.
 
     Compiled for float32 the maximum is taken on the float bits mapped to integers of the same order
-    (``b ^ ((b >> 31) & 0x7fffffff)``): an integer max reduction vectorises, a float one (which must honour
-    NaN) does not, and was a third of the softmax's time. A NaN with the sign bit clear maps above +inf and
+    (``norm.order_key``): an integer max reduction vectorises, a float one (which must honour NaN) does not,
+    and was a third of the softmax's time. A NaN with the sign bit clear maps above +inf and
     becomes the maximum; one with it set maps below -inf and does not, but its own exp is NaN, so the row's
     sum and every probability come out NaN as the twin's do."""
     return row[:n].max()
@@ -116,13 +117,10 @@ def _row_max_jit(row, n, key):
 
         def impl(row, n, key):
             bits = row.view(np.int32)
-            off = np.int32(0x7FFFFFFF)
-            b = bits[0]
-            m = b ^ ((b >> np.int32(31)) & off)
+            m = order_key(bits[0])
             for j in range(1, n):
-                b = bits[j]
-                m = max(m, b ^ ((b >> np.int32(31)) & off))
-            key[0] = m ^ ((m >> np.int32(31)) & off)
+                m = max(m, order_key(bits[j]))
+            key[0] = order_key(m)  # the key back to float32 bits
             return key.view(np.float32)[0]
 
         return impl

@@ -31,6 +31,14 @@ def gelu_ref(x):
 
 
 # ================================================================================================ Numba kernels
+@jit
+def order_key(bits):
+    """The int32 bits of a float32 mapped to an int32 of the same order (negative floats have their magnitude
+    bits flipped), and back: the map is its own inverse. A min/max reduction over these keys vectorises, where
+    one over floats, which must honour NaN, does not. A NaN maps beyond +-inf (by its sign bit)."""
+    return bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF))
+
+
 @jit(parallel=True)
 def _layer_norm(x, residual, weight, bias, eps, out, has_residual):
     """out[m] = (y - mean(y)) / sqrt(var(y) + eps) * weight + bias with y = x[m] (+ residual[m]).

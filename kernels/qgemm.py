@@ -39,7 +39,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .norm import gelu_row_f32
+from .norm import gelu_row_f32, order_key
 from .settings import JIT, jit, run, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL, EPILOGUE_RAW = 0, 1, 2, 3
@@ -382,26 +382,24 @@ def _quantize_rows(x, xq, sx, zx, bounds):
     """quantize_rows_ref into xq [M, Kp] (uint8, or int16 holding 0..255 for vpmaddwd), zeros past K.
     ``bounds`` [M, 2] int32 is scratch: each row's min(x, 0) and max(x, 0) as float32 bits.
 
-    The range is found on the float bits mapped to integers of the same order (``b ^ ((b >> 31) & 0x7fffffff)``),
-    because an integer min/max reduction vectorises and a float one, which must honour NaN, does not (7x
-    slower). A NaN maps beyond +-inf, so a row holding NaN or inf gets a bound that is NaN or inf, and a scale
-    that is not finite."""
+    The range is found on the float bits mapped to integers of the same order (``norm.order_key``), because an
+    integer min/max reduction vectorises and a float one, which must honour NaN, does not (7x slower). A NaN
+    maps beyond +-inf, so a row holding NaN or inf gets a bound that is NaN or inf, and a scale that is not
+    finite."""
     M, K = x.shape
     Kp = xq.shape[1]
     bits = x.view(np.int32)  # x is float32
     range_f = bounds.view(np.float32)
-    sign_off = np.int32(0x7FFFFFFF)
     for i in prange(M):
         row_bits = bits[i]
         lo = np.int32(0)  # the key of +0.0
         hi = np.int32(0)
         for k in range(K):
-            b = row_bits[k]
-            key = b ^ ((b >> np.int32(31)) & sign_off)
+            key = order_key(row_bits[k])
             lo = min(lo, key)
             hi = max(hi, key)
-        bounds[i, 0] = lo ^ ((lo >> np.int32(31)) & sign_off)  # the key back to float32 bits
-        bounds[i, 1] = hi ^ ((hi >> np.int32(31)) & sign_off)
+        bounds[i, 0] = order_key(lo)  # the key back to float32 bits
+        bounds[i, 1] = order_key(hi)
         lo_f = range_f[i, 0]
         s = (range_f[i, 1] - lo_f) / np.float32(255)
         out = xq[i]

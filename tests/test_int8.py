@@ -210,8 +210,7 @@ def test_an_int8_model_stays_close_to_float32():
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_the_feed_forward_in_blocks_of_rows_gives_the_bits_of_one_pass(activation, monkeypatch):
     """The int8 FFN runs in blocks of FFN_ROWS rows (to bound its [rows, F] intermediate): each row is quantized
-    and normalised on its own, so 33 rows in blocks of 5 (a short last one) equal one block. Here every call
-    runs the serial kernels, so bit for bit (the serial and parallel ones may round the epilogue differently)."""
+    and normalised on its own, so 33 rows in blocks of 5 (a short last one) equal one block, bit for bit."""
     from erniem_np import quantized
 
     model = ErnieMModel(dataclasses.replace(CONFIG, hidden_act=activation), seed=5, backend="int8")
