@@ -216,9 +216,14 @@ def serial_twin(dispatcher, name: str):
 
 
 # ------------------------------------------------------------------------------------------------ which kernel
-# Below this much work a parallel launch costs more than it saves (waking the pool is ~10-50 us, more on a
-# busy machine), so each parallel kernel also has a serial twin compiled from the same source.
-SERIAL_BELOW_FLOPS = 4_000_000
+# Below this much work a parallel launch costs more than it saves, so each parallel kernel also has a serial
+# twin compiled from the same source. Inside a forward pass the pool is awake (one kernel follows another) and
+# a launch costs a few us. On 2 Zen 4 cores the parallel kernels win from about 2M flops of GEMM (a 4-token
+# GEMM of 768 x 768; at 1 token the float32 GEMM is a toss-up: its time is packing the weight), LayerNorm from
+# 64-128 rows of 768 (at 20 flops a value), attention from a few tokens; they lose on a 3-label head
+# (NUMBA_NUM_THREADS=2 python scripts/bench/bench_kernels.py --only crossover). Set between those. A pool that
+# has gone to sleep takes 10-50 us to wake, once per forward pass.
+SERIAL_BELOW_FLOPS = 1_500_000
 
 _lock = threading.Lock()
 _thread_safe: bool | None = None  # whether the running threading layer is; known once the pool has started

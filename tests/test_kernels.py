@@ -45,7 +45,7 @@ def attention_flops(B, L, Lk, H):
 
 
 def layer_norm_flops(M, H):
-    return 10 * M * H
+    return 20 * M * H
 
 
 def gelu_flops(size):

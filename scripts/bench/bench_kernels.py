@@ -17,6 +17,11 @@ model: q/k/v in one ``linear_many``, out_proj + residual, linear1 + GELU, linear
 outputs, bias and residual added in place; no GELU, which favours OpenBLAS), interleaved pass by pass with a
 pause after each, medians of --reps passes.
 
+The crossover (--only crossover): each kernel's serial twin against its parallel kernel on small work, the
+pool kept awake as in a forward pass (medians of 400 back-to-back calls), with the work estimate ``run``
+compares with ``settings.SERIAL_BELOW_FLOPS``: where the parallel kernel starts to win is where that
+threshold belongs.
+
 Attention (ErnieM-base heads: H = 768, nh = 12, d = 64; float32-min mask on 20% of the keys; need_probs False)
 at B=1 L=512 and B=8 L=128, both scalings: the Numba kernel, its NumPy twin ``attention_ref`` and a per-head
 np.matmul formulation (q_h k_h^T / 8 + mask, NumPy softmax, p v_h), interleaved round by round (a 0.5 s pause
@@ -34,7 +39,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--only", choices=("gemm", "qkv", "model-gemms", "attention"), help="time one part only")
+    ap.add_argument("--only", choices=("gemm", "qkv", "model-gemms", "attention", "crossover"),
+                    help="time one part only (crossover runs only when asked for)")
     args = ap.parse_args()
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     import numpy as np
@@ -58,6 +64,8 @@ def main() -> None:
         bench_model_gemms(np, gemm, rng, args.reps)
     if args.only in (None, "attention"):
         bench_attention(np, attention, rng, args.reps)
+    if args.only == "crossover":
+        bench_crossover(np, rng)
 
 
 def bench_gemm(np, gemm, rng, best):
@@ -172,6 +180,60 @@ def bench_attention(np, attention, rng, reps):
                 time.sleep(0.5)
             matmul = f"{best[2] * 1e3:>18.2f}" if scaling == "hf" else f"{'(hf only)':>18}"
             print(f"{B:>2} {L:>4} {scaling:>7}  {best[0] * 1e3:>8.2f}  {best[1] * 1e3:>8.2f}  {matmul}")
+
+
+def bench_crossover(np, rng):
+    """Serial twin against parallel kernel on small work, each with its work estimate (as ``run`` computes it)."""
+    from erniem_np.kernels import attention, gemm, norm, qgemm
+
+    def median_us(f, n=400):
+        f()
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)) * 1e6
+
+    def both(call):  # call(kernel_name_suffix) with the serial twin, then with the parallel kernel
+        return median_us(lambda: call(True)), median_us(lambda: call(False))
+
+    print(f"\n{'kernel':<34} {'work estimate':>13}  {'serial us':>9}  {'parallel us':>11}")
+
+    def show(what, flops, serial_us, parallel_us):
+        print(f"{what:<34} {flops:>13,}  {serial_us:>9.1f}  {parallel_us:>11.1f}")
+
+    for M, K, N in ((1, 768, 3), (1, 768, 768), (4, 768, 768), (1, 768, 3072)):
+        x = rng.standard_normal((M, K), dtype=np.float32)
+        w = rng.standard_normal((N, K), dtype=np.float32)
+        b = np.zeros(N, np.float32)
+        pw = qgemm.PackedInt8.quantize(w)
+        flops = 2 * M * K * N
+        calls = (("float32", lambda x=x, w=w, b=b: gemm.linear(x, w, b)),
+                 ("int8", lambda x=x, pw=pw, b=b: qgemm.qlinear(x, pw, b)))  # fmt: skip
+        for label, f in calls:
+            show(f"{label} GEMM M{M} K{K} N{N}", flops, *both(lambda serial, f=f: _forced(serial, f)))
+    g, z = np.ones(768, np.float32), np.zeros(768, np.float32)
+    for M in (8, 16, 32, 128):
+        x = rng.standard_normal((M, 768), dtype=np.float32)
+        f = lambda x=x: norm.layer_norm(x, g, z, 1e-5)
+        show(f"LayerNorm {M} x 768", 20 * M * 768, *both(lambda serial, f=f: _forced(serial, f)))
+    for L in (8, 16, 32):
+        q = rng.standard_normal((1, L, 768), dtype=np.float32)
+        show(f"attention B1 L{L}", 4 * L * L * 768, *both(lambda serial, q=q: _forced(serial, lambda: attention.attention(
+            q, q, q, 12, None, None, scaling="hf", need_probs=False))))  # fmt: skip
+
+
+def _forced(serial, f):
+    """f() with every kernel wrapper forced to its serial twin (serial=True) or its parallel kernel."""
+    from erniem_np.kernels import settings
+
+    saved = settings.SERIAL_BELOW_FLOPS
+    settings.SERIAL_BELOW_FLOPS = 2**62 if serial else 0
+    try:
+        return f()
+    finally:
+        settings.SERIAL_BELOW_FLOPS = saved
 
 
 if __name__ == "__main__":
