@@ -291,6 +291,21 @@ def test_layer_norm_matches_twin(M, H, dtype, seed, residual):
     _close(norm.layer_norm(x, w, b, 1e-5, r), norm.layer_norm_ref(x, w, b, 1e-5, r), dtype, f"layer_norm {M}x{H}")
 
 
+@pytest.mark.parametrize("serial", [True, False])
+def test_layer_norm_centres_a_row_far_from_zero_as_float64_would(serial, monkeypatch):
+    """Rows whose mean is large next to their spread (mean 1000, spread 1): the float32 kernel, serial and
+    parallel, is within 3e-6 of float64 LayerNorm (outputs up to 10: a few float32 roundings), because it centres
+    with the mean in two float32 parts.
+    Centring with the mean rounded to float32 alone is off by 8.2e-5 on these rows (computed in NumPy)."""
+    monkeypatch.setattr(ksettings, "SERIAL_BELOW_FLOPS", 2**62 if serial else 0)
+    rng = np.random.default_rng(5)
+    x = (1000 + rng.standard_normal((64, 768))).astype(np.float32)
+    r = rng.standard_normal((64, 768)).astype(np.float32)
+    w, b = rng.standard_normal(768).astype(np.float32), rng.standard_normal(768).astype(np.float32)
+    exact = norm.layer_norm_ref((x + r).astype(np.float64), w, b, 1e-5)  # the float32 sum, then float64
+    assert np.abs(norm.layer_norm(x, w, b, 1e-5, r) - exact).max() < 3e-6
+
+
 def test_layer_norm_non_finite_rows():
     x = np.array([[1.0, np.nan, 2.0], [np.inf, 1.0, 0.5], [1.0, 2.0, 3.0]], np.float32)
     w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
