@@ -14,7 +14,8 @@ temporary safetensors checkpoint. The subprocesses stay up for the whole run and
 each round times one call of every implementation, in an order that rotates from round to round, with a pause
 after every call (the frameworks' and OpenBLAS's threads spin-wait for a while after a call and would take the
 cores from the next one). So a slow stretch of a shared machine lands on every implementation alike, and the
-ratios compare calls made seconds apart. Workloads: B=1 L=128, B=8 L=128, B=1 L=512, and 64 texts of mixed
+ratios compare calls made seconds apart. Workloads: B=1 L=16 (one short text: reading the weights is much of
+its time), B=1 L=128, B=8 L=128, B=1 L=512, and 64 texts of mixed
 length (token counts of lines of the multilingual fixture corpus); erniem-np batches those as its task commands
 do (``pipelines.base.bucket_batches``, batches of at most 32 similar lengths), the frameworks pad the batch to
 its longest text. Reported: median latency (and the spread of the rounds),
@@ -48,7 +49,7 @@ import numpy as np
 # what a worker's libraries actually run with. The driver reports them per implementation.
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 _THREAD_ENV_AT_START = {k: os.environ.get(k) for k in THREAD_VARS}
-WORKLOADS = ["B1_L128", "B8_L128", "B1_L512", "mixed64"]
+WORKLOADS = ["B1_L16", "B1_L128", "B8_L128", "B1_L512", "mixed64"]
 IMPLS = ["erniem-np numba", "erniem-np int8", "erniem-np numpy", "torch eager", "onnxruntime",
          "onnxruntime optimized", "onnxruntime int8"]  # fmt: skip
 INT8_IMPLS = ("erniem-np int8", "onnxruntime int8")
