@@ -17,6 +17,8 @@ Dimension legend: B batch, L query length, H hidden size, nh heads, F FFN width,
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import fused, layers
@@ -120,6 +122,19 @@ def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, acti
 
 
 FFN_ROWS = 1024  # rows per block of the feed-forward (one block up to B * L = 1024, e.g. B=8 L=128)
+_ffn_local = threading.local()
+
+
+def _ffn_buffer(rows, F):
+    """The [rows, F] float32 buffer for a feed-forward block's intermediate, kept per Python thread and grown
+    when needed (at most FFN_ROWS x F: 12.6 MB at ErnieM-base). A new array of that size each block is above
+    glibc's mmap threshold: every layer mapped it afresh and page-faulted it in, 7,000 faults and 4-7% of an
+    int8 B=8 L=128 forward; with the buffer, none (``NUMBA_NUM_THREADS=2 python
+    scripts/bench/time_breakdown.py --backend int8 --batch 8`` prints the faults per forward)."""
+    buf = getattr(_ffn_local, "buf", None)
+    if buf is None or buf.size < rows * F:
+        buf = _ffn_local.buf = np.empty(rows * F, dtype=np.float32)
+    return buf[: rows * F]
 
 
 def feed_forward(x, linear1, linear2, norm2, *, activation, eps):
@@ -133,10 +148,11 @@ def feed_forward(x, linear1, linear2, norm2, *, activation, eps):
     out = np.empty_like(x2) if len(x2) > FFN_ROWS else None
     for r0 in range(0, len(x2), FFN_ROWS):
         xr = x2[r0 : r0 + FFN_ROWS]
+        h = _ffn_buffer(len(xr), linear1["weight"].shape[0])  # reused: h never leaves this function
         if activation == "gelu":  # GELU fused into the int8 GEMM's epilogue, as in fused.py
-            h = qlinear(xr, **linear1, activation="gelu")  # [rows, H] -> [rows, F]
+            h = qlinear(xr, **linear1, activation="gelu", out=h)  # [rows, H] -> [rows, F]
         else:
-            h = ACTIVATIONS[activation](qlinear(xr, **linear1))
+            h = ACTIVATIONS[activation](qlinear(xr, **linear1, out=h))
         # GELU's output is the input most sensitive to quantization: its asymmetric per-row range gives the
         # values in [-0.17, 0) and the positive ones all 256 codes (kernels/qgemm.py)
         y = norm.layer_norm(qlinear(h, **linear2, residual=xr), norm2["weight"], norm2["bias"], eps)

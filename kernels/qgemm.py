@@ -508,13 +508,17 @@ def _check(activation, residual):
         raise ValueError(f"the fused activation must be 'gelu', got {activation!r}")
 
 
-def qlinear(x, weight: PackedInt8, bias=None, activation=None, residual=None, raw=False):
+def qlinear(x, weight: PackedInt8, bias=None, activation=None, residual=None, raw=False, out=None):
     """The int8 Linear layer: x [..., K] float32 -> [..., N] float32, ``weight`` a ``PackedInt8``; GELU
     (activation="gelu") or a residual [..., N] fused into the epilogue. ``raw=True`` returns the exact integer
-    sums (float64, for tests). On a CPU with no int8 instructions, the NumPy twin ``qlinear_ref``."""
+    sums (float64, for tests). On a CPU with no int8 instructions, the NumPy twin ``qlinear_ref``.
+    ``out``: a C-contiguous float32 array of M x N values to write the result into (and return, shaped
+    [..., N]) instead of a new one; it must not overlap x or the residual."""
     _check(activation, residual)
-    (out,) = _qlinear_parts(x, [(weight, bias)], activation, residual, raw)
-    return out
+    if out is not None and raw:
+        raise ValueError("raw sums are float64: they take no float32 out")
+    (result,) = _qlinear_parts(x, [(weight, bias)], activation, residual, raw, out)
+    return result
 
 
 def qlinear_many(x, params):
@@ -535,7 +539,7 @@ def _readonly(arrays):
     return tuple(views)
 
 
-def _qlinear_parts(x, params, activation, residual, raw):
+def _qlinear_parts(x, params, activation, residual, raw, out_given=None):
     lead = x.shape[:-1]
     K = x.shape[-1]
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(int(np.prod(lead)), K)
@@ -549,14 +553,19 @@ def _qlinear_parts(x, params, activation, residual, raw):
         if weight.shape[1] != K:
             raise ValueError(f"an int8 weight {list(weight.shape)} does not take inputs of {K} features")
         b = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        if out_given is None:
+            out = np.empty((M, N), dtype=np.float64 if raw else np.float32)
+        elif out_given.dtype != np.float32 or not out_given.flags.c_contiguous or out_given.size != M * N:
+            raise ValueError(f"out must be a C-contiguous float32 array of {M} x {N} values")
+        else:
+            out = out_given.reshape(M, N)
         if weight.packed is None:  # no int8 instructions on this CPU: the twin
             if raw:
                 xq, _, zx = quantize_rows_ref(x2)
-                out = qmatmul_ref(xq, zx, weight.q).astype(np.float64)
+                out[:] = qmatmul_ref(xq, zx, weight.q)
             else:
-                out = qlinear_ref(x2, weight.q, weight.scale, b, activation, r2)
+                out[:] = qlinear_ref(x2, weight.q, weight.scale, b, activation, r2)
         else:
-            out = np.empty((M, N), dtype=np.float64 if raw else np.float32)
             kernel_parts.append((weight, b, out))
         results.append(out.reshape(lead + (N,)))
     epilogue = EPILOGUE_RAW if raw else EPILOGUE_GELU if activation == "gelu" else \

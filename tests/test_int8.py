@@ -220,6 +220,55 @@ def test_the_feed_forward_in_blocks_of_rows_gives_the_bits_of_one_pass(activatio
     assert np.array_equal(model(ids).last_hidden_state, whole)
 
 
+def test_qlinear_writes_into_a_given_out():
+    """``out=`` receives the same values a new array would, is what comes back (shaped like the input's rows),
+    and is refused when it is not a C-contiguous float32 array of M x N values, or for the float64 raw sums."""
+    rng = np.random.default_rng(4)
+    w = qgemm.PackedInt8.quantize(rng.standard_normal((7, 12)).astype(np.float32))
+    x, b = rng.standard_normal((2, 5, 12)).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    out = np.full(70, np.nan, np.float32)
+    got = qgemm.qlinear(x, w, b, activation="gelu", out=out)
+    assert got.shape == (2, 5, 7) and np.shares_memory(got, out)
+    np.testing.assert_array_equal(got, qgemm.qlinear(x, w, b, activation="gelu"))
+    for bad in (np.empty(70, np.float64), np.empty(69, np.float32), np.empty((7, 20), np.float32)[:, ::2]):
+        with pytest.raises(ValueError, match="out must be"):
+            qgemm.qlinear(x, w, b, out=bad)
+    with pytest.raises(ValueError, match="raw sums"):
+        qgemm.qlinear(x, w, raw=True, out=out)
+
+
+def test_the_feed_forward_reuses_its_intermediate_buffer_per_thread():
+    """The [rows, F] intermediate is one buffer per Python thread, grown when a longer batch needs it, reused
+    by the next forward (a new one each layer was mapped and page-faulted in afresh); another thread gets its
+    own, and reusing it changes no result."""
+    import threading
+
+    from erniem_np import quantized
+
+    model = ErnieMModel(CONFIG, seed=5, backend="int8")
+    ids = np.random.default_rng(1).integers(3, 300, (3, 11))
+    first = model(ids).last_hidden_state
+    buf = quantized._ffn_local.buf
+    assert buf.size == 3 * 11 * CONFIG.intermediate_size
+    assert np.array_equal(model(ids[:1]).last_hidden_state, first[:1]) and quantized._ffn_local.buf is buf
+    np.testing.assert_array_equal(model(ids).last_hidden_state, first)
+    assert quantized._ffn_local.buf is buf
+    longer = np.random.default_rng(2).integers(3, 300, (4, 11))
+    model(longer)
+    assert quantized._ffn_local.buf.size == 4 * 11 * CONFIG.intermediate_size
+    other = {}
+
+    def in_another_thread():
+        other["out"] = model(ids).last_hidden_state
+        other["buf"] = quantized._ffn_local.buf
+
+    t = threading.Thread(target=in_another_thread)
+    t.start()
+    t.join()
+    assert other["buf"] is not quantized._ffn_local.buf
+    np.testing.assert_array_equal(other["out"], first)
+
+
 @needs_int8_cpu
 def test_an_int8_model_saves_int8_and_loads_as_stored(tmp_path):
     q = ErnieMModel(ErnieMModel(CONFIG, seed=4).config, ErnieMModel(CONFIG, seed=4).state_dict(), backend="int8")
