@@ -7,6 +7,7 @@ Epilogues fused into the same call: bias; bias then GELU; bias then a residual a
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -281,7 +282,7 @@ def _readonly(a):
 def _linear_parts(x, params, residual, gelu=False):
     lead = x.shape[:-1]
     K = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(int(np.prod(lead)), K)  # (-1, K) fails for K = 0
+    x2 = np.ascontiguousarray(x).reshape(math.prod(lead), K)  # (-1, K) fails for K = 0
     M = x2.shape[0]
     ws, bs, outs = [], [], []
     for weight, bias in params:

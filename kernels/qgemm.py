@@ -29,6 +29,7 @@ The instruction set is chosen at run time (``int8_isa``), from the features of t
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -210,6 +211,11 @@ class PackedInt8:
         self.colsum = q.astype(np.int32).sum(axis=1, dtype=np.int32)
         self.isa = int8_isa() if isa == "auto" else isa
         self.packed = None if self.isa is None else pack(q, ISAS[self.isa])
+        # read-only, so that weights from a mapped checkpoint and from memory have one Numba type (the kernel
+        # is compiled once) without a call making views of them each time
+        self.scale, self.colsum = _readonly((self.scale, self.colsum))
+        if self.packed is not None:
+            (self.packed,) = _readonly((self.packed,))
 
     @classmethod
     def quantize(cls, w, isa: str | None = "auto") -> PackedInt8:
@@ -542,7 +548,7 @@ def _readonly(arrays):
 def _qlinear_parts(x, params, activation, residual, raw, out_given=None):
     lead = x.shape[:-1]
     K = x.shape[-1]
-    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(int(np.prod(lead)), K)
+    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(math.prod(lead), K)
     M = x2.shape[0]
     r2 = None
     if residual is not None:
@@ -575,7 +581,7 @@ def _qlinear_parts(x, params, activation, residual, raw, out_given=None):
         ws, bs, outs = zip(*[part for part in kernel_parts if part[0].isa == name], strict=True)
         xq, sx, zx = quantize_rows(x2, isa)
         flops = 2 * M * K * sum(w.shape[0] for w in ws)
-        run(_qgemm, _qgemm_serial, flops, xq, sx, zx, _readonly(w.packed for w in ws),
-            _readonly(w.colsum for w in ws), _readonly(w.scale for w in ws), _readonly(bs),
+        run(_qgemm, _qgemm_serial, flops, xq, sx, zx, tuple(w.packed for w in ws), tuple(w.colsum for w in ws),
+            tuple(w.scale for w in ws), _readonly(bs),
             outs[0] if r2 is None else r2, outs, epilogue, isa.ROWS, isa.COLS, ISA_CODES[isa.name])  # fmt: skip
     return results

@@ -22,7 +22,6 @@ cache directory and every other ``numba.config`` value stay as the user's progra
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
@@ -277,21 +276,14 @@ def _layer_is_thread_safe() -> bool:
     return _thread_safe
 
 
-@contextlib.contextmanager
-def kernel_lock():
-    """Held around each parallel kernel call: a no-op on a thread-safe layer, a lock on ``workqueue``."""
-    if _layer_is_thread_safe():
-        yield
-    else:
-        with _lock:
-            yield
-
-
 def run(parallel_kernel, serial_kernel, flops, *args):
     """Run ``parallel_kernel(*args)`` when ``flops`` pays for a parallel launch and that is safe here, else
-    its serial twin. The one place the package chooses between them."""
+    its serial twin. The one place the package chooses between them. On a layer that is not thread-safe
+    (``workqueue``) a lock is held around each parallel call."""
     if flops >= SERIAL_BELOW_FLOPS and parallel_allowed():
-        with kernel_lock():
+        if _layer_is_thread_safe():
+            return parallel_kernel(*args)
+        with _lock:
             return parallel_kernel(*args)
     return serial_kernel(*args)
 

@@ -615,7 +615,7 @@ def _a_parallel_gemm():
 
 def _parallel_kernel_calls():
     """A call of every public kernel wrapper, each above SERIAL_BELOW_FLOPS (so each runs its parallel kernel,
-    under ``kernel_lock``)."""
+    under the kernel lock, ``settings._lock``)."""
     x, w = np.ones((64, 160), np.float32), np.ones((200, 160), np.float32)
     _above_threshold(linear_flops(64, 160, [200]), "linear")
     q = np.ones((2, 75, 96), np.float32)
@@ -654,7 +654,7 @@ def test_kernel_lock_follows_the_layer_numba_runs():
 
 @pytest.mark.parametrize("kernel", sorted(_parallel_kernel_calls()))
 def test_kernel_lock_serialises_only_when_the_layer_is_not_thread_safe(kernel, monkeypatch):
-    """The lock fallback (workqueue): every public kernel's parallel call waits for ``kernel_lock``; with a
+    """The lock fallback (workqueue): every public kernel's parallel call waits for the kernel lock; with a
     thread-safe layer none takes it."""
     call = _parallel_kernel_calls()[kernel]
     call()  # compiled (or loaded from the cache) before the lock is held, so timing measures only the wait
