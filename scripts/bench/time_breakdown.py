@@ -1,7 +1,7 @@
 """Where a forward pass spends its time, kernel by kernel (ErnieM-base shapes, random weights).
 
     NUMBA_NUM_THREADS=2 .venv/bin/python scripts/bench/time_breakdown.py [--backend numba|int8] [--batch 1]
-        [--length 128] [--reps 7]
+        [--length 128] [--reps 7] [--pause 0.2]
 
 Wraps the kernels the encoder calls (gemm.linear, gemm.linear_many, attention.attention, norm.layer_norm; for
 int8 qgemm's quantize_rows and its int8 GEMM) and the embeddings and pooler with timers, runs --reps forwards after two warm-up ones, and prints the mean time of
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed forward")
     args = ap.parse_args()
     config = ErnieMConfig(vocab_size=1000)  # base shapes; a small vocabulary is all the timing needs
     model = ErnieMModel(config, backend=args.backend)
@@ -73,10 +74,10 @@ def main() -> None:
     totals = []
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(args.reps):
+        time.sleep(args.pause)
         t = time.perf_counter()
         model(input_ids=ids, attention_mask=mask)
         totals.append(time.perf_counter() - t)
-        time.sleep(0.2)
     mean = sum(totals) / args.reps
     print(f"B={args.batch} L={args.length}: forward mean {mean * 1e3:.1f} ms (median {np.median(totals) * 1e3:.1f})")
     for label, s in sorted(spent.items(), key=lambda kv: -kv[1]):
