@@ -138,8 +138,9 @@ def _row_max_jit(row, n, key):
 def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_probs, ctx, probs):
     """One task per (batch, head); both products on the GEMM's register tile (``micro_tile``).
 
-    Per task: the head's keys are packed into 16-key panels of k^T [d, 16] and its values into 16-channel
-    panels [Lk, 16] (zero-padded). Then per block of 6 query rows: scores = 6 query rows (read in place, the
+    Per task: the head's keys are packed into panels of TILE_ROWS keys, k^T [d, TILE_ROWS], and its values
+    into panels of TILE_ROWS channels, [Lk, TILE_ROWS] (zero-padded; TILE_ROWS is 32 with AVX-512, 16 with
+    AVX2). Then per block of 6 query rows: scores = 6 query rows (read in place, the
     tile's broadcast operand) x each key panel, over K = d; scale, mask and softmax (vectorised exp) row by
     row in an L1 buffer; context = the 6 probability rows x each value panel, over K = Lk.
     q arrives pre-scaled for Paddle's scaling.
@@ -155,14 +156,14 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
         b = task // n_heads
         h = task % n_heads
         c0 = h * d
-        kp = np.zeros((n_kp, d, TILE_ROWS), dtype=q.dtype)  # kp[p, t, r] = k[b, 16p + r, c0 + t]
+        kp = np.zeros((n_kp, d, TILE_ROWS), dtype=q.dtype)  # kp[p, t, r] = k[b, TILE_ROWS p + r, c0 + t]
         for j in range(Lk):
             kj = k[b, j, c0 : c0 + d]
             panel = kp[j // TILE_ROWS]
             r = j % TILE_ROWS
             for t in range(d):
                 panel[t, r] = kj[t]
-        vp = np.zeros((n_vp, Lk, TILE_ROWS), dtype=q.dtype)  # vp[p, j, r] = v[b, j, c0 + 16p + r]
+        vp = np.zeros((n_vp, Lk, TILE_ROWS), dtype=q.dtype)  # vp[p, j, r] = v[b, j, c0 + TILE_ROWS p + r]
         for p in range(n_vp):
             w = min(TILE_ROWS, d - p * TILE_ROWS)
             for j in range(Lk):
@@ -177,10 +178,10 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
         key = np.empty(1, dtype=np.int32)
         for i0 in range(0, L, TILE_COLS):
             nr = min(TILE_COLS, L - i0)
-            for p in range(n_kp):  # S[r, 16p + col] = q_{i0 + r} . k_{16p + col} (/ sqrt(d)) + mask
-                micro_tile(qb, i0, nr, c0, d, kp[p], c)
+            for p in range(n_kp):  # S[r, j0 + col] = q_{i0 + r} . k_{j0 + col} (/ sqrt(d)) + mask
                 j0 = p * TILE_ROWS
                 w = min(TILE_ROWS, Lk - j0)
+                micro_tile(qb, i0, nr, c0, d, kp[p], c, w)
                 for r in range(nr):
                     srow = S[r, j0 : j0 + w]
                     mrow = mask[b if mb > 1 else 0, h if mh > 1 else 0, i0 + r if mq > 1 else 0, j0 : j0 + w]
@@ -204,10 +205,10 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
                     row[j] *= scale
                 if need_probs:
                     probs[b, h, i, :] = row
-            for p in range(n_vp):  # ctx[i0 + r, c0 + 16p + col] = P_r . v[:, c0 + 16p + col]
-                micro_tile(S, 0, nr, 0, Lk, vp[p], c)
+            for p in range(n_vp):  # ctx[i0 + r, t0 + col] = P_r . v[:, t0 + col]
                 t0 = c0 + p * TILE_ROWS
                 w = min(TILE_ROWS, d - p * TILE_ROWS)
+                micro_tile(S, 0, nr, 0, Lk, vp[p], c, w)
                 for r in range(nr):
                     out = ctx[b, i0 + r, t0 : t0 + w]
                     for col in range(w):

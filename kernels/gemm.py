@@ -14,10 +14,10 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, overload, register_jitable
 
 from .norm import gelu_inplace, gelu_ref, gelu_row
-from .settings import JIT, jit, run, serial_twin
+from .settings import JIT, cpu_features, jit, run, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL = 0, 1, 2
 
@@ -36,25 +36,40 @@ def linear_ref(x, weight, bias=None, activation=None, residual=None):
 
 
 # ================================================================================================ Numba kernel
-TILE_ROWS = 16  # rows of x per packed panel: two 8-float ymm vectors (float32)
-TILE_COLS = 6  # rows of W (output columns) per register tile: 6 x 2 = 12 ymm accumulators
+def _vector_bytes() -> int:
+    """64 (zmm) where the CPU Numba compiles for has AVX-512F, else 32 (ymm: AVX2, or SSE pairs below it)."""
+    return 64 if cpu_features().get("avx512f") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+TILE_ROWS = VECTOR_BYTES // 2  # rows of x per packed panel: two float32 vectors (16 with AVX2, 32 with AVX-512)
+TILE_COLS = 6  # rows of W (output columns) per register tile: 6 x 2 = 12 vector accumulators
 BLOCK_M = 256  # rows of x packed per pass
 BLOCK_K = 4096  # K slice per pass: whole K for ErnieM-base (768, 3072) and -large (1024, 4096)
-VECTOR_BYTES = 32  # AVX2 ymm
 
 
-def micro_tile(w, j0, nc, k0, kc, panel, c):
-    """c [TILE_COLS, TILE_ROWS] = w[j0 + j, k0:k0 + kc] @ panel[:kc] for j < TILE_COLS (rows past nc repeat
-    the last valid row, whose results the caller drops). panel [kc, TILE_ROWS] is a packed slice of x^T.
+@register_jitable
+def tile_width(rows):
+    """How many panel columns ``micro_tile`` computes when the caller needs ``rows`` of them: the first half
+    of the panel (one vector of float32) when that holds them, else the whole panel. A short input (one text of
+    16 tokens on AVX-512) then pays for the rows it has, not for a panel of zeros."""
+    return TILE_ROWS // 2 if rows <= TILE_ROWS // 2 else TILE_ROWS
+
+
+def micro_tile(w, j0, nc, k0, kc, panel, c, rows):
+    """c[:, :n] = w[j0 + j, k0:k0 + kc] @ panel[:kc, :n] for j < TILE_COLS, n = ``tile_width(rows)`` (rows past
+    nc repeat the last valid row, whose results the caller drops; c[:, n:] is left as it was). panel
+    [kc, TILE_ROWS] is a packed slice of x^T, c is [TILE_COLS, TILE_ROWS].
 
     This NumPy body is the twin and runs when the JIT is disabled; compiled code gets ``_micro_tile_ir``.
     """
-    rows = np.minimum(np.arange(TILE_COLS), nc - 1) + j0
-    c[:, :] = w[rows, k0 : k0 + kc] @ panel[:kc]
+    n = tile_width(rows)
+    j = np.minimum(np.arange(TILE_COLS), nc - 1) + j0
+    c[:, :n] = w[j, k0 : k0 + kc] @ panel[:kc, :n]
 
 
 @intrinsic
-def _micro_tile_ir(typingctx, w, j0, nc, k0, kc, panel, c):
+def _micro_tile_ir(typingctx, w, j0, nc, k0, kc, panel, c, rows):
     """``micro_tile`` written in LLVM IR with vector types, the register tile BLAS uses.
 
     Numba's own loops cannot produce it: LLVM's loop vectorizer turns any k loop with scalar accumulators into
@@ -62,7 +77,9 @@ def _micro_tile_ir(typingctx, w, j0, nc, k0, kc, panel, c):
     vectorizer (enabled, it shuffled the accumulators across vectors). Here, per k step: load the packed
     panel row (TILE_ROWS values = NV vectors), broadcast w[j0 + j, k0 + k] for each of the TILE_COLS rows of W
     and accumulate with fma into TILE_COLS x NV vector accumulators held in registers (phis); after the loop,
-    store them to c. For float32 on AVX2 that is 2 loads, 6 broadcasts and 12 ymm FMAs per k, no spills.
+    store them to c. For float32 that is 2 loads, 6 broadcasts and 12 FMAs per k, no spills: on zmm with
+    AVX-512 (32 panel rows), on ymm with AVX2 (16). A second loop of the same form over the first NV / 2
+    vectors runs when ``rows`` fit in them (``tile_width``).
     """
     if not (isinstance(w, types.Array) and w.dtype in (types.float32, types.float64)
             and panel.dtype == w.dtype and c.dtype == w.dtype):  # fmt: skip
@@ -70,11 +87,11 @@ def _micro_tile_ir(typingctx, w, j0, nc, k0, kc, panel, c):
     dtype = w.dtype
 
     def codegen(context, builder, sig, args):
-        w_val, j0, nc, k0, kc, panel_val, c_val = args
+        w_val, j0, nc, k0, kc, panel_val, c_val, rows = args
         T = context.get_value_type(dtype)
         itemsize = context.get_abi_sizeof(T)
         VW = VECTOR_BYTES // itemsize  # values per vector
-        NV = TILE_ROWS // VW  # vectors per panel row
+        NV = TILE_ROWS // VW  # vectors per panel row: 2 (float32) or 4 (float64)
         VT = ir.VectorType(T, VW)
         i64 = ir.IntType(64)
 
@@ -96,50 +113,65 @@ def _micro_tile_ir(typingctx, w, j0, nc, k0, kc, panel, c):
                                              f"llvm.fma.v{VW}f{8 * itemsize}")  # fmt: skip
         zeros = ir.Constant(VT, [ir.Constant(T, 0.0)] * VW)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
+        finish = builder.append_basic_block("tile.finish")
 
-        entry = builder.block
-        head = builder.append_basic_block("tile.head")
-        body = builder.append_basic_block("tile.body")
-        done = builder.append_basic_block("tile.done")
-        builder.branch(head)
-        builder.position_at_end(head)  # for k in range(kc), accumulators as phis
-        k = builder.phi(i64)
-        k.add_incoming(const(0), entry)
-        acc = [builder.phi(VT) for _ in range(TILE_COLS * NV)]
-        for a in acc:
-            a.add_incoming(zeros, entry)
-        builder.cbranch(builder.icmp_signed("<", k, kc), body, done)
+        def tile_loop(nv, name):
+            """for k in range(kc): the TILE_COLS x nv accumulators (phis) += w[., k] * panel[k, :nv vectors];
+            then store them to c[:, :nv vectors] and go to ``finish``."""
+            entry = builder.block
+            head = builder.append_basic_block(f"{name}.head")
+            body = builder.append_basic_block(f"{name}.body")
+            done = builder.append_basic_block(f"{name}.done")
+            builder.branch(head)
+            builder.position_at_end(head)
+            k = builder.phi(i64)
+            k.add_incoming(const(0), entry)
+            acc = [builder.phi(VT) for _ in range(TILE_COLS * nv)]
+            for a in acc:
+                a.add_incoming(zeros, entry)
+            builder.cbranch(builder.icmp_signed("<", k, kc), body, done)
 
-        builder.position_at_end(body)
-        panel_row = builder.gep(panel_arr.data, [builder.mul(k, const(TILE_ROWS))])
-        xv = [builder.load(builder.bitcast(builder.gep(panel_row, [const(v * VW)]), VT.as_pointer()), align=itemsize)
-              for v in range(NV)]  # fmt: skip
-        new = []
-        for j in range(TILE_COLS):
-            wjk = builder.load(builder.gep(w_rows[j], [k]))
-            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(VT, ir.Undefined), wjk,
-                                                                  ir.Constant(ir.IntType(32), 0)),
-                                           ir.Constant(VT, ir.Undefined), splat_mask)  # fmt: skip
-            new += [builder.call(fma, [splat, xv[v], acc[j * NV + v]]) for v in range(NV)]
-        k.add_incoming(builder.add(k, const(1)), builder.block)
-        for a, n in zip(acc, new, strict=True):
-            a.add_incoming(n, builder.block)
-        builder.branch(head)
+            builder.position_at_end(body)
+            panel_row = builder.gep(panel_arr.data, [builder.mul(k, const(TILE_ROWS))])
+            xv = [builder.load(builder.bitcast(builder.gep(panel_row, [const(v * VW)]), VT.as_pointer()),
+                               align=itemsize) for v in range(nv)]  # fmt: skip
+            new = []
+            for j in range(TILE_COLS):
+                wjk = builder.load(builder.gep(w_rows[j], [k]))
+                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(VT, ir.Undefined), wjk,
+                                                                      ir.Constant(ir.IntType(32), 0)),
+                                               ir.Constant(VT, ir.Undefined), splat_mask)  # fmt: skip
+                new += [builder.call(fma, [splat, xv[v], acc[j * nv + v]]) for v in range(nv)]
+            k.add_incoming(builder.add(k, const(1)), builder.block)
+            for a, n in zip(acc, new, strict=True):
+                a.add_incoming(n, builder.block)
+            builder.branch(head)
 
-        builder.position_at_end(done)  # c[j, v * VW : (v + 1) * VW] = acc
-        for j in range(TILE_COLS):
-            for v in range(NV):
-                ptr = builder.gep(c_arr.data, [const(j * TILE_ROWS + v * VW)])
-                builder.store(acc[j * NV + v], builder.bitcast(ptr, VT.as_pointer()), align=itemsize)
+            builder.position_at_end(done)  # c[j, v * VW : (v + 1) * VW] = acc
+            for j in range(TILE_COLS):
+                for v in range(nv):
+                    ptr = builder.gep(c_arr.data, [const(j * TILE_ROWS + v * VW)])
+                    builder.store(acc[j * nv + v], builder.bitcast(ptr, VT.as_pointer()), align=itemsize)
+            builder.branch(finish)
+
+        full = builder.append_basic_block("tile.full")
+        half = builder.append_basic_block("tile.half")
+        builder.cbranch(builder.icmp_signed("<=", rows, const(TILE_ROWS // 2)), half, full)
+        builder.position_at_end(full)
+        tile_loop(NV, "tile")
+        builder.position_at_end(half)
+        tile_loop(NV // 2, "half")
+        builder.position_at_end(finish)
         return context.get_dummy_value()
 
-    return types.none(w, types.int64, types.int64, types.int64, types.int64, panel, c), codegen
+    sig = types.none(w, types.int64, types.int64, types.int64, types.int64, panel, c, types.int64)
+    return sig, codegen
 
 
 @overload(micro_tile, jit_options=JIT)
-def _micro_tile_jit(w, j0, nc, k0, kc, panel, c):
-    def impl(w, j0, nc, k0, kc, panel, c):
-        _micro_tile_ir(w, np.int64(j0), np.int64(nc), np.int64(k0), np.int64(kc), panel, c)
+def _micro_tile_jit(w, j0, nc, k0, kc, panel, c, rows):
+    def impl(w, j0, nc, k0, kc, panel, c, rows):
+        _micro_tile_ir(w, np.int64(j0), np.int64(nc), np.int64(k0), np.int64(kc), panel, c, np.int64(rows))
 
     return impl
 
@@ -152,15 +184,17 @@ def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
     The BLAS design (a broadcast-form register tile over one packed operand), with x as the packed one so
     the weights are used in place (memory-mapped, never copied) and packing costs M*K per call, not N*K.
     Blocking, from the registers out:
-    * register tile (``micro_tile``): out^T[j0:j0 + 6, i0:i0 + 16] over a K slice, 6 rows of W broadcast
-      against a packed 16-row panel of x^T, 12 ymm accumulators (2 loads + 6 broadcasts per 12 FMAs). It is
-      emitted as LLVM vector IR (``_micro_tile_ir``); the NumPy ``micro_tile`` is its twin.
+    * register tile (``micro_tile``): out^T[j0:j0 + 6, i0:i0 + TILE_ROWS] over a K slice, 6 rows of W
+      broadcast against a packed panel of TILE_ROWS rows of x^T (32 with AVX-512, 16 with AVX2), 12 vector
+      accumulators (2 loads + 6 broadcasts per 12 FMAs); a last panel whose rows fit in one vector runs the
+      half tile (``tile_width``). It is emitted as LLVM vector IR (``_micro_tile_ir``); the NumPy
+      ``micro_tile`` is its twin.
     * packing: per pass, the x block x[m0:m0 + BLOCK_M, k0:k0 + BLOCK_K] is copied transposed into panels
-      [BLOCK_M / 16, BLOCK_K, 16] (rows past M are zeros), in parallel over panels, in ``scratch`` (a buffer
-      kept per Python thread: a fresh one per call cost ~6,300 page faults per B=8 L=128 forward).
+      [BLOCK_M / TILE_ROWS, BLOCK_K, TILE_ROWS] (rows past M are zeros), in parallel over panels, in ``scratch``
+      (a buffer kept per Python thread: a fresh one per call cost ~6,300 page faults per B=8 L=128 forward).
     * cache: a task owns a strip of 6 rows of W (streamed from L2/L3, one value per 12 FMAs) and sweeps the
-      packed x block, whose panels (16 x BLOCK_K floats, 192 KB at K = 3072) stream from L2/L3 with 2 vector
-      loads per 12 FMAs; partial sums of earlier K slices are read back from out.
+      packed x block, whose panels (TILE_ROWS x BLOCK_K floats, 384 KB at K = 3072 with AVX-512) stream from
+      L2/L3 with 2 vector loads per 12 FMAs; partial sums of earlier K slices are read back from out.
     * epilogue, on the finished tile while it is in L1 (bias; bias then GELU, ``norm.gelu_row``; bias then
       the residual), then scattered to out: the same bits as a separate GELU pass over out, at the same
       speed within noise (M = 128 and 1024, N = 3072, 2 threads, 40 interleaved calls each: -2% to 0%).
@@ -211,16 +245,17 @@ def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
                 for q in range(n_panels):
                     i0 = m0 + q * TILE_ROWS
                     rows = min(TILE_ROWS, m1 - i0)
-                    micro_tile(w, j0, nc, k0, kc, packed[q], c)
+                    width = tile_width(rows)  # the columns of c the tile computes
+                    micro_tile(w, j0, nc, k0, kc, packed[q], c, rows)
                     if k0 > 0:  # partial sums of the earlier K slices
                         for r in range(rows):
                             for j in range(nc):
                                 c[j, r] += out[i0 + r, j0 + j]
                     if last:  # epilogue on the tile, still in L1: bias, then GELU, or bias then residual
                         for j in range(nc):
-                            cj = c[j]
+                            cj = c[j, :width]
                             bj = b[j0 + j]
-                            for r in range(TILE_ROWS):
+                            for r in range(width):
                                 cj[r] += bj
                             if epilogue == EPILOGUE_GELU:
                                 gelu_row(cj)

@@ -18,7 +18,7 @@ adds groups of 4 into int32; ``vpmaddwd`` multiplies int16 pairs, each |product|
 The saturating ``vpmaddubsw`` (u8 x s8 pairs summed into int16, which 255 * 127 * 2 overflows) is not used.
 
 The instruction set is chosen at run time (``int8_isa``), from the features of the CPU Numba compiles for
-(``_cpu_features``: the host's unless ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` say otherwise):
+(``settings.cpu_features``: the host's unless ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` say otherwise):
 * ``vnni512``: AVX-512 VNNI, ``vpdpbusd`` on zmm, 64 multiply-adds per instruction;
 * ``vnni256``: AVX-VNNI (or AVX-512 VNNI with VL), ``vpdpbusd`` on ymm, 32 per instruction;
 * ``avx2``: ``vpmovsxbw`` widens the weights to int16 and ``vpmaddwd`` + ``vpaddd`` accumulate, 16 per pair
@@ -41,7 +41,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .norm import gelu_row_f32, order_key
-from .settings import JIT, jit, run, serial_twin
+from .settings import JIT, cpu_features, jit, run, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL, EPILOGUE_RAW = 0, 1, 2, 3
 MAX_K = 66_000  # 255 * 127 * K < 2**31
@@ -139,23 +139,9 @@ ISAS = {
 }
 
 
-def _cpu_features() -> dict[str, bool]:
-    """The features of the CPU Numba compiles for: the host's, or ``NUMBA_CPU_FEATURES`` when set (a list like
-    ``+avx2,+fma,-avx512f``). A ``NUMBA_CPU_NAME`` other than the host's without ``NUMBA_CPU_FEATURES`` names a
-    CPU whose features are not known here: none are assumed, and the NumPy twin runs."""
-    import llvmlite.binding as llvm
-    import numba
-
-    if numba.config.CPU_FEATURES:
-        return {f[1:]: f[0] == "+" for f in numba.config.CPU_FEATURES.split(",") if f[:1] in "+-" and len(f) > 1}
-    if numba.config.CPU_NAME not in (None, "host"):
-        return {}
-    return dict(llvm.get_host_cpu_features())
-
-
 def supported_isas() -> list[str]:
     """The int8 instruction sets this CPU runs, best first."""
-    f = _cpu_features()
+    f = cpu_features()
     out = []
     if f.get("avx512vnni") and f.get("avx512bw") and f.get("avx512f"):
         out.append("vnni512")

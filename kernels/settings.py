@@ -44,6 +44,22 @@ JIT = dict(nogil=True, fastmath=FASTMATH, error_model="numpy")
 PARALLEL_JIT = dict(JIT, parallel=True)
 
 
+# ------------------------------------------------------------------------------------------------ the CPU
+def cpu_features() -> dict[str, bool]:
+    """The features of the CPU Numba compiles for: the host's, or ``NUMBA_CPU_FEATURES`` when set (a list like
+    ``+avx2,+fma,-avx512f``). A ``NUMBA_CPU_NAME`` other than the host's without ``NUMBA_CPU_FEATURES`` names a
+    CPU whose features are not known here: none are assumed. The kernels choose their vector width and
+    instructions from this, and Numba's cache keys every compiled kernel by the same CPU name and features, so
+    a kernel compiled for one CPU is never loaded for another."""
+    import llvmlite.binding as llvm
+
+    if numba.config.CPU_FEATURES:
+        return {f[1:]: f[0] == "+" for f in numba.config.CPU_FEATURES.split(",") if f[:1] in "+-" and len(f) > 1}
+    if numba.config.CPU_NAME not in (None, "host"):
+        return {}
+    return dict(llvm.get_host_cpu_features())
+
+
 # ------------------------------------------------------------------------------------------------ the cache
 class CacheDirWarning(UserWarning):
     """The kernels run uncached: no private cache directory could be made."""

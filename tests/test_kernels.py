@@ -187,16 +187,23 @@ def test_linear_leading_axes_and_errors():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nc, kc", [(gemm.TILE_COLS, 37), (1, 1), (4, 50)])
-def test_micro_tile_matches_its_twin(dtype, nc, kc):
+@pytest.mark.parametrize("rows", [1, gemm.TILE_ROWS // 2, gemm.TILE_ROWS // 2 + 1, gemm.TILE_ROWS])
+def test_micro_tile_matches_its_twin(dtype, nc, kc, rows):
     rng = np.random.default_rng(nc * 100 + kc)
     w = rng.standard_normal((9, 60)).astype(dtype)
     panel = rng.standard_normal((64, gemm.TILE_ROWS)).astype(dtype)
     j0, k0 = 9 - nc, 60 - kc  # the strip ends at the last row of w, the K slice at its last column
     c = np.full((gemm.TILE_COLS, gemm.TILE_ROWS), np.nan, dtype)
-    numba.njit(lambda *a: gemm.micro_tile(*a))(w, j0, nc, k0, kc, panel, c)
-    rows = np.minimum(np.arange(gemm.TILE_COLS), nc - 1) + j0  # rows past nc repeat the last valid one
-    expected = w[rows, k0:].astype(np.float64) @ panel[:kc].astype(np.float64)
-    _close(c, expected.astype(dtype), dtype, f"micro_tile nc={nc} kc={kc}")
+    numba.njit(lambda *a: gemm.micro_tile(*a))(w, j0, nc, k0, kc, panel, c, rows)
+    n = gemm.tile_width(rows)  # half the panel for rows that fit in it, else all of it
+    assert n == (gemm.TILE_ROWS // 2 if rows <= gemm.TILE_ROWS // 2 else gemm.TILE_ROWS)
+    j = np.minimum(np.arange(gemm.TILE_COLS), nc - 1) + j0  # rows past nc repeat the last valid one
+    expected = w[j, k0:].astype(np.float64) @ panel[:kc, :n].astype(np.float64)
+    _close(c[:, :n], expected.astype(dtype), dtype, f"micro_tile nc={nc} kc={kc} rows={rows}")
+    assert np.isnan(c[:, n:]).all(), "the tile wrote past the columns it computes"
+    twin = np.full_like(c, np.nan)
+    gemm.micro_tile(w, j0, nc, k0, kc, panel, twin, rows)
+    np.testing.assert_array_equal(np.isnan(twin), np.isnan(c))
 
 
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="no machine code without the JIT")
@@ -208,12 +215,37 @@ def test_micro_tile_compiles_to_packed_fma():
         pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
     if " avx2 " not in flags or " fma " not in flags:
         pytest.skip("the check is written for AVX2 with FMA")
+    register = "%zmm" if gemm.VECTOR_BYTES == 64 else "%ymm"
+    assert (gemm.VECTOR_BYTES == 64) == (" avx512f " in flags), "the vector width does not follow the CPU"
     tile = numba.njit(cache=False)(lambda *a: gemm.micro_tile(*a))
     w = np.ones((6, 8), np.float32)
-    tile(w, 0, 6, 0, 8, np.ones((8, gemm.TILE_ROWS), np.float32), np.empty((6, gemm.TILE_ROWS), np.float32))
+    c = np.empty((6, gemm.TILE_ROWS), np.float32)
+    tile(w, 0, 6, 0, 8, np.ones((8, gemm.TILE_ROWS), np.float32), c, gemm.TILE_ROWS)
     asm = tile.inspect_asm(tile.signatures[0])
-    fmas = [line for line in asm.splitlines() if "vfmadd" in line and "ps" in line and "%ymm" in line]
-    assert len(fmas) >= 12, f"expected the 12 ymm FMAs of the 6 x 16 tile, found {len(fmas)}:\n" + "\n".join(fmas)
+    fmas = [line for line in asm.splitlines() if "vfmadd" in line and "ps" in line and register in line]
+    # the full tile's 12 FMAs and the half tile's 6
+    assert len(fmas) >= 18, (
+        f"expected 18 {register} FMAs (a 6 x {gemm.TILE_ROWS} tile and its half), found "
+        f"{len(fmas)}:\n" + "\n".join(fmas)
+    )
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="no machine code without the JIT")
+def test_the_float32_tile_follows_the_cpu_numba_compiles_for():
+    """Told to compile for an AVX2-only CPU, the GEMM takes ymm vectors and 16-row panels (zmm would abort LLVM
+    or fault), and still matches the NumPy layers, half tiles and full."""
+    if not ksettings.cpu_features().get("avx2"):
+        pytest.skip("an x86 CPU with AVX2 is needed to run AVX2 code")
+    code = ("import numpy as np; from erniem_np.kernels import gemm; print(gemm.VECTOR_BYTES, gemm.TILE_ROWS); "
+            "rng = np.random.default_rng(0); w = rng.standard_normal((13, 40)).astype(np.float32); "
+            "b = rng.standard_normal(13).astype(np.float32); "
+            "print(all(np.allclose(gemm.linear(x, w, b, activation='gelu'), gemm.linear_ref(x, w, b, 'gelu'), "
+            "atol=1e-5) for x in [rng.standard_normal((m, 40)).astype(np.float32) for m in (1, 8, 9, 16, 17, 40)]))")  # fmt: skip
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", ERNIEM_NP_CACHE_DIR="",
+               NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+sse4.2,+popcnt,+bmi,+bmi2,+f16c,+lzcnt,+movbe,-avx512f")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[:2] == ["32 16", "True"], r.stdout
 
 
 def test_linear_crosses_the_m_and_k_blocks():

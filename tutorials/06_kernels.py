@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 6. Kernels: a GEMM from a naive loop to a 6x16 register tile in LLVM IR; fused softmax, LayerNorm, GELU
+# # 6. Kernels: a GEMM from a naive loop to a 6 x 16 (or 6 x 32) register tile in LLVM IR; fused softmax, LayerNorm, GELU
 #
 # The code this chapter explains: `kernels/gemm.py` (`linear_ref`, the NumPy twin; `micro_tile`, the register
 # tile, and its LLVM form `_micro_tile_ir`; `_gemm`, the kernel behind `linear` and `linear_many`),
@@ -107,50 +107,61 @@ check_then_time("1b. naive, fastmath", njit(**JIT)(naive), x, W, b)
 #
 # $$I_\text{tile} = \frac{2\, m_r n_r}{m_r + n_r}\ \text{FLOP per value loaded}$$
 #
-# (1 for the dot product). The package's tile, `micro_tile`, is `TILE_COLS` = 6 rows of $W$ by `TILE_ROWS` = 16
-# rows of $x$ in *broadcast form*: per $k$, load 16 values of $x$ as 2 vectors of 8 floats, broadcast each
-# $W_{j,k}$ to a vector, and do $6 \times 2 = 12$ vector FMAs into 12 accumulators:
+# (1 for the dot product). The package's tile, `micro_tile`, is `TILE_COLS` = 6 rows of $W$ by `TILE_ROWS` rows
+# of $x$ in *broadcast form*: per $k$, load `TILE_ROWS` values of $x$ as 2 vectors, broadcast each $W_{j,k}$ to
+# a vector, and do $6 \times 2 = 12$ vector FMAs into 12 accumulators:
 #
 # $$C_{j,:} \mathrel{+}= W_{j,k}\, x^\top_{k,:}, \qquad j = 0, \dots, 5 .$$
 #
-# Why 6 x 16 on AVX2: it has 16 vector registers (ymm, 8 floats), and 12 accumulators + 2 vectors of $x$ + 1
+# The vector is as wide as the CPU's (`gemm.VECTOR_BYTES`, from the features of the CPU Numba compiles for):
+# with AVX2, ymm registers of 8 floats and `TILE_ROWS` = 16; with AVX-512, zmm registers of 16 floats and
+# `TILE_ROWS` = 32. Why 6 rows: AVX2 has 16 vector registers, and 12 accumulators + 2 vectors of $x$ + 1
 # broadcast = 15. An FMA takes 4-5 cycles and a core starts 2 per cycle: 8-10 independent accumulators keep it
-# busy, so 12 are enough, and 8 x 16 (16 accumulators) would not fit.
+# busy, so 12 are enough, and 8 x 16 (16 accumulators) would not fit. AVX-512 has 32 registers; the wider
+# vector halves the loads and broadcasts per FLOP, which is what it buys on a core (like Zen 4) that runs a zmm
+# FMA as two ymm halves.
+#
+# One text of 16 tokens would leave half of a 32-row panel empty. So the tile has a second form, over the first
+# vector only (6 accumulators), that runs when the rows fit in it: `gemm.tile_width(rows)` says which.
 
 # %%
 TR, TC = gemm.TILE_ROWS, gemm.TILE_COLS
-VW = gemm.VECTOR_BYTES // 4  # float32 lanes per ymm register
-assert gemm.TILE_ROWS == 16 and gemm.TILE_COLS == 6 and VW == 8
-assert gemm.TILE_COLS * gemm.TILE_ROWS // VW == 12 and 12 + gemm.TILE_ROWS // VW + 1 <= 16  # + x loads + broadcast
+VW = gemm.VECTOR_BYTES // 4  # float32 lanes per vector register: 8 (ymm) or 16 (zmm)
+TARGET = numba.config.CPU_FEATURES if numba.config.CPU_FEATURES is not None else llvm.get_host_cpu_features().flatten()
+REGISTERS = 32 if "+avx512f" in TARGET else 16  # vector registers the compiler may use (AVX-512 adds 16)
+assert (VW, gemm.TILE_ROWS) == ((16, 32) if "+avx512f" in TARGET else (8, 16)) and gemm.TILE_COLS == 6
+assert TC * TR // VW == 12 and 12 + TR // VW + 1 <= REGISTERS  # accumulators + x loads + a broadcast
+assert (gemm.tile_width(TR // 2), gemm.tile_width(TR // 2 + 1)) == (TR // 2, TR)  # the half tile, the full one
 intensity = 2 * TC * TR / (TC + TR)
-print(f"tile {TC}x{TR}: 12 accumulators, I = {intensity:.2f} FLOP per value loaded")
+print(f"tile {TC}x{TR} ({VW} floats a vector): 12 accumulators, I = {intensity:.2f} FLOP per value loaded")
 
 # %% [markdown]
-# The 16 values of $x$ a step needs sit in 16 rows of `x`, 16 cache lines apart, so the kernel first *packs* 16
-# rows into a panel, `panel[k, r] = x[i0 + r, k]` ($x^\top$, `[K, 16]`): a step reads 64 contiguous bytes, and
+# The `TILE_ROWS` values of $x$ a step needs sit in as many rows of `x`, cache lines apart, so the kernel first
+# *packs* those rows into a panel, `panel[k, r] = x[i0 + r, k]` ($x^\top$, `[K, TILE_ROWS]`): a step reads
+# contiguous bytes (64 or 128), and
 # $k$ walks memory in order. Packing `x`, not `W`, leaves the weights in place (memory-mapped, never copied) and
 # costs $MK$ per call, not $NK$. One tile, by the NumPy twin (`micro_tile` called from Python runs its NumPy
 # body) and as the accumulators build it, an outer product per $k$:
 
 # %%
-panel = np.ascontiguousarray(x[:TR].T)  # [K, 16]: rows 0..15 of x, packed
+panel = np.ascontiguousarray(x[:TR].T)  # [K, TILE_ROWS]: rows 0..TR-1 of x, packed
 c = np.empty((TC, TR), dtype=np.float32)  # the tile holds out^T: c[j, r] = y[r, j] - b[j]
-gemm.micro_tile(W, 0, TC, 0, K, panel, c)  # c = W[0:6] @ panel
+gemm.micro_tile(W, 0, TC, 0, K, panel, c, TR)  # c = W[0:6] @ panel, all TR rows wanted: the full tile
 acc = np.zeros((TC, TR), dtype=np.float32)
 for k in range(K):
-    acc += np.outer(W[:TC, k], panel[k])  # 6 broadcasts times 16 lanes
+    acc += np.outer(W[:TC, k], panel[k])  # 6 broadcasts times TR lanes
 assert np.allclose(acc, c, atol=1e-4) and np.allclose(c.T + b[:TC], reference[:TR, :TC], atol=1e-4)
 
 # %% [markdown]
 # ## 3. The tile as Numba loops, then as an intrinsic
 #
-# One driver (one thread, no cache blocking, multiples of the tile) packs 16 rows of `x` and sweeps `W` 6 rows
+# One driver (one thread, no cache blocking, multiples of the tile) packs `TILE_ROWS` rows of `x` and sweeps `W` 6 rows
 # at a time with a tile function: first plain loops, `tile_loops`, then `gemm.micro_tile`.
 
 
 # %%
 @njit(**JIT)
-def tile_loops(w, j0, nc, k0, kc, panel, c):
+def tile_loops(w, j0, nc, k0, kc, panel, c, rows):
     c[:] = 0
     for k in range(kc):
         for j in range(nc):
@@ -160,17 +171,17 @@ def tile_loops(w, j0, nc, k0, kc, panel, c):
 
 def tiled(tile):
     @njit(**JIT)
-    def gemm_tiled(x, w, b):  # x [M, K] @ w[N, K]^T + b for M % 16 == 0, N % 6 == 0
+    def gemm_tiled(x, w, b):  # x [M, K] @ w[N, K]^T + b for M % TILE_ROWS == 0, N % 6 == 0
         M, K = x.shape
         y = np.empty((M, w.shape[0]), dtype=x.dtype)
         panel = np.empty((K, TR), dtype=x.dtype)
         c = np.empty((TC, TR), dtype=x.dtype)
         for i0 in range(0, M, TR):
-            for r in range(TR):  # pack: panel = x[i0:i0 + 16].T
+            for r in range(TR):  # pack: panel = x[i0:i0 + TR].T
                 for k in range(K):
                     panel[k, r] = x[i0 + r, k]
             for j0 in range(0, w.shape[0], TC):
-                tile(w, j0, TC, 0, K, panel, c)
+                tile(w, j0, TC, 0, K, panel, c, TR)
                 for j in range(TC):
                     for r in range(TR):
                         y[i0 + r, j0 + j] = c[j, r] + b[j0 + j]
@@ -180,8 +191,8 @@ def tiled(tile):
 
 
 assert M % TR == 0 and N % TC == 0
-check_then_time("2. 6x16 tile, Numba loops", tiled(tile_loops), x, W, b)
-check_then_time("3. 6x16 tile, intrinsic", tiled(gemm.micro_tile), x, W, b)
+check_then_time(f"2. 6x{TR} tile, Numba loops", tiled(tile_loops), x, W, b)
+check_then_time(f"3. 6x{TR} tile, intrinsic", tiled(gemm.micro_tile), x, W, b)
 if COMPILED:
     asm = tile_loops.inspect_asm(tile_loops.signatures[0])
     scalar, vector = (len(re.findall(rf"vfmadd\w+{t}\s", asm)) for t in ("ss", "ps"))
@@ -196,14 +207,19 @@ if COMPILED:
 #
 # `@intrinsic` lets a function write LLVM IR itself. In `kernels/gemm.py` the tile has three pieces:
 #
-# 1. `micro_tile(w, j0, nc, k0, kc, panel, c)`, the twin (printed below): rows of `w` past `nc` repeat the last
-#    valid one (the caller drops those results). Python and `NUMBA_DISABLE_JIT=1` run it.
+# 1. `micro_tile(w, j0, nc, k0, kc, panel, c, rows)`, the twin (printed below): rows of `w` past `nc` repeat the
+#    last valid one (the caller drops those results); it fills `tile_width(rows)` columns of `c`. Python and
+#    `NUMBA_DISABLE_JIT=1` run it.
 # 2. `@overload(micro_tile, jit_options=JIT)`: inside compiled code, `micro_tile` calls `_micro_tile_ir`.
 # 3. `_micro_tile_ir` runs at compile time, on Numba *types*: one float dtype throughout, or no match (`None`).
-#    It returns the signature `none(w, int64 x 4, panel, c)` and `codegen`, which emits the IR:
-#    - sizes: `VW = VECTOR_BYTES // itemsize` = 8 lanes, `NV = TILE_ROWS // VW` = 2, `VT = <8 x float>`;
+#    It returns the signature `none(w, int64 x 4, panel, c, int64)` and `codegen`, which emits the IR:
+#    - sizes: `VW = VECTOR_BYTES // itemsize` lanes (8 or 16 floats), `NV = TILE_ROWS // VW` = 2,
+#      `VT = <8 x float>` or `<16 x float>`;
 #    - `w_rows`: six pointers to `w[j0 + j, k0]`, from `w`'s row stride (past `nc`, a `select`);
-#    - `fma` (`llvm.fma.v8f32`), a zero vector, `splat_mask` (all zeros: a shuffle with it broadcasts);
+#    - `fma` (`llvm.fma.v8f32` or `.v16f32`), a zero vector, `splat_mask` (all zeros: a shuffle with it
+#      broadcasts);
+#    - `tile_loop(nv, name)` emits one loop; `codegen` emits it twice, for all `NV` vectors and for the first
+#      half, and branches on `rows` to one of them. In each:
 #    - block `tile.head`: `k` and the 12 accumulators are **phi nodes**, SSA values rather than memory: that is
 #      what lets them live in registers;
 #    - block `tile.body` (printed below): 2 vector loads of panel row `k`; per row of `W`, load `w[j, k]`, splat
@@ -213,7 +229,7 @@ if COMPILED:
 # %%
 twin = inspect.getsource(gemm.micro_tile).splitlines()
 body_ir = inspect.getsource(gemm._micro_tile_ir._defn).splitlines()
-start = next(i for i, s in enumerate(body_ir) if "position_at_end(body)" in s)
+start = next(i for i, s in enumerate(body_ir) if "position_at_end(body)" in s)  # the tile_loop body
 end = next(i for i, s in enumerate(body_ir) if "builder.branch(head)" in s and i > start)
 print("the twin:", *twin[-2:], "tile.body:", *body_ir[start : end + 1], sep="\n")
 
@@ -224,13 +240,13 @@ print("the twin:", *twin[-2:], "tile.body:", *body_ir[start : end + 1], sep="\n"
 
 # %%
 def tile_variant(w_rows):
-    """gemm's intrinsic with TILE_COLS = w_rows, as tile(w, j0, nc, k0, kc, panel, c) with c [w_rows, 16]."""
+    """gemm's intrinsic with TILE_COLS = w_rows, as tile(w, j0, nc, k0, kc, panel, c, rows), c [w_rows, TR]."""
     defn = gemm._micro_tile_ir._defn
     tile_ir = intrinsic(pytypes.FunctionType(defn.__code__, {**vars(gemm), "TILE_COLS": w_rows}, defn.__name__))
 
     @njit(**JIT)
-    def tile(w, j0, nc, k0, kc, panel, c):
-        tile_ir(w, j0, nc, k0, kc, panel, c)
+    def tile(w, j0, nc, k0, kc, panel, c, rows):
+        tile_ir(w, j0, nc, k0, kc, panel, c, rows)
 
     return tile
 
@@ -242,32 +258,36 @@ if COMPILED:
 # ## 5. Reading the machine code
 #
 # We compile `_gemm`'s source again, serial and uncached (the package's cached copy keeps no assembly), take its
-# hottest loop, and count per step $k$: FMAs on ymm registers, accumulators (the registers they write), vector
-# loads, broadcasts, spills (stack operands, `(%rsp)`). FMAs / accumulators is how often LLVM unrolled the loop.
+# tile loop (of the loops that are one block, the one whose FMAs write the most registers: the full tile, not
+# its half), and count per step $k$: FMAs on vector registers of the tile's width, accumulators (the registers
+# they write), vector loads, broadcasts (a `vbroadcastss`, or an FMA that reads its operand with `{1to16}`),
+# vector spills (vector registers to or from the stack, `(%rsp)`). FMAs / accumulators is how often LLVM
+# unrolled the loop.
 
 
 # %%
 def hot_loop(asm):
-    """The one-block loop in `asm` with the most FMAs, as a list of instructions ([] if none has one)."""
+    """The one-block loop in `asm` whose FMAs write the most registers, as a list of instructions ([] if no
+    loop has an FMA)."""
     loops = re.findall(r"^(\.LBB\w+):[^\n]*\n((?:(?!\.LBB)[^\n]*\n)*?)\s+j\w+\s+\1\n", asm, re.MULTILINE)
     bodies = [[s.strip() for s in body.splitlines() if s.strip()[:1] not in ("", ".", "#")] for _, body in loops]
-    fmas = [sum(s.startswith("vfmadd") for s in body) for body in bodies]
-    return bodies[fmas.index(max(fmas))] if any(fmas) else []
+    written = [len({s.rsplit(",", 1)[-1] for s in body if s.startswith("vfmadd")}) for body in bodies]
+    return bodies[written.index(max(written))] if any(written) else []
 
 
 def census(body):
     """Per-k counts in a tile loop's instructions (see the text above)."""
-    fmas = [s for s in body if re.match(r"vfmadd\d+ps\s.*%ymm", s)]
+    fmas = [s for s in body if re.match(rf"vfmadd\d+ps\s.*%{REGISTER}", s)]
     accumulators = len({s.rsplit(",", 1)[-1] for s in fmas})
     unroll = max(1, len(fmas) // max(1, accumulators))
     per_k = lambda pattern: sum(bool(re.match(pattern, s)) for s in body) // unroll
-    loads, broadcasts, spills = per_k(r"vmov\w*ps\s+-?\w*\("), per_k(r"vbroadcastss"), sum("(%rsp)" in s for s in body)
+    loads, broadcasts = per_k(r"vmov\w*ps\s+-?\w*\("), per_k(r"vbroadcastss|vfmadd.*\{1to")
+    spills = sum("(%rsp)" in s and "mm" in s for s in body)
     return {"fma": len(fmas) // unroll, "accumulators": accumulators, "loads": loads, "broadcasts": broadcasts,
             "spills": spills, "unroll": unroll}  # fmt: skip
 
 
-TARGET = numba.config.CPU_FEATURES if numba.config.CPU_FEATURES is not None else llvm.get_host_cpu_features().flatten()
-REGISTERS = 32 if "+avx512f" in TARGET else 16  # vector registers the compiler may use (AVX-512 adds 16)
+REGISTER = "zmm" if VW == 16 else "ymm"  # the tile's vector registers
 if COMPILED:
     kernel = njit(**JIT)(gemm._gemm.py_func)  # the same source and flags, serial, uncached
     out = np.empty((M, N), dtype=np.float32)
@@ -280,7 +300,7 @@ if COMPILED:
         print("\n".join(body[:10]), "\n...")
         assert [found[n] for n in ("fma", "accumulators", "loads", "broadcasts", "spills")] == [12, 12, 2, 6, 0]
     else:
-        print("no ymm FMA: this CPU (or NUMBA_CPU_NAME / NUMBA_CPU_FEATURES) gives no AVX2 + FMA target")
+        print(f"no {REGISTER} FMA: this CPU (or NUMBA_CPU_NAME / NUMBA_CPU_FEATURES) gives no AVX2 + FMA target")
 else:
     print("NUMBA_DISABLE_JIT=1: nothing is compiled, there is no assembly to read")
 
@@ -290,12 +310,13 @@ else:
 # `_gemm` (its docstring is the reference) runs the tile inside the loops a real layer needs:
 #
 # * **Blocking.** A pass packs `BLOCK_M` = 256 rows of `x` by `BLOCK_K` = 4096 of $K$ into panels
-#   `[BLOCK_M / 16, kc, 16]` (a buffer kept per Python thread, `_scratch`). 4096 is the whole $K$ of ErnieM-base
+#   `[BLOCK_M / TILE_ROWS, kc, TILE_ROWS]` (a buffer kept per Python thread, `_scratch`). 4096 is the whole $K$ of ErnieM-base
 #   (768, 3072) and -large (1024, 4096); a wider $K$ takes several passes, each adding to the output.
 # * **Parallelism**, one level, never BLAS inside: `prange` over strips of 6 rows of `W`; a task keeps its strip
 #   in cache and sweeps every panel of the block. Packing is parallel over panels. `linear_many` puts the strips
 #   of several weights (q, k, v) into one parallel loop over one packing of `x`.
-# * **Remainders.** Rows past $M$ are zero rows of the last panel; a narrow last strip repeats its last row.
+# * **Remainders.** Rows past $M$ are zero rows of the last panel, which runs the half tile when its rows fit
+#   in one vector; a narrow last strip repeats its last row.
 
 # %%
 assert gemm.BLOCK_M % gemm.TILE_ROWS == 0 and gemm.BLOCK_K >= max(768, 3072, 1024, 4096)
@@ -360,7 +381,7 @@ assert np.isnan(naive_softmax).any() and np.isfinite(stable).all() and abs(stabl
 
 # %% [markdown]
 # `_attention` (`kernels/attention.py`) runs both products on the GEMM's tile, one task per (batch, head). It
-# packs the head's keys into 16-key panels of $k^\top$ and its values into 16-channel panels; per block of 6
+# packs the head's keys into `TILE_ROWS`-key panels of $k^\top$ and its values into `TILE_ROWS`-channel panels; per block of 6
 # query rows (read in place: the broadcast operand), `micro_tile` gives the scores, which are scaled, masked and
 # soft-maxed in an L1 buffer (`exp_shifted`: a vectorised polynomial `exp`), and `micro_tile` again multiplies
 # the probabilities by the value panels. `[B, heads, L, L]` is built only if asked for. The twin,
@@ -433,22 +454,25 @@ fig.savefig(FIGURES / "06_gelu_error.png", dpi=100)
 # %% [markdown]
 # ## Exercises
 #
-# 1. Build a 4 x 16 tile, `tile_variant(4)`. How many accumulators, FMAs and broadcasts per $k$, and what
-#    arithmetic intensity? Check with `census(hot_loop(tile.inspect_asm(tile.signatures[0])))`.
-# 2. Build 8 x 16. How many vector registers does it need, and what does the assembly show here?
+# 1. Build a 4-row tile, `tile_variant(4)` (4 x `TILE_ROWS`). How many accumulators, FMAs and broadcasts per
+#    $k$, and what arithmetic intensity? Check with `census(hot_loop(tile.inspect_asm(tile.signatures[0])))`.
+# 2. Build an 8-row tile. How many vector registers does it need, and what does the assembly show here?
 #
 # **Answers** (spoilers: the next cell is collapsed in Jupyter; it asserts them).
 
 # %% jupyter={"source_hidden": true} tags=["answers"]
-assert [rows * TR // VW for rows in (4, 8)] == [8, 16] and 2 * 4 * 16 / (4 + 16) == 6.4 < intensity
-print("1. 4x16: 4 x 2 = 8 accumulators, 8 FMAs and 4 broadcasts per k; I = 6.4 FLOP per value, less than 6x16's")
-print(f"2. 8x16: 16 accumulators + 2 + 1 = 19 registers; this target has {REGISTERS}: with 16, some accumulators spill")
+assert [rows * TR // VW for rows in (4, 8)] == [8, 16] and 2 * 4 * TR / (4 + TR) < intensity
+print(f"1. 4x{TR}: 4 x 2 = 8 accumulators, 8 FMAs and 4 broadcasts per k; I = {2 * 4 * TR / (4 + TR):.2f} FLOP per "
+      f"value, less than 6x{TR}'s")  # fmt: skip
+print(
+    f"2. 8x{TR}: 16 accumulators + 2 + 1 = 19 registers; this target has {REGISTERS}: with 16, some accumulators spill"
+)
 for rows in (4, 8) if COMPILED else ():
     tile, out = tile_variant(rows), np.empty((rows, TR), dtype=np.float32)
-    tile(W, 0, rows, 0, K, panel, out)
+    tile(W, 0, rows, 0, K, panel, out, TR)
     assert np.allclose(out, W[:rows] @ panel, atol=1e-4)
     found = census(hot_loop(tile.inspect_asm(tile.signatures[0])))
-    print(f"   {rows}x16, per k: {found}")
+    print(f"   {rows}x{TR}, per k: {found}")
     if found["fma"]:
         assert found["fma"] == 2 * rows and found["broadcasts"] == rows
         assert (found["spills"] > 0) == (2 * rows + 3 > REGISTERS)  # accumulators that do not fit live on the stack
