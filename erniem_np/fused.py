@@ -15,11 +15,45 @@ import numpy as np
 
 from . import layers
 from .activations import ACTIVATIONS
+from .checkpoints.safetensors_file import page_releaser
 from .kernels import attention, gemm, norm
 
-# The parameters, the embedding lookup and the mask are the same NumPy code on both backends.
-load_parameters = layers.load_parameters
+# The embedding lookup and the mask are the same NumPy code on both backends.
 QUANTIZATION = layers.QUANTIZATION
+PACKED = ("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2")  # the encoder's Linear layers
+
+
+def load_parameters(shapes, state_dict, dtype, owner):
+    """(flat, tree) as ``layers.load_parameters``, except that in the tree each encoder Linear weight is a
+    ``gemm.PackedWeight`` (float32 only; float64 keeps the arrays): packed once here, so no forward pass
+    packs anything. ``flat`` (what ``state_dict()`` returns) keeps the weights as given. Where a weight is a
+    view of a memory-mapped checkpoint, its pages are released after packing (they reload from the file if
+    ``state_dict()`` reads them), so the packed copy is not counted twice."""
+    flat, tree = layers.load_parameters(shapes, state_dict, dtype, owner)
+    if np.dtype(dtype) != np.float32:
+        return flat, tree
+    for layer in tree.get("ernie_m", tree).get("encoder", {}).get("layers", []):
+        for group in (layer["self_attn"]["self_attn"], layer["self_attn"], layer):
+            for name in PACKED:
+                if name in group and isinstance(group[name].get("weight"), np.ndarray):
+                    w = group[name]["weight"]
+                    group[name] = dict(group[name], weight=gemm.PackedWeight(w))
+                    _release_mapped(w)
+    return flat, tree
+
+
+def _release_mapped(a):
+    """Tell the kernel the pages of ``a`` are no longer needed, when ``a`` is a view of a memory-mapped file."""
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer over the mapping
+        base = base.obj
+    release = page_releaser(base)
+    if release is not None:
+        release(a)
+
+
 embeddings = layers.embeddings
 additive_mask = layers.additive_mask
 
@@ -71,8 +105,9 @@ def pooler(x, dense):
 
 
 def warmup(dtypes=(np.float32,)) -> None:
-    """Compile (or load from the cache) every kernel a forward pass calls, for each dtype: one encoder layer,
-    the pooler and a head's linear on a random layer, once below ``SERIAL_BELOW_FLOPS`` (the serial twins)
+    """Compile (or load from the cache) every kernel a forward pass calls, for each dtype: one encoder layer
+    (its Linear weights packed, as ``load_parameters`` stores them), the pooler and a head's linear on a random
+    layer, once below ``SERIAL_BELOW_FLOPS`` (the serial twins)
     and once above it (the parallel kernels). The arguments have the types a model passes, so a forward pass
     afterwards compiles nothing (``tests/test_model.py`` checks it)."""
     rng = np.random.default_rng(0)
@@ -82,12 +117,17 @@ def warmup(dtypes=(np.float32,)) -> None:
         def linear_params(n_out, n_in, dtype=dtype):
             return {"weight": rng.standard_normal((n_out, n_in)).astype(dtype), "bias": np.zeros(n_out, dtype)}
 
+        def packed_params(n_out, n_in, dtype=dtype):  # as load_parameters stores an encoder Linear
+            p = linear_params(n_out, n_in)
+            return dict(p, weight=gemm.PackedWeight(p["weight"])) if dtype == np.float32 else p
+
         norm_params = {"weight": np.ones(H, dtype), "bias": np.zeros(H, dtype)}
-        layer = {"self_attn": {"self_attn": {n: linear_params(H, H) for n in ("q_proj", "k_proj", "v_proj")},
-                               "out_proj": linear_params(H, H)},
-                 "linear1": linear_params(F, H), "linear2": linear_params(H, F),
+        layer = {"self_attn": {"self_attn": {n: packed_params(H, H) for n in ("q_proj", "k_proj", "v_proj")},
+                               "out_proj": packed_params(H, H)},
+                 "linear1": packed_params(F, H), "linear2": packed_params(H, F),
                  "norm1": norm_params, "norm2": norm_params}  # fmt: skip
         for L in (1, 320):  # serial twins; parallel kernels (LayerNorm of 256 goes parallel at 293 rows)
             x = rng.standard_normal((1, L, H)).astype(dtype)
             x, _, _ = encoder_layer(x, **layer, n_heads=nh, activation="gelu", eps=1e-5, mask=None, flavor="hf")
             linear(pooler(x, linear_params(H, H)), **linear_params(n_labels, H))
+            linear(x, **linear_params(H, H))  # a Linear on unpacked weights over every token, as a head runs

@@ -3,10 +3,17 @@
 Dimension legend: M rows (B * L), K input features, N output features.
 
 Epilogues fused into the same call: bias; bias then GELU; bias then a residual add.
+
+Two kernels, one result (bit for bit: each output is the same chain of FMAs over k, then the same epilogue):
+* ``_gemm`` takes the weight as it is stored, [N, K] (memory-mapped, never copied) and packs x per call; the
+  attention products, the pooler and the heads use it, and its tile (``micro_tile``) is the one attention runs.
+* ``_gemm_packed`` takes a weight packed once, at load (``PackedWeight``), and reads x in place: the encoder's
+  Linear layers use it (``erniem_np/fused.py``). ``linear`` and ``linear_many`` pick by the weight they get.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -36,6 +43,57 @@ def linear_ref(x, weight, bias=None, activation=None, residual=None):
 
 
 # ================================================================================================ Numba kernel
+# ------------------------------------------------------------------------------------------------ IR helpers
+# The register tiles here and in qgemm.py are the same loop: accumulators carried as phi nodes (SSA values, so
+# they live in registers) through ``for k in range(n): acc = step(k, acc)``.
+def emit_phi_loop(builder, n, init, step, name):
+    """Emit ``for k in range(n): acc = step(k, acc)`` with ``acc`` (the values ``init``) as phi nodes; return
+    the accumulators after the loop, with the builder after it. ``n`` is an int64 value."""
+    i64 = ir.IntType(64)
+    entry = builder.block
+    head = builder.append_basic_block(f"{name}.head")
+    body = builder.append_basic_block(f"{name}.body")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    k = builder.phi(i64)
+    k.add_incoming(ir.Constant(i64, 0), entry)
+    acc = [builder.phi(v.type) for v in init]
+    for a, v in zip(acc, init, strict=True):
+        a.add_incoming(v, entry)
+    builder.cbranch(builder.icmp_signed("<", k, n), body, done)
+    builder.position_at_end(body)
+    new = step(k, acc)
+    k.add_incoming(builder.add(k, ir.Constant(i64, 1)), builder.block)
+    for a, v in zip(acc, new, strict=True):
+        a.add_incoming(v, builder.block)
+    builder.branch(head)
+    builder.position_at_end(done)
+    return acc
+
+
+def emit_splat(builder, value, vector_type):
+    """``value`` in every lane of a vector (``insert_element`` + a shuffle with an all-zero mask: a broadcast)."""
+    i32 = ir.IntType(32)
+    mask = ir.Constant(ir.VectorType(i32, vector_type.count), [0] * vector_type.count)
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), mask)
+
+
+def emit_row_pointers(builder, data, row_bytes, first, valid, count):
+    """Byte pointers to rows ``min(first + r, first + valid - 1)`` of an array at ``data``, for r < ``count``:
+    a tile's rows past the valid ones repeat the last valid row (the caller drops their results)."""
+    i64 = ir.IntType(64)
+    base = builder.bitcast(data, ir.IntType(8).as_pointer())
+    last = builder.add(first, builder.sub(valid, ir.Constant(i64, 1)))
+    rows = []
+    for r in range(count):
+        row = builder.select(builder.icmp_signed("<", ir.Constant(i64, r), valid),
+                             builder.add(first, ir.Constant(i64, r)), last)  # fmt: skip
+        rows.append(builder.gep(base, [builder.mul(row, row_bytes)]))
+    return rows
+
+
 def _vector_bytes() -> int:
     """64 (zmm) where the CPU Numba compiles for has AVX-512F, else 32 (ymm: AVX2, or SSE pairs below it)."""
     return 64 if cpu_features().get("avx512f") else 32
@@ -102,53 +160,31 @@ def _micro_tile_ir(typingctx, w, j0, nc, k0, kc, panel, c, rows):
         panel_arr = context.make_array(sig.args[5])(context, builder, panel_val)
         c_arr = context.make_array(sig.args[6])(context, builder, c_val)
         w_row_bytes = cgutils.unpack_tuple(builder, w_arr.strides, 2)[0]
-        w_bytes = builder.bitcast(w_arr.data, ir.IntType(8).as_pointer())
-        w_rows = []  # pointer to w[min(j0 + j, j0 + nc - 1), k0] for each row j of the tile
-        for j in range(TILE_COLS):
-            row = builder.select(builder.icmp_signed("<", const(j), nc), builder.add(j0, const(j)),
-                                 builder.add(j0, builder.sub(nc, const(1))))  # fmt: skip
-            offset = builder.add(builder.mul(row, w_row_bytes), builder.mul(k0, const(itemsize)))
-            w_rows.append(builder.bitcast(builder.gep(w_bytes, [offset]), T.as_pointer()))
+        w_rows = [  # pointer to w[min(j0 + j, j0 + nc - 1), k0] for each row j of the tile
+            builder.bitcast(builder.gep(p, [builder.mul(k0, const(itemsize))]), T.as_pointer())
+            for p in emit_row_pointers(builder, w_arr.data, w_row_bytes, j0, nc, TILE_COLS)
+        ]
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VT, [VT, VT, VT]),
                                              f"llvm.fma.v{VW}f{8 * itemsize}")  # fmt: skip
         zeros = ir.Constant(VT, [ir.Constant(T, 0.0)] * VW)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
         finish = builder.append_basic_block("tile.finish")
 
         def tile_loop(nv, name):
             """for k in range(kc): the TILE_COLS x nv accumulators (phis) += w[., k] * panel[k, :nv vectors];
             then store them to c[:, :nv vectors] and go to ``finish``."""
-            entry = builder.block
-            head = builder.append_basic_block(f"{name}.head")
-            body = builder.append_basic_block(f"{name}.body")
-            done = builder.append_basic_block(f"{name}.done")
-            builder.branch(head)
-            builder.position_at_end(head)
-            k = builder.phi(i64)
-            k.add_incoming(const(0), entry)
-            acc = [builder.phi(VT) for _ in range(TILE_COLS * nv)]
-            for a in acc:
-                a.add_incoming(zeros, entry)
-            builder.cbranch(builder.icmp_signed("<", k, kc), body, done)
 
-            builder.position_at_end(body)
-            panel_row = builder.gep(panel_arr.data, [builder.mul(k, const(TILE_ROWS))])
-            xv = [builder.load(builder.bitcast(builder.gep(panel_row, [const(v * VW)]), VT.as_pointer()),
-                               align=itemsize) for v in range(nv)]  # fmt: skip
-            new = []
-            for j in range(TILE_COLS):
-                wjk = builder.load(builder.gep(w_rows[j], [k]))
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(VT, ir.Undefined), wjk,
-                                                                      ir.Constant(ir.IntType(32), 0)),
-                                               ir.Constant(VT, ir.Undefined), splat_mask)  # fmt: skip
-                new += [builder.call(fma, [splat, xv[v], acc[j * nv + v]]) for v in range(nv)]
-            k.add_incoming(builder.add(k, const(1)), builder.block)
-            for a, n in zip(acc, new, strict=True):
-                a.add_incoming(n, builder.block)
-            builder.branch(head)
+            def step(k, acc):  # one k: nv vector loads of the panel row, a broadcast and nv FMAs per row of W
+                panel_row = builder.gep(panel_arr.data, [builder.mul(k, const(TILE_ROWS))])
+                xv = [builder.load(builder.bitcast(builder.gep(panel_row, [const(v * VW)]), VT.as_pointer()),
+                                   align=itemsize) for v in range(nv)]  # fmt: skip
+                new = []
+                for j in range(TILE_COLS):
+                    splat = emit_splat(builder, builder.load(builder.gep(w_rows[j], [k])), VT)  # w[j, k]
+                    new += [builder.call(fma, [splat, xv[v], acc[j * nv + v]]) for v in range(nv)]
+                return new
 
-            builder.position_at_end(done)  # c[j, v * VW : (v + 1) * VW] = acc
-            for j in range(TILE_COLS):
+            acc = emit_phi_loop(builder, kc, [zeros] * (TILE_COLS * nv), step, name)
+            for j in range(TILE_COLS):  # c[j, v * VW : (v + 1) * VW] = acc
                 for v in range(nv):
                     ptr = builder.gep(c_arr.data, [const(j * TILE_ROWS + v * VW)])
                     builder.store(acc[j * nv + v], builder.bitcast(ptr, VT.as_pointer()), align=itemsize)
@@ -182,7 +218,8 @@ def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
     [M, N_p]: one weight, or several that share the input (q, k and v), in one pass over one packing of x.
 
     The BLAS design (a broadcast-form register tile over one packed operand), with x as the packed one so
-    the weights are used in place (memory-mapped, never copied) and packing costs M*K per call, not N*K.
+    the weights are used in place (memory-mapped, never copied) and packing costs M*K per call, not N*K
+    (``_gemm_packed`` below is the other choice, for weights packed once at load).
     Blocking, from the registers out:
     * register tile (``micro_tile``): out^T[j0:j0 + 6, i0:i0 + TILE_ROWS] over a K slice, 6 rows of W
       broadcast against a packed panel of TILE_ROWS rows of x^T (32 with AVX-512, 16 with AVX2), 12 vector
@@ -272,10 +309,163 @@ def _gemm(x, ws, bs, residual, outs, epilogue, scratch):
 _gemm_serial = serial_twin(_gemm, "_gemm_serial")
 
 
+# ================================================================================================ packed weights
+PACK_LANES = VECTOR_BYTES // 4  # float32 lanes per vector: 16 (zmm) or 8 (ymm)
+PACK_NV = 4 if VECTOR_BYTES == 64 else 2  # vectors of output columns per tile: 6 x 4 = 24 zmm or 6 x 2 = 12 ymm
+PACK_COLS = PACK_NV * PACK_LANES  # output columns per strip of a packed weight: 64 (AVX-512) or 16 (AVX2)
+PACK_ROWS = 6  # rows of x per tile
+
+
+class PackedWeight:
+    """A float32 Linear weight [N, K] packed once for ``_gemm_packed``: ``packed`` is
+    [ceil(N / PACK_COLS), K, PACK_COLS] (strip s, input k, column j holds w[s * PACK_COLS + j, k]; zeros past
+    N), so that one step k of a tile loads PACK_NV whole vectors of consecutive output columns. Read-only."""
+
+    def __init__(self, weight):
+        w = np.asarray(weight)
+        if w.ndim != 2 or w.dtype != np.float32:
+            raise ValueError(f"a packed weight is a 2-D float32 [out, in] array, got {w.dtype} {w.shape}")
+        N, K = w.shape
+        S = -(-N // PACK_COLS)
+        packed = np.zeros((S, K, PACK_COLS), dtype=np.float32)
+        for s in range(S):  # one strip at a time: no full-size temporary
+            rows = w[s * PACK_COLS : (s + 1) * PACK_COLS]
+            packed[s, :, : rows.shape[0]] = rows.T
+        packed.flags.writeable = False
+        self.packed, self.shape, self.dtype = packed, (N, K), np.dtype(np.float32)
+
+    def unpack(self):
+        """The weight [N, K] again (a copy)."""
+        N, K = self.shape
+        return np.ascontiguousarray(self.packed.transpose(0, 2, 1).reshape(self.packed.shape[0] * PACK_COLS, K)[:N])
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes
+
+
+def packed_tile(x, i0, nr, wp, s, c):
+    """c [PACK_ROWS, PACK_COLS] = x[i0 + r] @ wp[s] for r < PACK_ROWS (rows past nr repeat the last valid row,
+    whose results the caller drops): x [M, K] read in place, wp a ``PackedWeight.packed``.
+
+    This NumPy body is the twin and runs when the JIT is disabled; compiled code gets ``_packed_tile_ir``."""
+    rows = np.minimum(np.arange(PACK_ROWS), nr - 1) + i0
+    c[:, :] = x[rows] @ wp[s]
+
+
+@intrinsic
+def _packed_tile_ir(typingctx, x, i0, nr, wp, s, c):
+    """``packed_tile`` in LLVM IR: the register tile with its vectors along N, as BLAS's sgemm kernels lay it
+    out when the weight is packed. Per k: PACK_NV vector loads of the strip's row k (PACK_COLS consecutive
+    output columns), and for each of the PACK_ROWS rows of x a broadcast of x[i0 + r, k] (read in place) and
+    PACK_NV FMAs into that row's accumulators (phis). After the loop the accumulators are stored to c, whose
+    rows are rows of the output: the epilogue then works along contiguous output columns."""
+    if not (isinstance(x, types.Array) and x.dtype == types.float32 and isinstance(wp, types.Array)
+            and wp.dtype == types.float32 and isinstance(c, types.Array) and c.dtype == types.float32):  # fmt: skip
+        return None
+
+    def codegen(context, builder, sig, args):
+        _, i0, nr, _, s, _ = args
+        f32, VT = ir.FloatType(), ir.VectorType(ir.FloatType(), PACK_LANES)
+        const = functools.partial(ir.Constant, ir.IntType(64))
+        x_arr, w_arr, c_arr = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 5))
+        K = cgutils.unpack_tuple(builder, w_arr.shape, 3)[1]
+        x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
+        x_rows = [  # pointer to x[min(i0 + r, i0 + nr - 1), 0] for each row r of the tile
+            builder.bitcast(p, f32.as_pointer())
+            for p in emit_row_pointers(builder, x_arr.data, x_row_bytes, i0, nr, PACK_ROWS)
+        ]
+        strip_bytes = cgutils.unpack_tuple(builder, w_arr.strides, 3)[0]
+        w_bytes = builder.bitcast(w_arr.data, ir.IntType(8).as_pointer())
+        strip = builder.bitcast(builder.gep(w_bytes, [builder.mul(s, strip_bytes)]), f32.as_pointer())
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VT, [VT, VT, VT]),
+                                             f"llvm.fma.v{PACK_LANES}f32")  # fmt: skip
+        zeros = ir.Constant(VT, [ir.Constant(f32, 0.0)] * PACK_LANES)
+
+        def step(k, acc):  # one k: PACK_NV vector loads of the strip's row k, a broadcast and PACK_NV FMAs per row
+            w_row = builder.gep(strip, [builder.mul(k, const(PACK_COLS))])
+            wv = [builder.load(builder.bitcast(builder.gep(w_row, [const(v * PACK_LANES)]), VT.as_pointer()),
+                               align=4) for v in range(PACK_NV)]  # fmt: skip
+            new = []
+            for r in range(PACK_ROWS):
+                splat = emit_splat(builder, builder.load(builder.gep(x_rows[r], [k])), VT)  # x[i0 + r, k]
+                new += [builder.call(fma, [splat, wv[v], acc[r * PACK_NV + v]]) for v in range(PACK_NV)]
+            return new
+
+        acc = emit_phi_loop(builder, K, [zeros] * (PACK_ROWS * PACK_NV), step, "ptile")
+        for r in range(PACK_ROWS):  # c[r, v * LANES : (v + 1) * LANES] = acc
+            for v in range(PACK_NV):
+                ptr = builder.gep(c_arr.data, [const(r * PACK_COLS + v * PACK_LANES)])
+                builder.store(acc[r * PACK_NV + v], builder.bitcast(ptr, VT.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(x, types.int64, types.int64, wp, types.int64, c), codegen
+
+
+@overload(packed_tile, jit_options=JIT)
+def _packed_tile_jit(x, i0, nr, wp, s, c):
+    def impl(x, i0, nr, wp, s, c):
+        _packed_tile_ir(x, np.int64(i0), np.int64(nr), wp, np.int64(s), c)
+
+    return impl
+
+
+@jit(parallel=True)
+def _gemm_packed(x, wps, bs, residual, outs, epilogue):
+    """outs[p] = x W_p^T + bs[p] (+ GELU, or + residual) for x [M, K] float32 (read in place) and weights
+    packed at load (``PackedWeight.packed``, [S_p, K, PACK_COLS]); one weight or several that share x (q, k
+    and v), whose strips form one parallel loop.
+
+    A task owns one strip of PACK_COLS output columns (K x PACK_COLS floats: 192 KB at K = 768 with AVX-512,
+    read from memory once and then from L2) and BLOCK_M rows of x, which it sweeps PACK_ROWS rows at a time
+    through ``packed_tile``; each finished tile gets its epilogue along the output row (bias; bias then GELU,
+    ``norm.gelu_row``; bias then the residual) while it is in L1, and is stored there. One level of
+    parallelism, over strips x row blocks. Against ``_gemm``: no packing of x per call, one weight stream per
+    task, and an epilogue over contiguous columns instead of a transposing scatter.
+    Its speed: ``scripts/bench/bench_kernels.py --threads 2 --only model-gemms``; docs/performance.md."""
+    M = x.shape[0]
+    n_parts = len(wps)
+    n_blocks = (M + BLOCK_M - 1) // BLOCK_M
+    strips = np.empty(n_parts + 1, dtype=np.int64)  # strips[p]: first strip of weight p (cumulative)
+    strips[0] = 0
+    for p in range(n_parts):
+        strips[p + 1] = strips[p] + wps[p].shape[0]
+    for task in prange(strips[n_parts] * n_blocks):
+        t = task // n_blocks  # the strip; the row blocks of one strip are neighbouring tasks
+        m0 = (task % n_blocks) * BLOCK_M
+        p = 0
+        while t >= strips[p + 1]:
+            p += 1
+        wp, b, out = wps[p], bs[p], outs[p]
+        s = t - strips[p]
+        j0 = s * PACK_COLS
+        nc = min(PACK_COLS, out.shape[1] - j0)
+        bias = b[j0 : j0 + nc]
+        c = np.empty((PACK_ROWS, PACK_COLS), dtype=np.float32)
+        for i0 in range(m0, min(M, m0 + BLOCK_M), PACK_ROWS):
+            nr = min(PACK_ROWS, M - i0)
+            packed_tile(x, i0, nr, wp, s, c)
+            for r in range(nr):  # the epilogue, along row i0 + r of out
+                o = out[i0 + r, j0 : j0 + nc]
+                cr = c[r]
+                for j in range(nc):
+                    o[j] = cr[j] + bias[j]
+                if epilogue == EPILOGUE_GELU:
+                    gelu_row(o)
+                elif epilogue == EPILOGUE_RESIDUAL:
+                    res = residual[i0 + r, j0 : j0 + nc]
+                    for j in range(nc):
+                        o[j] += res[j]
+
+
+_gemm_packed_serial = serial_twin(_gemm_packed, "_gemm_packed_serial")
+
+
 def linear(x, weight, bias=None, activation=None, residual=None):
     """Numba x [..., K] @ weight[N, K]^T + bias [N] -> [..., N]; activation "gelu" or a residual [..., N] fused.
 
     float32 or float64 (the weight and bias are cast to x's dtype). K = 0 gives the bias (and its epilogue).
+    ``weight`` may be a ``PackedWeight`` (float32 x only): the same numbers from ``_gemm_packed``.
     """
     if activation is not None and residual is not None:
         raise ValueError("fuse either an activation or a residual add, not both")
@@ -320,11 +510,21 @@ def _linear_parts(x, params, residual, gelu=False):
     x2 = np.ascontiguousarray(x).reshape(math.prod(lead), K)  # (-1, K) fails for K = 0
     M = x2.shape[0]
     ws, bs, outs = [], [], []
+    n_packed = sum(isinstance(weight, PackedWeight) for weight, _ in params)
+    if n_packed and (n_packed < len(params) or x2.dtype != np.float32):
+        raise ValueError("packed weights take float32 inputs, and one call takes packed weights only or none, "
+                         f"got {n_packed} packed of {len(params)} and {x2.dtype} inputs")  # fmt: skip
     for weight, bias in params:
-        w = np.ascontiguousarray(weight, dtype=x2.dtype)  # no copy when it matches
-        if w.ndim != 2 or w.shape[1] != K:
-            raise ValueError(f"weight of shape {w.shape} does not take inputs of {K} features ([out, in] layout)")
-        N = w.shape[0]
+        if isinstance(weight, PackedWeight):
+            w = weight.packed
+            if weight.shape[1] != K:
+                raise ValueError(f"packed weight of shape {weight.shape} does not take inputs of {K} features")
+            N = weight.shape[0]
+        else:
+            w = np.ascontiguousarray(weight, dtype=x2.dtype)  # no copy when it matches
+            if w.ndim != 2 or w.shape[1] != K:
+                raise ValueError(f"weight of shape {w.shape} does not take inputs of {K} features ([out, in] layout)")
+            N = w.shape[0]
         b = np.zeros(N, dtype=x2.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x2.dtype)
         if b.shape != (N,):
             raise ValueError(f"bias of shape {b.shape} does not match a weight with {N} outputs")
@@ -348,5 +548,9 @@ def _linear_parts(x, params, residual, gelu=False):
             outs[0] += r2
     else:
         flops = 2 * M * K * sum(out.shape[1] for out in outs)
-        run(_gemm, _gemm_serial, flops, x2, tuple(ws), tuple(bs), r2, tuple(outs), epilogue, _scratch(M, K, x2.dtype))
+        if n_packed:
+            run(_gemm_packed, _gemm_packed_serial, flops, x2, tuple(ws), tuple(bs), r2, tuple(outs), epilogue)
+        else:
+            run(_gemm, _gemm_serial, flops, x2, tuple(ws), tuple(bs), r2, tuple(outs), epilogue,
+                _scratch(M, K, x2.dtype))  # fmt: skip
     return results

@@ -40,6 +40,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .gemm import emit_phi_loop, emit_row_pointers, emit_splat
 from .norm import gelu_row_f32, order_key
 from .settings import JIT, cpu_features, jit, run, serial_twin
 
@@ -286,12 +287,7 @@ def _emit_tile(isa: Isa, context, builder, sig, args):
     w_arr = context.make_array(sig.args[3])(context, builder, wp_val)
     c_arr = context.make_array(sig.args[6])(context, builder, c_val)
     x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
-    x_bytes = builder.bitcast(x_arr.data, i8.as_pointer())
-    x_rows = []  # byte pointer to xq[min(i0 + r, i0 + nr - 1), 0]
-    for r in range(isa.ROWS):
-        row = builder.select(builder.icmp_signed("<", const(r), nr), builder.add(i0, const(r)),
-                             builder.add(i0, builder.sub(nr, const(1))))  # fmt: skip
-        x_rows.append(builder.gep(x_bytes, [builder.mul(row, x_row_bytes)]))
+    x_rows = emit_row_pointers(builder, x_arr.data, x_row_bytes, i0, nr, isa.ROWS)  # to xq[min(i0 + r, ...), 0]
     w_strides = cgutils.unpack_tuple(builder, w_arr.strides, 4)
     w_strip = builder.gep(builder.bitcast(w_arr.data, i8.as_pointer()), [builder.mul(s, w_strides[0])])
     group_bytes = isa.COLS * isa.G
@@ -303,50 +299,33 @@ def _emit_tile(isa: Isa, context, builder, sig, args):
         dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VT, [VT, VT, VT]),
                                             f"llvm.x86.avx512.vpdpbusd.{32 * isa.LANES}")  # fmt: skip
     zeros = ir.Constant(VT, [ir.Constant(i32, 0)] * isa.LANES)
-    splat_mask = ir.Constant(ir.VectorType(i32, isa.LANES), [0] * isa.LANES)
 
-    entry = builder.block
-    head = builder.append_basic_block("qtile.head")
-    body = builder.append_basic_block("qtile.body")
-    done = builder.append_basic_block("qtile.done")
-    builder.branch(head)
-    builder.position_at_end(head)  # for g in range(kg), accumulators as phis
-    g = builder.phi(i64)
-    g.add_incoming(const(0), entry)
-    acc = [builder.phi(VT) for _ in range(isa.ROWS * isa.NV)]
-    for a in acc:
-        a.add_incoming(zeros, entry)
-    builder.cbranch(builder.icmp_signed("<", g, kg), body, done)
-
-    builder.position_at_end(body)
-    group = builder.gep(w_strip, [builder.mul(g, const(group_bytes))])
-    wv = []
-    for v in range(isa.NV):
-        ptr = builder.gep(group, [const(v * isa.LANES * isa.G)])
-        if isa.name == "avx2":  # 16 int8 -> 16 int16: 8 columns x 2 values of K
-            raw = builder.load(builder.bitcast(ptr, ir.VectorType(i8, 16).as_pointer()), align=1)
-            wv.append(builder.sext(raw, ir.VectorType(i16, 16)))
-        else:  # LANES columns x 4 int8 values of K, one int32 lane each
-            wv.append(builder.load(builder.bitcast(ptr, VT.as_pointer()), align=1))
-    x_offset = builder.mul(g, const(4))  # the G values of x are 4 bytes (4 uint8, or 2 int16)
-    new = []
-    for r in range(isa.ROWS):
-        xg = builder.load(builder.bitcast(builder.gep(x_rows[r], [x_offset]), i32.as_pointer()), align=1)
-        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(VT, ir.Undefined), xg, ir.Constant(i32, 0)),
-                                       ir.Constant(VT, ir.Undefined), splat_mask)  # fmt: skip
+    def step(g, acc):  # one group of G values of K: NV weight vectors, then per row a broadcast and NV products
+        group = builder.gep(w_strip, [builder.mul(g, const(group_bytes))])
+        wv = []
         for v in range(isa.NV):
-            a = acc[r * isa.NV + v]
-            if isa.name == "avx2":
-                new.append(builder.add(a, builder.call(pmadd, [builder.bitcast(splat, ir.VectorType(i16, 16)), wv[v]])))
-            else:  # vpdpbusd(acc, the uint8 operand, the int8 operand)
-                new.append(builder.call(dp, [a, splat, wv[v]]))
-    g.add_incoming(builder.add(g, const(1)), builder.block)
-    for a, n in zip(acc, new, strict=True):
-        a.add_incoming(n, builder.block)
-    builder.branch(head)
+            ptr = builder.gep(group, [const(v * isa.LANES * isa.G)])
+            if isa.name == "avx2":  # 16 int8 -> 16 int16: 8 columns x 2 values of K
+                raw = builder.load(builder.bitcast(ptr, ir.VectorType(i8, 16).as_pointer()), align=1)
+                wv.append(builder.sext(raw, ir.VectorType(i16, 16)))
+            else:  # LANES columns x 4 int8 values of K, one int32 lane each
+                wv.append(builder.load(builder.bitcast(ptr, VT.as_pointer()), align=1))
+        x_offset = builder.mul(g, const(4))  # the G values of x are 4 bytes (4 uint8, or 2 int16)
+        new = []
+        for r in range(isa.ROWS):
+            xg = builder.load(builder.bitcast(builder.gep(x_rows[r], [x_offset]), i32.as_pointer()), align=1)
+            splat = emit_splat(builder, xg, VT)
+            for v in range(isa.NV):
+                a = acc[r * isa.NV + v]
+                if isa.name == "avx2":
+                    product = builder.call(pmadd, [builder.bitcast(splat, ir.VectorType(i16, 16)), wv[v]])
+                    new.append(builder.add(a, product))
+                else:  # vpdpbusd(acc, the uint8 operand, the int8 operand)
+                    new.append(builder.call(dp, [a, splat, wv[v]]))
+        return new
 
-    builder.position_at_end(done)  # c[r, v * LANES : (v + 1) * LANES] = acc
-    for r in range(isa.ROWS):
+    acc = emit_phi_loop(builder, kg, [zeros] * (isa.ROWS * isa.NV), step, "qtile")  # for g in range(kg)
+    for r in range(isa.ROWS):  # c[r, v * LANES : (v + 1) * LANES] = acc
         for v in range(isa.NV):
             ptr = builder.gep(c_arr.data, [const(r * isa.COLS + v * isa.LANES)])
             builder.store(acc[r * isa.NV + v], builder.bitcast(ptr, VT.as_pointer()), align=4)

@@ -233,19 +233,22 @@ def test_micro_tile_compiles_to_packed_fma():
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="no machine code without the JIT")
 def test_the_float32_tile_follows_the_cpu_numba_compiles_for():
     """Told to compile for an AVX2-only CPU, the GEMM takes ymm vectors and 16-row panels (zmm would abort LLVM
-    or fault), and still matches the NumPy layers, half tiles and full."""
+    or fault), and still matches the NumPy layers, half tiles and full; packed weights come in 16-column strips
+    and give the same bits."""
     if not ksettings.cpu_features().get("avx2"):
         pytest.skip("an x86 CPU with AVX2 is needed to run AVX2 code")
     code = ("import numpy as np; from erniem_np.kernels import gemm; print(gemm.VECTOR_BYTES, gemm.TILE_ROWS); "
             "rng = np.random.default_rng(0); w = rng.standard_normal((13, 40)).astype(np.float32); "
             "b = rng.standard_normal(13).astype(np.float32); "
             "print(all(np.allclose(gemm.linear(x, w, b, activation='gelu'), gemm.linear_ref(x, w, b, 'gelu'), "
-            "atol=1e-5) for x in [rng.standard_normal((m, 40)).astype(np.float32) for m in (1, 8, 9, 16, 17, 40)]))")  # fmt: skip
+            "atol=1e-5) for x in [rng.standard_normal((m, 40)).astype(np.float32) for m in (1, 8, 9, 16, 17, 40)])); "
+            "print(gemm.PACK_COLS, all(np.array_equal(gemm.linear(x, gemm.PackedWeight(w), b), gemm.linear(x, w, b)) "
+            "for x in [rng.standard_normal((m, 40)).astype(np.float32) for m in (1, 6, 7, 40)]))")  # fmt: skip
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", ERNIEM_NP_CACHE_DIR="",
                NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+sse4.2,+popcnt,+bmi,+bmi2,+f16c,+lzcnt,+movbe,-avx512f")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split("\n")[:2] == ["32 16", "True"], r.stdout
+    assert r.stdout.split("\n")[:3] == ["32 16", "True", "16 True"], r.stdout  # 6 x 16 packed tiles on ymm
 
 
 def test_linear_crosses_the_m_and_k_blocks():
@@ -310,6 +313,72 @@ def test_linear_many_errors_name_the_mismatch():
         gemm.linear_many(x, [(np.ones((4, 5), np.float32), None), (np.ones((4, 6), np.float32), None)])
     with pytest.raises(ValueError, match=r"bias of shape \(3,\) does not match a weight with 4 outputs"):
         gemm.linear_many(x, [(np.ones((4, 5), np.float32), np.ones(3, np.float32))])
+
+
+# ------------------------------------------------------------------------------------------------ packed weights
+def test_packed_weight_layout_round_trips_and_refuses_what_it_cannot_pack():
+    rng = np.random.default_rng(5)
+    for N, K in [(1, 1), (gemm.PACK_COLS, 3), (gemm.PACK_COLS + 1, 17), (130, 0)]:
+        w = rng.standard_normal((N, K), dtype=np.float32)
+        p = gemm.PackedWeight(w)
+        S = -(-N // gemm.PACK_COLS)
+        assert p.packed.shape == (S, K, gemm.PACK_COLS) and p.shape == (N, K) and not p.packed.flags.writeable
+        np.testing.assert_array_equal(p.unpack(), w)
+        if K:  # strip s, input k, column j holds w[s * PACK_COLS + j, k]; zeros past N
+            assert p.packed[S - 1, K - 1, (N - 1) % gemm.PACK_COLS] == w[N - 1, K - 1]
+            assert not p.packed[S - 1, :, (N - 1) % gemm.PACK_COLS + 1 :].any()
+    for bad in (np.ones((3, 4)), np.ones(4, np.float32), np.ones((2, 3, 4), np.float32)):
+        with pytest.raises(ValueError, match="2-D float32"):
+            gemm.PackedWeight(bad)
+
+
+@pytest.mark.parametrize("nr, K, s", [(gemm.PACK_ROWS, 37, 1), (1, 1, 0), (4, 64, 1)])
+def test_packed_tile_matches_its_twin(nr, K, s):
+    rng = np.random.default_rng(nr * 100 + K)
+    x = rng.standard_normal((9, K), dtype=np.float32)
+    wp = gemm.PackedWeight(rng.standard_normal((2 * gemm.PACK_COLS - 3, K), dtype=np.float32)).packed
+    i0 = 9 - nr  # the tile ends at the last row of x
+    c = np.full((gemm.PACK_ROWS, gemm.PACK_COLS), np.nan, np.float32)
+    numba.njit(lambda *a: gemm.packed_tile(*a))(x, i0, nr, wp, s, c)
+    rows = np.minimum(np.arange(gemm.PACK_ROWS), nr - 1) + i0  # rows past nr repeat the last valid one
+    expected = x[rows].astype(np.float64) @ wp[s].astype(np.float64)
+    _close(c, expected.astype(np.float32), np.float32, f"packed_tile nr={nr} K={K} s={s}")
+    twin = np.empty_like(c)
+    gemm.packed_tile(x, i0, nr, wp, s, twin)
+    _close(twin, expected.astype(np.float32), np.float32, f"packed_tile twin nr={nr} K={K} s={s}")
+
+
+@SETTINGS
+@given(M=st.integers(0, 40), K=st.integers(0, 30), Ns=st.lists(st.integers(1, 140), min_size=1, max_size=3),
+       seed=st.integers(0, 99), big=st.booleans(), epilogue=st.sampled_from(["bias", "gelu", "residual"]))  # fmt: skip
+def test_packed_weights_give_the_same_bits_as_the_stored_layout(M, K, Ns, seed, big, epilogue):
+    """The two kernels compute each output as the same chain of FMAs over k and the same epilogue: packed
+    weights change the speed, not one bit, serial or parallel (big: above SERIAL_BELOW_FLOPS, and past one
+    block of BLOCK_M rows)."""
+    rng = np.random.default_rng(seed)
+    if big:
+        M, K = M + gemm.BLOCK_M + 5, K + 100
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    ws = [rng.standard_normal((N, K), dtype=np.float32) for N in Ns]
+    bs = [rng.standard_normal(N).astype(np.float32) if i != 1 else None for i, N in enumerate(Ns)]
+    packed = [gemm.PackedWeight(w) for w in ws]
+    for got, want in zip(gemm.linear_many(x, list(zip(packed, bs))), gemm.linear_many(x, list(zip(ws, bs))),
+                         strict=True):  # fmt: skip
+        np.testing.assert_array_equal(got, want, err_msg=f"linear_many M={M} K={K} Ns={Ns}")
+    kw = {"gelu": {"activation": "gelu"}, "residual": {"residual": rng.standard_normal((M, Ns[0]), dtype=np.float32)}}
+    np.testing.assert_array_equal(gemm.linear(x, packed[0], bs[0], **kw.get(epilogue, {})),
+                                  gemm.linear(x, ws[0], bs[0], **kw.get(epilogue, {})), err_msg=f"{epilogue}")  # fmt: skip
+
+
+def test_packed_weights_refuse_other_dtypes_mixed_calls_and_other_widths():
+    w = np.ones((4, 5), np.float32)
+    p = gemm.PackedWeight(w)
+    with pytest.raises(ValueError, match="packed weights take float32 inputs"):
+        gemm.linear(np.ones((3, 5)), p)  # float64 x
+    with pytest.raises(ValueError, match="packed weights only or none"):
+        gemm.linear_many(np.ones((3, 5), np.float32), [(p, None), (w, None)])
+    with pytest.raises(ValueError, match=r"packed weight of shape \(4, 5\) does not take inputs of 6 features"):
+        gemm.linear(np.ones((3, 6), np.float32), p)
 
 
 # ------------------------------------------------------------------------------------------------ norm, GELU

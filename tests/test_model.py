@@ -273,6 +273,35 @@ def test_save_then_load_round_trips_exactly(tmp_path, head):
         np.testing.assert_array_equal(loaded.state_dict()[k], v, err_msg=k)
 
 
+@pytest.mark.parametrize("head", [None, "seq_cls"])
+def test_numba_packs_the_encoder_linears_once_and_keeps_the_state_dict(tmp_path, head):
+    """The numba layer set holds each encoder Linear weight packed (float32; float64 keeps arrays); the state
+    dict keeps the weights as stored, including after the mapped pages under them were released, and the
+    outputs are the numpy backend's."""
+    from erniem_np.kernels.gemm import PackedWeight
+
+    cls = HEADS.get(head, ErnieMModel)
+    make(cls, head).save_pretrained(tmp_path)
+    model = cls.from_pretrained(tmp_path, backend="numba")  # memory-mapped: the packed sources are released
+    layer = model.base_params["encoder"]["layers"][0]
+    names = {"q_proj": layer["self_attn"]["self_attn"]["q_proj"], "out_proj": layer["self_attn"]["out_proj"],
+             "linear1": layer["linear1"], "linear2": layer["linear2"]}  # fmt: skip
+    assert all(isinstance(p["weight"], PackedWeight) for p in names.values())
+    stored = cls.from_pretrained(tmp_path, backend="numpy", mmap=False).state_dict()
+    for k, v in model.state_dict().items():
+        assert isinstance(v, np.ndarray), k
+        np.testing.assert_array_equal(v, stored[k], err_msg=k)
+    stored_linear1 = stored[cls.base_prefix + "encoder.layers.0.linear1.weight"]
+    np.testing.assert_array_equal(layer["linear1"]["weight"].unpack(), stored_linear1)
+    ids, mask = ids_batch([7, 4], 7)
+    got = model(input_ids=ids, attention_mask=mask)
+    want = cls.from_pretrained(tmp_path, backend="numpy")(input_ids=ids, attention_mask=mask)
+    key = "last_hidden_state" if head is None else "logits"
+    np.testing.assert_allclose(got[key], want[key], atol=2e-5, rtol=1e-5)
+    double = make(cls, head, dtype=np.float64, backend="numba")
+    assert isinstance(double.base_params["encoder"]["layers"][0]["linear1"]["weight"], np.ndarray)
+
+
 def test_load_takes_the_ffn_width_from_the_weights(tmp_path):
     # Paddle ignores intermediate_size (it builds 4 * hidden): a Paddle config may carry a wrong one
     model = make(intermediate_size=96)
@@ -409,7 +438,8 @@ def test_model_calls_from_several_python_threads():
 
 # The dispatchers warmup() compiles (fused.warmup: "every kernel a forward pass calls ... the serial twins ...
 # and ... the parallel kernels"), and the ones it leaves alone, by name; a new dispatcher fails the test until listed.
-WARMUP_COMPILES = {"gemm._gemm", "gemm._gemm_serial", "attention._attention", "attention._attention_serial",
+WARMUP_COMPILES = {"gemm._gemm", "gemm._gemm_serial", "gemm._gemm_packed", "gemm._gemm_packed_serial",
+                   "attention._attention", "attention._attention_serial",
                    "norm._layer_norm", "norm._layer_norm_serial"}  # fmt: skip
 WARMUP_LEAVES = {
     "norm._gelu_rows", "norm._gelu_rows_serial", "norm._gelu_rows_exact", "norm._gelu_rows_exact_serial",  # only

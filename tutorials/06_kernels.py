@@ -215,23 +215,24 @@ if COMPILED:
 #    It returns the signature `none(w, int64 x 4, panel, c, int64)` and `codegen`, which emits the IR:
 #    - sizes: `VW = VECTOR_BYTES // itemsize` lanes (8 or 16 floats), `NV = TILE_ROWS // VW` = 2,
 #      `VT = <8 x float>` or `<16 x float>`;
-#    - `w_rows`: six pointers to `w[j0 + j, k0]`, from `w`'s row stride (past `nc`, a `select`);
-#    - `fma` (`llvm.fma.v8f32` or `.v16f32`), a zero vector, `splat_mask` (all zeros: a shuffle with it
-#      broadcasts);
+#    - `w_rows`: six pointers to `w[j0 + j, k0]`, from `w`'s row stride (past `nc`, a `select`:
+#      `gemm.emit_row_pointers`);
+#    - `fma` (`llvm.fma.v8f32` or `.v16f32`) and a zero vector;
 #    - `tile_loop(nv, name)` emits one loop; `codegen` emits it twice, for all `NV` vectors and for the first
-#      half, and branches on `rows` to one of them. In each:
+#      half, and branches on `rows` to one of them. In each, `gemm.emit_phi_loop` builds the blocks:
 #    - block `tile.head`: `k` and the 12 accumulators are **phi nodes**, SSA values rather than memory: that is
 #      what lets them live in registers;
-#    - block `tile.body` (printed below): 2 vector loads of panel row `k`; per row of `W`, load `w[j, k]`, splat
-#      it (`insert_element` + `shuffle_vector`: a `vbroadcastss`), 2 `fma` calls, whose results feed the phis;
-#    - block `tile.done`: store the 12 vectors to `c`.
+#    - block `tile.body`: what `step(k, acc)` (printed below) emits, 2 vector loads of panel row `k`, and per
+#      row of `W` a load of `w[j, k]`, its splat (`gemm.emit_splat`: `insert_element` + `shuffle_vector`, a
+#      `vbroadcastss`) and 2 `fma` calls, whose results feed the phis;
+#    - block `tile.done`: then `tile_loop` stores the 12 vectors to `c`.
 
 # %%
 twin = inspect.getsource(gemm.micro_tile).splitlines()
 body_ir = inspect.getsource(gemm._micro_tile_ir._defn).splitlines()
-start = next(i for i, s in enumerate(body_ir) if "position_at_end(body)" in s)  # the tile_loop body
-end = next(i for i, s in enumerate(body_ir) if "builder.branch(head)" in s and i > start)
-print("the twin:", *twin[-2:], "tile.body:", *body_ir[start : end + 1], sep="\n")
+start = next(i for i, s in enumerate(body_ir) if "def step(k, acc)" in s)  # what the loop body emits
+end = next(i for i, s in enumerate(body_ir) if "return new" in s and i > start)
+print("the twin:", *twin[-2:], "tile.body, as step(k, acc) emits it:", *body_ir[start : end + 1], sep="\n")
 
 # %% [markdown]
 # `codegen` reads `TILE_COLS` from the module's globals when it runs, so a copy of the generator (Numba keeps it
@@ -345,6 +346,39 @@ three = [(W, b), (W[::-1].copy(), None), (W[:29], b[:29])]
 for got, (w_, b_) in zip(gemm.linear_many(x, three), three, strict=True):
     assert np.allclose(got, gemm.linear_ref(x, w_, b_), atol=1e-4)
 
+# %% [markdown]
+# ## 8. The other layout: weights packed once, vectors along $N$
+#
+# `_gemm` leaves $W$ where it is stored and packs $x$ on every call; its tile holds $y^\top$, so the epilogue
+# ends in a scatter, each value to another row of `out`. A Linear layer of a loaded model has a weight that
+# never changes, so it can be laid out once for the kernel, as BLAS libraries do for a constant operand. The
+# encoder's Linear layers do that: `erniem_np/fused.py`'s `load_parameters` wraps each in a
+# `gemm.PackedWeight`, strips of `PACK_COLS` output columns, `packed[s, k, j] = W[s * PACK_COLS + j, k]`, and
+# `gemm.linear` then runs `_gemm_packed`. Its tile (`packed_tile`, `_packed_tile_ir`) turns the roles round:
+# per $k$ it loads `PACK_NV` vectors of the strip (consecutive output columns) and broadcasts $x_{r,k}$ for
+# each of `PACK_ROWS` = 6 rows, read in place:
+#
+# $$C_{r,:} \mathrel{+}= x_{r,k}\, \text{packed}_{s,k,:}, \qquad r = 0, \dots, 5 .$$
+#
+# With AVX-512 that is 6 rows x 4 zmm = 24 accumulators (64 columns); with AVX2, 6 x 2 ymm = 12 (16 columns).
+# A row of the tile is a piece of a row of `out`: the bias, GELU or residual run along it, and it is stored
+# as it is. No $x$ is packed, and a task reads its strip as one stream. Each output is still the same chain of
+# FMAs over $k$ followed by the same epilogue, so the two kernels agree bit for bit:
+
+# %%
+assert (gemm.PACK_ROWS, gemm.PACK_COLS) == (6, 4 * VW if VW == 16 else 2 * VW)
+packed_W = gemm.PackedWeight(W)
+assert packed_W.packed.shape == (-(-N // gemm.PACK_COLS), K, gemm.PACK_COLS)
+assert np.array_equal(packed_W.packed[0, :, 3], W[3]) and np.array_equal(packed_W.unpack(), W)
+for kw in ({}, {"activation": "gelu"}, {"residual": h}):
+    assert np.array_equal(gemm.linear(x, packed_W, b, **kw), gemm.linear(x, W, b, **kw))
+check_then_time(f"6. packed weight, {threads} threads", gemm.linear, x, packed_W, b)
+
+# %% [markdown]
+# The packing costs one pass over the weights at load, not per call; where the weight came from a
+# memory-mapped checkpoint, `load_parameters` releases the mapped pages afterwards, so the model holds one copy.
+
+# %%
 # The measurements, checked before drawing: every rate positive and finite, every version within 1e-4.
 blas = results["OpenBLAS (numpy)"]
 print(f"M={M} K={K} N={N} float32; Numba {threads} threads, OpenBLAS its default"

@@ -571,17 +571,17 @@ print("each instruction set's tile, emulated, equals micro_tile: sum_k xq wq, th
 
 # %% [markdown]
 # In `kernels/qgemm.py`, `_tile_intrinsic(isa)` makes one Numba `@intrinsic` per instruction set and
-# `_emit_tile` writes its LLVM IR, as chapter 6's float tile does: the group counter and the `ROWS * NV`
-# accumulators are phi nodes (so they live in registers), the loop body loads the weight vectors (for `avx2`
-# `sext` from `<16 x i8>` to `<16 x i16>`: a `vpmovsxbw`), splats 4 bytes of each row of $x$
-# (`insert_element` + `shuffle_vector`: a `vpbroadcastd`) and calls `llvm.x86.avx512.vpdpbusd.{256,512}` or
-# `llvm.x86.avx2.pmadd.wd` + `add`. The loop body:
+# `_emit_tile` writes its LLVM IR with chapter 6's helpers: `gemm.emit_phi_loop` makes the group counter and
+# the `ROWS * NV` accumulators phi nodes (so they live in registers), and its `step(g, acc)` emits the loop
+# body: it loads the weight vectors (for `avx2` `sext` from `<16 x i8>` to `<16 x i16>`: a `vpmovsxbw`), splats
+# 4 bytes of each row of $x$ (`gemm.emit_splat`: a `vpbroadcastd`) and calls
+# `llvm.x86.avx512.vpdpbusd.{256,512}` or `llvm.x86.avx2.pmadd.wd` + `add`. From the loads of $x$ on:
 
 # %%
 emit = inspect.getsource(qgemm._emit_tile).splitlines()
 start = next(n for n, line in enumerate(emit) if "x_offset = " in line)
-end = next(n for n, line in enumerate(emit) if "builder.branch(head)" in line and n > start)
-print(*emit[start:end], sep="\n")
+end = next(n for n, line in enumerate(emit) if "return new" in line and n > start)
+print(*emit[start : end + 1], sep="\n")
 tile_source = inspect.getsource(qgemm._tile_intrinsic)
 assert "llvm.trap" in tile_source and "supported_isas()" in tile_source
 
