@@ -334,6 +334,10 @@ class PackedWeight:
         packed.flags.writeable = False
         self.packed, self.shape, self.dtype = packed, (N, K), np.dtype(np.float32)
 
+    def __setstate__(self, state):  # an unpickled copy is read-only again: one Numba type, no second compile
+        self.__dict__.update(state)
+        self.packed.flags.writeable = False
+
     def unpack(self):
         """The weight [N, K] again (a copy)."""
         N, K = self.shape

@@ -204,6 +204,12 @@ class PackedInt8:
         if self.packed is not None:
             (self.packed,) = _readonly((self.packed,))
 
+    def __setstate__(self, state):  # an unpickled copy is read-only again: one Numba type, no second compile
+        self.__dict__.update(state)
+        self.scale, self.colsum = _readonly((self.scale, self.colsum))
+        if self.packed is not None:
+            (self.packed,) = _readonly((self.packed,))
+
     @classmethod
     def quantize(cls, w, isa: str | None = "auto") -> PackedInt8:
         return cls(*quantize_weight(w), isa=isa)

@@ -137,6 +137,20 @@ def test_a_kernel_loaded_from_the_cache_rounds_as_the_one_compiled(tmp_path):
     assert np.array_equal(compiled, cached), f"max |difference| {np.abs(compiled - cached).max():.3g}"
 
 
+
+
+def test_an_int8_weight_survives_pickling_read_only():
+    """As the float packed weight: an unpickled PackedInt8 is read-only again and computes the same."""
+    import pickle
+
+    w = qgemm.PackedInt8.quantize(np.random.default_rng(7).standard_normal((70, 9)).astype(np.float32))
+    copy = pickle.loads(pickle.dumps(w))
+    arrays = (copy.scale, copy.colsum) + (() if copy.packed is None else (copy.packed,))
+    assert not any(a.flags.writeable for a in arrays)
+    x = np.ones((4, 9), np.float32)
+    np.testing.assert_array_equal(qgemm.qlinear(x, copy), qgemm.qlinear(x, w))
+
+
 @pytest.mark.skipif(len(ISAS) < 2, reason="the CPU runs one int8 instruction set")
 def test_weights_packed_for_different_instruction_sets_in_one_call():
     """qlinear_many with weights packed for two instruction sets (PackedInt8(..., isa=...)) runs each set's

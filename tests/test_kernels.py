@@ -370,6 +370,18 @@ def test_packed_weights_give_the_same_bits_as_the_stored_layout(M, K, Ns, seed, 
                                   gemm.linear(x, ws[0], bs[0], **kw.get(epilogue, {})), err_msg=f"{epilogue}")  # fmt: skip
 
 
+def test_a_packed_weight_survives_pickling_read_only():
+    """A model sent to another process by pickle keeps its packed weights read-only (a writable copy would be
+    another Numba type: a second compile in that process), and computes the same."""
+    import pickle
+
+    w = np.random.default_rng(6).standard_normal((70, 9)).astype(np.float32)
+    copy = pickle.loads(pickle.dumps(gemm.PackedWeight(w)))
+    assert not copy.packed.flags.writeable and copy.shape == (70, 9)
+    x = np.ones((4, 9), np.float32)
+    np.testing.assert_array_equal(gemm.linear(x, copy), gemm.linear(x, w))
+
+
 def test_packed_weights_refuse_other_dtypes_mixed_calls_and_other_widths():
     w = np.ones((4, 5), np.float32)
     p = gemm.PackedWeight(w)
