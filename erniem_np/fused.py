@@ -15,7 +15,7 @@ import numpy as np
 
 from . import layers
 from .activations import ACTIVATIONS
-from .checkpoints.safetensors_file import page_releaser
+from .checkpoints.safetensors_file import release_mapped
 from .kernels import attention, gemm, norm
 
 # The embedding lookup and the mask are the same NumPy code on both backends.
@@ -38,20 +38,8 @@ def load_parameters(shapes, state_dict, dtype, owner):
                 if name in group and isinstance(group[name].get("weight"), np.ndarray):
                     w = group[name]["weight"]
                     group[name] = dict(group[name], weight=gemm.PackedWeight(w))
-                    _release_mapped(w)
+                    release_mapped(w)
     return flat, tree
-
-
-def _release_mapped(a):
-    """Tell the kernel the pages of ``a`` are no longer needed, when ``a`` is a view of a memory-mapped file."""
-    base = a
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    if isinstance(base, memoryview):  # np.frombuffer over the mapping
-        base = base.obj
-    release = page_releaser(base)
-    if release is not None:
-        release(a)
 
 
 embeddings = layers.embeddings

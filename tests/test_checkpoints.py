@@ -471,3 +471,31 @@ def test_model_reads_word_rows_from_the_file_with_the_same_numbers(tmp_path, mon
     b = whole(input_ids=ids, output_hidden_states=True)
     assert calls == [(2, 5)]
     assert all(np.array_equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states, strict=True))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status") or not hasattr(mmap, "MADV_DONTNEED"),
+                    reason="reads RssFile from /proc (Linux)")  # fmt: skip
+def test_release_mapped_drops_the_pages_of_a_mapped_view_and_leaves_others(tmp_path):
+    """After packing, the numba layers release the mapped pages under a weight: resident file pages fall by
+    the array's size, its values read back unchanged (they reload from the file), and an array in memory is
+    left alone."""
+    from erniem_np.checkpoints.safetensors_file import map_file, release_mapped
+
+    def rss_file_kb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+    data = np.arange(8 << 20, dtype=np.float32)  # 32 MB
+    path = tmp_path / "w.bin"
+    data.tofile(path)
+    buf = map_file(str(path))
+    view = np.frombuffer(buf, dtype=np.float32).reshape(-1, 1024)[:, :]  # a view of a view of the mapping
+    assert view.sum(dtype=np.float64) == data.sum(dtype=np.float64)  # every page touched, so resident
+    before = rss_file_kb()
+    release_mapped(view)
+    after = rss_file_kb()
+    assert before - after > 0.9 * data.nbytes / 1024, (before, after)
+    np.testing.assert_array_equal(view.ravel(), data)
+    in_memory = data.copy()
+    release_mapped(in_memory)  # not mapped: nothing to release, nothing changed
+    np.testing.assert_array_equal(in_memory, data)

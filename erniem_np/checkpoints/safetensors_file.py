@@ -170,6 +170,20 @@ def page_releaser(buf) -> Callable[[np.ndarray], None] | None:
     return release
 
 
+def release_mapped(a: np.ndarray) -> None:
+    """``page_releaser`` for an array that may be a view of a mapped file (``np.frombuffer`` over the mapping,
+    then any views of that): its pages are released after a copy of it was made. Other arrays are left as
+    they are."""
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer keeps the buffer it was given as a memoryview
+        base = base.obj
+    release = page_releaser(base)
+    if release is not None:
+        release(a)
+
+
 def array_at(buf, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:
     """A view of ``buf`` (C order) at ``offset`` (StoredTensor.array copies it if it is unaligned)."""
     count = int(np.prod(shape, dtype=np.int64))
