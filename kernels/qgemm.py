@@ -197,18 +197,27 @@ class PackedInt8:
         self.shape = q.shape
         self.colsum = q.astype(np.int32).sum(axis=1, dtype=np.int32)
         self.isa = int8_isa() if isa == "auto" else isa
-        self.packed = None if self.isa is None else pack(q, ISAS[self.isa])
+        self.packed = self.strip_colsum = self.strip_scale = None
+        if self.isa is not None:
+            self.packed = pack(q, ISAS[self.isa])
+            padded = self.packed.shape[0] * ISAS[self.isa].COLS  # whole strips: a tile reads whole vectors
+            self.strip_colsum = np.zeros(padded, np.int32)
+            self.strip_colsum[: q.shape[0]] = self.colsum
+            self.strip_scale = np.zeros(padded, np.float32)
+            self.strip_scale[: q.shape[0]] = self.scale
+        self._make_readonly()
+
+    def _make_readonly(self):
         # read-only, so that weights from a mapped checkpoint and from memory have one Numba type (the kernel
         # is compiled once) without a call making views of them each time
         self.scale, self.colsum = _readonly((self.scale, self.colsum))
         if self.packed is not None:
-            (self.packed,) = _readonly((self.packed,))
+            self.packed, self.strip_colsum, self.strip_scale = _readonly((self.packed, self.strip_colsum,
+                                                                          self.strip_scale))  # fmt: skip
 
     def __setstate__(self, state):  # an unpickled copy is read-only again: one Numba type, no second compile
         self.__dict__.update(state)
-        self.scale, self.colsum = _readonly((self.scale, self.colsum))
-        if self.packed is not None:
-            (self.packed,) = _readonly((self.packed,))
+        self._make_readonly()
 
     @classmethod
     def quantize(cls, w, isa: str | None = "auto") -> PackedInt8:
@@ -219,7 +228,9 @@ class PackedInt8:
 
     @property
     def nbytes(self) -> int:
-        return self.scale.nbytes + self.colsum.nbytes + (self.q.nbytes if self.packed is None else self.packed.nbytes)
+        if self.packed is None:
+            return self.scale.nbytes + self.colsum.nbytes + self.q.nbytes
+        return self.scale.nbytes + self.colsum.nbytes + self.packed.nbytes + 2 * self.strip_scale.nbytes
 
 
 def pack(q, isa: Isa):
@@ -249,49 +260,97 @@ def micro_tile(xq, i0, nr, wp, s, kg, c, code):
     c[:, :] = x @ w.T
 
 
-def _tile_intrinsic(isa: Isa):
-    """``micro_tile`` for one instruction set, written in LLVM IR with vector types.
+def dequant_tile(xq, i0, nr, wp, s, kg, y, yi, yj, zx, sx, colsum, sw, b, res, add_res, code):
+    """The tile's products finished in registers and stored as float32: for r < nr, i = i0 + r and the strip's
+    columns j = s COLS + t (t < COLS),
+    ``y[yi + r, yj + t] = fma(float32(c[r, t] - zx[i] colsum[j]), sx[i] sw[j], b[j])`` (one rounding for the
+    multiply-add), then ``+ res[i, yj + t]`` when ``add_res`` (a separate add: (y + b) + r, never y + (b + r)).
+    ``colsum``, ``sw`` and ``b`` cover whole strips (zeros past N); y's rows past nr are not touched.
+
+    This NumPy body is the twin (the fused multiply-add emulated in float64: the product of two float32 is
+    exact there, so only the sum rounds twice, rarely one ulp away from the kernel's)."""
+    cols = wp.shape[2]
+    c = np.empty((nr, cols), dtype=np.int32)
+    micro_tile(xq, i0, nr, wp, s, kg, c, code)
+    i = np.arange(i0, i0 + nr)
+    j = np.arange(s * cols, (s + 1) * cols)
+    t = (c.astype(np.int64) - zx[i, None].astype(np.int64) * colsum[None, j]).astype(np.int32).astype(np.float32)
+    scale = sx[i, None] * sw[None, j]  # float32
+    v = (t.astype(np.float64) * scale.astype(np.float64) + b[None, j]).astype(np.float32)
+    if add_res:
+        v = v + res[i, yj : yj + cols]
+    y[yi : yi + nr, yj : yj + cols] = v
+
+
+def _tile_intrinsic(isa: Isa, dequant: bool):
+    """``micro_tile`` (``dequant`` False) or ``dequant_tile`` for one instruction set, written in LLVM IR with
+    vector types.
 
     Per group g of G values of K: load the strip's NV weight vectors (G values of each of LANES columns; for
     avx2 16 int8 sign-extended to int16, ``vpmovsxbw``), then for each of the ROWS rows broadcast its 4 bytes
     of x (G values) and multiply-accumulate into that row's NV int32 accumulators (``vpdpbusd``, or
-    ``vpmaddwd`` + ``vpaddd``), held in registers as phis. After the loop the accumulators are stored to c.
+    ``vpmaddwd`` + ``vpaddd``), held in registers as phis. After the loop the accumulators are stored to c,
+    or finished in registers (``_emit_dequant``) and stored to y.
 
     The kernel compiles the tiles of every instruction set and calls the one its weight was packed for; a
     tile whose instructions this CPU lacks, or whose x dtype is not the one given, compiles to a trap that
     is never reached (the CPU could not even compile its instructions)."""
 
-    @intrinsic
-    def tile(typingctx, xq, i0, nr, wp, s, kg, c):
-        if not (isinstance(xq, types.Array) and isinstance(wp, types.Array) and wp.dtype == types.int8
-                and isinstance(c, types.Array) and c.dtype == types.int32):  # fmt: skip
-            return None
-        usable = np.dtype(isa.x_dtype) == np.dtype(str(xq.dtype)) and isa.name in supported_isas()
+    def usable(xq):
+        return np.dtype(isa.x_dtype) == np.dtype(str(xq.dtype)) and isa.name in supported_isas()
 
+    def codegen_for(emit, is_usable):
         def codegen(context, builder, sig, args):
-            if not usable:
+            if not is_usable:
                 trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.trap")
                 builder.call(trap, [])
-                return context.get_dummy_value()
-            _emit_tile(isa, context, builder, sig, args)
+            else:
+                emit(isa, context, builder, sig, args)
             return context.get_dummy_value()
 
-        return types.none(xq, types.int64, types.int64, wp, types.int64, types.int64, c), codegen
+        return codegen
 
-    return tile
+    def arrays(*pairs):  # (array type, dtype, ndim): C-contiguous arrays of that dtype and rank
+        return all(isinstance(a, types.Array) and a.dtype == d and a.ndim == n and a.layout == "C"
+                   for a, d, n in pairs)  # fmt: skip
+
+    if not dequant:
+
+        @intrinsic
+        def tile(typingctx, xq, i0, nr, wp, s, kg, c):
+            if not (arrays((wp, types.int8, 4), (c, types.int32, 2)) and isinstance(xq, types.Array)):
+                return None
+            return (types.none(xq, types.int64, types.int64, wp, types.int64, types.int64, c),
+                    codegen_for(_emit_tile, usable(xq)))  # fmt: skip
+
+        return tile
+
+    @intrinsic
+    def tile_dequant(typingctx, xq, i0, nr, wp, s, kg, y, yi, yj, zx, sx, colsum, sw, b, res, add_res):
+        f32, i32 = types.float32, types.int32
+        y_dtype, res_dtype = getattr(y, "dtype", None), getattr(res, "dtype", None)
+        if not isinstance(xq, types.Array) or not arrays((wp, types.int8, 4), (y, y_dtype, 2), (res, res_dtype, 2),
+                                                         (zx, i32, 1), (sx, f32, 1), (colsum, i32, 1), (sw, f32, 1),
+                                                         (b, f32, 1)):  # fmt: skip
+            return None
+        i64 = types.int64
+        sig = types.none(xq, i64, i64, wp, i64, i64, y, i64, i64, zx, sx, colsum, sw, b, res, types.boolean)
+        float_out = y_dtype == f32 and res_dtype == f32  # the raw sums' float64 out types this call, never runs it
+        return sig, codegen_for(_emit_tile_dequant, usable(xq) and float_out)
+
+    return tile_dequant
 
 
-def _emit_tile(isa: Isa, context, builder, sig, args):
-    xq_val, i0, nr, wp_val, s, kg, c_val = args
+def _emit_products(isa: Isa, context, builder, xq_type, xq_val, i0, nr, wp_type, wp_val, s, kg):
+    """The tile's ROWS x NV int32 accumulator vectors after the loop over the kg groups of K."""
     i8, i16, i32, i64 = (ir.IntType(n) for n in (8, 16, 32, 64))
     VT = ir.VectorType(i32, isa.LANES)
 
     def const(v):
         return ir.Constant(i64, v)
 
-    x_arr = context.make_array(sig.args[0])(context, builder, xq_val)
-    w_arr = context.make_array(sig.args[3])(context, builder, wp_val)
-    c_arr = context.make_array(sig.args[6])(context, builder, c_val)
+    x_arr = context.make_array(xq_type)(context, builder, xq_val)
+    w_arr = context.make_array(wp_type)(context, builder, wp_val)
     x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
     x_rows = emit_row_pointers(builder, x_arr.data, x_row_bytes, i0, nr, isa.ROWS)  # to xq[min(i0 + r, ...), 0]
     w_strides = cgutils.unpack_tuple(builder, w_arr.strides, 4)
@@ -330,14 +389,88 @@ def _emit_tile(isa: Isa, context, builder, sig, args):
                     new.append(builder.call(dp, [a, splat, wv[v]]))
         return new
 
-    acc = emit_phi_loop(builder, kg, [zeros] * (isa.ROWS * isa.NV), step, "qtile")  # for g in range(kg)
+    return emit_phi_loop(builder, kg, [zeros] * (isa.ROWS * isa.NV), step, "qtile")  # for g in range(kg)
+
+
+def _emit_tile(isa: Isa, context, builder, sig, args):
+    xq_val, i0, nr, wp_val, s, kg, c_val = args
+    acc = _emit_products(isa, context, builder, sig.args[0], xq_val, i0, nr, sig.args[3], wp_val, s, kg)
+    VT = ir.VectorType(ir.IntType(32), isa.LANES)
+    c_arr = context.make_array(sig.args[6])(context, builder, c_val)
     for r in range(isa.ROWS):  # c[r, v * LANES : (v + 1) * LANES] = acc
         for v in range(isa.NV):
-            ptr = builder.gep(c_arr.data, [const(r * isa.COLS + v * isa.LANES)])
+            ptr = builder.gep(c_arr.data, [ir.Constant(ir.IntType(64), r * isa.COLS + v * isa.LANES)])
             builder.store(acc[r * isa.NV + v], builder.bitcast(ptr, VT.as_pointer()), align=4)
 
 
-_tile_vnni512, _tile_vnni256, _tile_avx2 = (_tile_intrinsic(ISAS[name]) for name in ("vnni512", "vnni256", "avx2"))
+def _emit_tile_dequant(isa: Isa, context, builder, sig, args):
+    """Write prefetches for the tile's rows of y, the products, then per valid row: the zero-point correction
+    in int32, the conversion to float32, one fused multiply-add with the scales and the bias, the residual add
+    when asked, and the stores into y."""
+    xq, i0, nr, wp, s, kg, _, yi, yj, *_, add_res = args
+    i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+    IV, FV = ir.VectorType(i32, isa.LANES), ir.VectorType(f32, isa.LANES)
+
+    def const(v):
+        return ir.Constant(i64, v)
+
+    def data(k):  # the data pointer of array argument k
+        return context.make_array(sig.args[k])(context, builder, args[k]).data
+
+    def row_bytes(k):  # the row stride of 2-D array argument k
+        return cgutils.unpack_tuple(builder, context.make_array(sig.args[k])(context, builder, args[k]).strides, 2)[0]
+
+    def row_pointer(k, row):  # a float32 pointer to element 0 of row ``row`` of 2-D array argument k
+        base = builder.bitcast(data(k), i8.as_pointer())
+        return builder.bitcast(builder.gep(base, [builder.mul(row, row_bytes(k))]), f32.as_pointer())
+
+    def vector_at(ptr, index, vt):  # an unaligned vector load or store address: element ``index`` of ptr
+        return builder.bitcast(builder.gep(ptr, [index]), vt.as_pointer())
+
+    # the tile's output lines, asked for before the loop (a write prefetch): the stores then find them in cache
+    # rather than each waiting for its line (12% of a K = 768 GEMM at M = 1024, measured)
+    prefetch = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0"
+    )
+    y_rows = [row_pointer(6, builder.add(yi, builder.select(builder.icmp_signed("<", const(r), nr), const(r), const(0))))
+              for r in range(isa.ROWS)]  # fmt: skip
+    for y_row in y_rows:
+        line = builder.bitcast(builder.gep(y_row, [yj]), i8.as_pointer())
+        for offset in range(0, isa.COLS * 4, 64):  # write, keep in all cache levels, data
+            builder.call(prefetch, [builder.gep(line, [const(offset)]), *(ir.Constant(i32, v) for v in (1, 3, 1))])
+
+    acc = _emit_products(isa, context, builder, sig.args[0], xq, i0, nr, sig.args[3], wp, s, kg)
+
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(FV, [FV, FV, FV]), f"llvm.fma.v{isa.LANES}f32")
+    zx, sx, colsum, sw, b = (data(k) for k in (9, 10, 11, 12, 13))
+    j0 = builder.mul(s, const(isa.COLS))  # the strip's first column in colsum, sw and b
+    strip = [builder.add(j0, const(v * isa.LANES)) for v in range(isa.NV)]
+    cs_v = [builder.load(vector_at(colsum, j, IV), align=4) for j in strip]
+    sw_v = [builder.load(vector_at(sw, j, FV), align=4) for j in strip]
+    b_v = [builder.load(vector_at(b, j, FV), align=4) for j in strip]
+    y_cols = [builder.add(yj, const(v * isa.LANES)) for v in range(isa.NV)]
+    for r in range(isa.ROWS):
+        with builder.if_then(builder.icmp_signed("<", const(r), nr)):
+            i = builder.add(i0, const(r))
+            z = emit_splat(builder, builder.load(builder.gep(zx, [i])), IV)
+            si = emit_splat(builder, builder.load(builder.gep(sx, [i])), FV)
+            out = []
+            for v in range(isa.NV):
+                t = builder.sitofp(builder.sub(acc[r * isa.NV + v], builder.mul(z, cs_v[v])), FV)  # int32: exact
+                out.append(builder.call(fma, [t, builder.fmul(si, sw_v[v]), b_v[v]]))  # (x sx) sw: scales first
+            with builder.if_else(add_res) as (then, otherwise):
+                with then:  # (y + b) + r, never y + (b + r)
+                    res_row = row_pointer(14, i)
+                    for v in range(isa.NV):
+                        total = builder.fadd(out[v], builder.load(vector_at(res_row, y_cols[v], FV), align=4))
+                        builder.store(total, vector_at(y_rows[r], y_cols[v], FV), align=4)
+                with otherwise:
+                    for v in range(isa.NV):
+                        builder.store(out[v], vector_at(y_rows[r], y_cols[v], FV), align=4)
+
+
+_tile_vnni512, _tile_vnni256, _tile_avx2 = (_tile_intrinsic(ISAS[n], False) for n in ISAS)  # in ISAS order
+_dequant_vnni512, _dequant_vnni256, _dequant_avx2 = (_tile_intrinsic(ISAS[n], True) for n in ISAS)
 
 
 @overload(micro_tile, jit_options=JIT)
@@ -349,6 +482,20 @@ def _micro_tile_jit(xq, i0, nr, wp, s, kg, c, code):
             _tile_vnni256(xq, np.int64(i0), np.int64(nr), wp, np.int64(s), np.int64(kg), c)
         else:
             _tile_avx2(xq, np.int64(i0), np.int64(nr), wp, np.int64(s), np.int64(kg), c)
+
+    return impl
+
+
+@overload(dequant_tile, jit_options=JIT)
+def _dequant_tile_jit(xq, i0, nr, wp, s, kg, y, yi, yj, zx, sx, colsum, sw, b, res, add_res, code):
+    def impl(xq, i0, nr, wp, s, kg, y, yi, yj, zx, sx, colsum, sw, b, res, add_res, code):
+        i0, nr, s, kg, yi, yj = np.int64(i0), np.int64(nr), np.int64(s), np.int64(kg), np.int64(yi), np.int64(yj)
+        if code == 0:
+            _dequant_vnni512(xq, i0, nr, wp, s, kg, y, yi, yj, zx, sx, colsum, sw, b, res, add_res)
+        elif code == 1:
+            _dequant_vnni256(xq, i0, nr, wp, s, kg, y, yi, yj, zx, sx, colsum, sw, b, res, add_res)
+        else:
+            _dequant_avx2(xq, i0, nr, wp, s, kg, y, yi, yj, zx, sx, colsum, sw, b, res, add_res)
 
     return impl
 
@@ -406,12 +553,15 @@ _quantize_rows_serial = serial_twin(_quantize_rows, "_quantize_rows_serial")
 @jit(parallel=True)
 def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, cols, code):
     """outs[p] = dequant(xq . wps[p]) + bs[p] (+ GELU, or + residual): xq [M, Kp] quantized rows, wps[p]
-    [S_p, Kp / G, COLS, G] a packed weight, outs[p] [M, N_p]; one weight, or several that share the input
-    (q, k and v), whose strips form one parallel loop (one wake-up of the pool, not three).
+    [S_p, Kp / G, COLS, G] a packed weight with colsums[p], sws[p] and bs[p] covering its S_p COLS columns
+    (zeros past N: ``PackedInt8.strip_colsum``, ``strip_scale``), outs[p] [M, N_p]; one weight, or several
+    that share the input (q, k and v), whose strips form one parallel loop (one wake-up of the pool, not three).
 
     A task owns one strip of COLS output columns (its K x COLS int8 weights, 24-96 KB, stay in L2) and sweeps
-    all rows of x, ``rows`` at a time, through the register tile; each finished tile is dequantized, biased,
-    activated and stored while it is in L1. One level of parallelism, over the strips.
+    all rows of x, ``rows`` at a time, through the register tile, which dequantizes, biases and adds the
+    residual in registers (``dequant_tile``) and stores into out's rows; GELU then runs on those rows while
+    they are in L1. A strip narrower than COLS (N not a multiple of it) is finished in a scratch tile and
+    copied. One level of parallelism, over the strips.
     ``epilogue`` EPILOGUE_RAW writes the exact integer sums (for tests, into a float64 out)."""
     M = xq.shape[0]
     kg = wps[0].shape[1]
@@ -420,6 +570,7 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
     strips[0] = 0
     for p in range(n_parts):
         strips[p + 1] = strips[p] + wps[p].shape[0]
+    add_res = epilogue == EPILOGUE_RESIDUAL
     for task in prange(strips[n_parts]):
         p = 0
         while task >= strips[p + 1]:
@@ -430,35 +581,32 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
         j0 = s * cols
         nc = min(cols, N - j0)
         c = np.empty((rows, cols), dtype=np.int32)
-        scale = np.empty(cols, dtype=np.float32)
-        cs, ws, bias = colsum[j0 : j0 + nc], sw[j0 : j0 + nc], b[j0 : j0 + nc]
+        tile = np.empty((rows, cols), dtype=np.float32)
         for i0 in range(0, M, rows):
             nr = min(rows, M - i0)
-            micro_tile(xq, i0, nr, wp, s, kg, c, code)
-            for r in range(nr):  # the epilogue, on the tile while it is in L1, straight into out's row
-                i = i0 + r
-                z = zx[i]
-                o = out[i, j0 : j0 + nc]
-                cr = c[r]
-                if epilogue == EPILOGUE_RAW:
+            if epilogue == EPILOGUE_RAW:
+                micro_tile(xq, i0, nr, wp, s, kg, c, code)
+                for r in range(nr):
+                    z = zx[i0 + r]
+                    o = out[i0 + r, j0 : j0 + nc]
                     for j in range(nc):
-                        o[j] = np.int32(cr[j] - np.int32(z * cs[j]))
-                    continue
-                si = sx[i]
-                # each step in a loop of its own, so that every compilation rounds in one order: within one
-                # expression the fast-math flags let the compiler pick (x sx) sw or x (sx sw), and which sum to
-                # fuse with the product; the parallel kernel compiled in a process and the same kernel loaded
-                # from the cache can pick differently (3.8e-6 apart, measured)
-                for j in range(nc):
-                    scale[j] = si * ws[j]
-                for j in range(nc):  # int32 exact (|sum| < 2**31), then float32: vectorised
-                    o[j] = np.float32(np.int32(cr[j] - np.int32(z * cs[j]))) * scale[j] + bias[j]
-                if epilogue == EPILOGUE_GELU:
-                    gelu_row_f32(o)  # float32 GELU: its error is far below the next 8-bit step
-                elif epilogue == EPILOGUE_RESIDUAL:
-                    res = residual[i, j0 : j0 + nc]
-                    for j in range(nc):  # a loop of its own, like the scales: (y + b) + r, never y + (b + r)
-                        o[j] += res[j]
+                        o[j] = np.int32(c[r, j] - np.int32(z * colsum[j0 + j]))
+            elif nc == cols:
+                dequant_tile(xq, i0, nr, wp, s, kg, out, i0, j0, zx, sx, colsum, sw, b, residual, add_res, code)
+                if epilogue == EPILOGUE_GELU:  # float32 GELU: its error is far below the next 8-bit step
+                    for r in range(nr):
+                        gelu_row_f32(out[i0 + r, j0 : j0 + nc])
+            else:  # the last, narrower strip: the whole tile into scratch, then its nc columns
+                dequant_tile(xq, i0, nr, wp, s, kg, tile, 0, 0, zx, sx, colsum, sw, b, residual, False, code)
+                for r in range(nr):
+                    o = out[i0 + r, j0 : j0 + nc]
+                    o[:] = tile[r, :nc]
+                    if epilogue == EPILOGUE_GELU:
+                        gelu_row_f32(o)
+                    elif add_res:
+                        res = residual[i0 + r, j0 : j0 + nc]
+                        for j in range(nc):  # (y + b) + r, as the full strips add it
+                            o[j] += res[j]
 
 
 _qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")
@@ -529,7 +677,9 @@ def _qlinear_parts(x, params, activation, residual, raw, out_given=None):
         N = weight.shape[0]
         if weight.shape[1] != K:
             raise ValueError(f"an int8 weight {list(weight.shape)} does not take inputs of {K} features")
-        b = np.zeros(N, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        b = np.zeros(N if weight.packed is None else weight.strip_scale.shape[0], np.float32)  # whole strips
+        if bias is not None:
+            b[:N] = bias
         if out_given is None:
             out = np.empty((M, N), dtype=np.float64 if raw else np.float32)
         elif out_given.dtype != np.float32 or not out_given.flags.c_contiguous or out_given.size != M * N:
@@ -552,7 +702,7 @@ def _qlinear_parts(x, params, activation, residual, raw, out_given=None):
         ws, bs, outs = zip(*[part for part in kernel_parts if part[0].isa == name], strict=True)
         xq, sx, zx = quantize_rows(x2, isa)
         flops = 2 * M * K * sum(w.shape[0] for w in ws)
-        run(_qgemm, _qgemm_serial, flops, xq, sx, zx, tuple(w.packed for w in ws), tuple(w.colsum for w in ws),
-            tuple(w.scale for w in ws), _readonly(bs),
+        run(_qgemm, _qgemm_serial, flops, xq, sx, zx, tuple(w.packed for w in ws), tuple(w.strip_colsum for w in ws),
+            tuple(w.strip_scale for w in ws), _readonly(bs),
             outs[0] if r2 is None else r2, outs, epilogue, isa.ROWS, isa.COLS, ISA_CODES[isa.name])  # fmt: skip
     return results

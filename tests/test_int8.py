@@ -44,7 +44,7 @@ def test_kernel_sums_equal_the_integer_twin_bit_for_bit(isa, shape):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("epilogue", ["bias", "gelu", "residual"])
 def test_kernel_epilogues_match_the_twin(isa, epilogue):
-    M, K, N = 37, 96, 45
+    M, K, N = 37, 96, 173  # whole strips of 64 (and of 16) columns, then a narrower one
     x, w, b = _data(M, K, N, seed=1)
     residual = np.random.default_rng(2).standard_normal((M, N)).astype(np.float32)
     weight = qgemm.PackedInt8.quantize(w, isa=isa)
@@ -53,6 +53,48 @@ def test_kernel_epilogues_match_the_twin(isa, epilogue):
     ref = qgemm.qlinear_ref(x, weight.q, weight.scale, b, **kwargs)
     # the same integer sums; float32 epilogues differ by contraction into FMA and GELU's rational erf
     np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-6 * np.abs(ref).max())
+
+
+@needs_int8_cpu
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("add_res", [False, True])
+def test_the_register_epilogue_equals_its_twin(isa, add_res):
+    from numba import njit
+
+    info = qgemm.ISAS[isa]
+    M, K, N = 11, 70, 2 * info.COLS
+    x, w, b = _data(M, K, N, seed=3)
+    weight = qgemm.PackedInt8.quantize(w, isa=isa)
+    xq, sx, zx = qgemm.quantize_rows(x, info)
+    bias = np.zeros_like(weight.strip_scale)
+    bias[:N] = b
+    res = np.random.default_rng(4).standard_normal((M + 3, N + info.COLS)).astype(np.float32)
+    args = (weight.packed, 1, weight.packed.shape[1])  # strip 1
+    tails = (zx, sx, weight.strip_colsum, weight.strip_scale, bias, res, add_res, qgemm.ISA_CODES[isa])
+    call = njit(lambda xq, i0, nr, wp, s, kg, y, yi, yj, *t: qgemm.dequant_tile(xq, i0, nr, wp, s, kg, y, yi, yj, *t))
+    for i0, nr in ((0, info.ROWS), (6, 5), (10, 1)):  # a whole tile, and tiles of fewer valid rows
+        got = np.full((M + 3, N + info.COLS), 7.0, np.float32)
+        want = got.copy()
+        call(xq, i0, nr, *args, got, i0 + 2, 5, *tails)  # into rows i0 + 2.., columns 5..
+        qgemm.dequant_tile(xq, i0, nr, *args, want, i0 + 2, 5, *tails)  # the NumPy twin
+        assert np.sum(got != 7.0) == np.sum(want != 7.0) == nr * info.COLS  # nothing outside the tile's rows
+        ulps = np.abs(got.view(np.int32).astype(np.int64) - want.view(np.int32).astype(np.int64))
+        assert ulps.max() <= 1 and np.mean(ulps == 0) > 0.99  # the twin's float64 sum can round twice
+
+
+@needs_int8_cpu
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("epilogue", ["bias", "gelu", "residual"])
+def test_a_narrower_last_strip_gives_the_bits_of_a_whole_one(isa, epilogue):
+    cols = qgemm.ISAS[isa].COLS
+    M, K, n = 13, 50, cols // 2 + 3
+    x, w, b = _data(M, K, cols, seed=5)
+    residual = np.random.default_rng(6).standard_normal((M, cols)).astype(np.float32)
+    whole = qgemm.PackedInt8.quantize(w, isa=isa)
+    part = qgemm.PackedInt8(whole.q[:n], whole.scale[:n], isa=isa)
+    kw = {"gelu": ({"activation": "gelu"},) * 2, "residual": ({"residual": residual}, {"residual": residual[:, :n]})}
+    kw_whole, kw_part = kw.get(epilogue, ({}, {}))
+    np.testing.assert_array_equal(qgemm.qlinear(x, part, b[:n], **kw_part), qgemm.qlinear(x, whole, b, **kw_whole)[:, :n])
 
 
 @needs_int8_cpu
@@ -438,13 +480,18 @@ def test_the_isa_follows_the_cpu_numba_compiles_for():
 
     code = ("import numpy as np; from erniem_np.kernels import qgemm as q; print(q.supported_isas()); "
             "w = q.PackedInt8.quantize(np.ones((5, 9), np.float32)); x = np.ones((3, 9), np.float32); "
-            "print(w.isa, np.array_equal(q.qlinear(x, w, raw=True), q.qmatmul_ref(*q.quantize_rows_ref(x)[::2], w.q)))")  # fmt: skip
+            "print(w.isa, np.array_equal(q.qlinear(x, w, raw=True), q.qmatmul_ref(*q.quantize_rows_ref(x)[::2], w.q))); "
+            "rng = np.random.default_rng(0); x = rng.standard_normal((13, 40), np.float32); "
+            "w = q.PackedInt8.quantize(rng.standard_normal((37, 40), np.float32)); b = rng.standard_normal(37, np.float32); "
+            "r = rng.standard_normal((13, 37), np.float32); kws = ({}, {'activation': 'gelu'}, {'residual': r}); "
+            "print(all(np.allclose(q.qlinear(x, w, b, **k), q.qlinear_ref(x, w.q, w.scale, b, **k), rtol=1e-5, atol=1e-5) "
+            "for k in kws))")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "ERNIEM_NP_INT8_ISA"}  # the fake CPU picks its own
     env.update(NUMBA_CPU_NAME="haswell", ERNIEM_NP_CACHE_DIR="",
                NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+sse4.2,+popcnt,+bmi,+bmi2,+f16c,+lzcnt,+movbe,-avx512f,-avx512vnni,-avxvnni")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split("\n")[:2] == ["['avx2']", "avx2 True"], r.stdout
+    assert r.stdout.split("\n")[:3] == ["['avx2']", "avx2 True", "True"], r.stdout  # sums, then epilogues
 
 
 @needs_int8_cpu

@@ -570,15 +570,15 @@ for name, isa in qgemm.ISAS.items():
 print("each instruction set's tile, emulated, equals micro_tile: sum_k xq wq, the zero point not yet applied")
 
 # %% [markdown]
-# In `kernels/qgemm.py`, `_tile_intrinsic(isa)` makes one Numba `@intrinsic` per instruction set and
-# `_emit_tile` writes its LLVM IR with chapter 6's helpers: `gemm.emit_phi_loop` makes the group counter and
+# In `kernels/qgemm.py`, `_tile_intrinsic(isa, dequant)` makes Numba `@intrinsic`s per instruction set and
+# `_emit_products` writes their loop in LLVM IR with chapter 6's helpers: `gemm.emit_phi_loop` makes the group counter and
 # the `ROWS * NV` accumulators phi nodes (so they live in registers), and its `step(g, acc)` emits the loop
 # body: it loads the weight vectors (for `avx2` `sext` from `<16 x i8>` to `<16 x i16>`: a `vpmovsxbw`), splats
 # 4 bytes of each row of $x$ (`gemm.emit_splat`: a `vpbroadcastd`) and calls
 # `llvm.x86.avx512.vpdpbusd.{256,512}` or `llvm.x86.avx2.pmadd.wd` + `add`. From the loads of $x$ on:
 
 # %%
-emit = inspect.getsource(qgemm._emit_tile).splitlines()
+emit = inspect.getsource(qgemm._emit_products).splitlines()
 start = next(n for n, line in enumerate(emit) if "x_offset = " in line)
 end = next(n for n, line in enumerate(emit) if "return new" in line and n > start)
 print(*emit[start : end + 1], sep="\n")
@@ -645,8 +645,8 @@ if COMPILED and ISAS:
         packed = qgemm.PackedInt8(w2q, w2s, isa=name)
         xq_isa, sx_isa, zx_isa = qgemm.quantize_rows(act, isa)
         out = np.empty((act.shape[0], w2q.shape[0]), dtype=np.float64)
-        kernel(xq_isa, sx_isa, zx_isa, (packed.packed,), (packed.colsum,), (packed.scale,),
-               (np.zeros(w2q.shape[0], np.float32),), out, (out,), qgemm.EPILOGUE_RAW, isa.ROWS, isa.COLS,
+        kernel(xq_isa, sx_isa, zx_isa, (packed.packed,), (packed.strip_colsum,), (packed.strip_scale,),
+               (np.zeros_like(packed.strip_scale),), out, (out,), qgemm.EPILOGUE_RAW, isa.ROWS, isa.COLS,
                qgemm.ISA_CODES[name])  # fmt: skip
         assert np.array_equal(out, acc)
         asm = kernel.inspect_asm(kernel.signatures[-1])
@@ -666,11 +666,13 @@ else:
 # %% [markdown]
 # ### The epilogue
 #
-# A task of `_qgemm` owns a strip of `COLS` output columns and sweeps all rows of $x$ through the tile. Each
-# finished tile is still in L1, and the epilogue finishes it there: the zero-point correction in int32, the
-# scales and bias in float32, then GELU (`linear1`) or the residual add (`out_proj`, `linear2`), as the float32
-# GEMM's epilogues do (its GELU is evaluated in float32, `norm.gelu_row_f32`, within 1.5e-6 of exact GELU: far
-# below the 8-bit step that quantizes it next):
+# A task of `_qgemm` owns a strip of `COLS` output columns and sweeps all rows of $x$ through the tile. The
+# tile finishes its sums while they are still in registers (`dequant_tile`, whose IR `_emit_tile_dequant`
+# writes): the zero-point correction in int32, the conversion to float32, the scales and bias in one fused
+# multiply-add, the residual add (`out_proj`, `linear2`), and the stores into the output's rows, whose cache
+# lines it asked for (a write prefetch) before its loop began. GELU (`linear1`) then runs on those rows while
+# they are in L1, as the float32 GEMM's epilogue does (evaluated in float32, `norm.gelu_row_f32`, within
+# 1.5e-6 of exact GELU: far below the 8-bit step that quantizes it next):
 #
 # $$y_{ij} = \mathrm{float32}\big(c_{ij} - z_i\, \text{colsum}_j\big)\, s_{x,i}\, s_j + b_j
 # \quad\longrightarrow\quad \mathrm{GELU}(y_{ij}) \ \text{ or } \ y_{ij} + r_{ij} .$$
