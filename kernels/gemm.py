@@ -23,7 +23,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload, register_jitable
 
-from .norm import gelu_inplace, gelu_ref, gelu_row
+from .norm import gelu_inplace, gelu_ref, gelu_row, gelu_row_f32
 from .settings import JIT, cpu_features, jit, run, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL = 0, 1, 2
@@ -357,59 +357,177 @@ def packed_tile(x, i0, nr, wp, s, c):
     c[:, :] = x[rows] @ wp[s]
 
 
+@register_jitable
+def finish_narrow_strip(tile, out, i0, nr, j0, nc, gelu, gelu_f32, residual, add_res):
+    """The last strip of a weight whose N is not a multiple of the tile's columns: copy the nc valid columns of
+    the tile's nr rows (finished up to the bias) into out's rows from i0, columns from j0, then GELU
+    (``gelu_row``, or ``gelu_row_f32`` with gelu_f32) or the residual add, (y + b) + r as whole strips add it."""
+    for r in range(nr):
+        o = out[i0 + r, j0 : j0 + nc]
+        o[:] = tile[r, :nc]
+        if gelu:
+            if gelu_f32:
+                gelu_row_f32(o)
+            else:
+                gelu_row(o)
+        elif add_res:
+            res = residual[i0 + r, j0 : j0 + nc]
+            for j in range(nc):
+                o[j] += res[j]
+
+
+def packed_tile_out(x, i0, nr, wp, s, y, yi, yj, b, res, add_res):
+    """The tile finished in registers: for r < nr, ``y[yi + r, yj + t] = (x[i0 + r] @ wp[s])[t] + b[s PACK_COLS
+    + t]``, then ``+ res[i0 + r, yj + t]`` when ``add_res`` (two adds, in that order), for t < PACK_COLS; b
+    covers whole strips (zeros past N); y's rows past nr are not touched.
+
+    This NumPy body is the twin and runs when the JIT is disabled; compiled code gets ``_packed_tile_out_ir``."""
+    c = np.empty((PACK_ROWS, PACK_COLS), dtype=np.float32)
+    packed_tile(x, i0, nr, wp, s, c)
+    v = c[:nr] + b[s * PACK_COLS : (s + 1) * PACK_COLS]
+    if add_res:
+        v = v + res[i0 : i0 + nr, yj : yj + PACK_COLS]
+    y[yi : yi + nr, yj : yj + PACK_COLS] = v
+
+
+def _packed_products(context, builder, sig, args):
+    """The tile's PACK_ROWS x PACK_NV accumulator vectors after the loop over K (``packed_tile``'s loop: args
+    begin x, i0, nr, wp, s)."""
+    _, i0, nr, _, s = args[:5]
+    f32, VT = ir.FloatType(), ir.VectorType(ir.FloatType(), PACK_LANES)
+    const = functools.partial(ir.Constant, ir.IntType(64))
+    x_arr, w_arr = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3))
+    K = cgutils.unpack_tuple(builder, w_arr.shape, 3)[1]
+    x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
+    x_rows = [  # pointer to x[min(i0 + r, i0 + nr - 1), 0] for each row r of the tile
+        builder.bitcast(p, f32.as_pointer())
+        for p in emit_row_pointers(builder, x_arr.data, x_row_bytes, i0, nr, PACK_ROWS)
+    ]
+    strip_bytes = cgutils.unpack_tuple(builder, w_arr.strides, 3)[0]
+    w_bytes = builder.bitcast(w_arr.data, ir.IntType(8).as_pointer())
+    strip = builder.bitcast(builder.gep(w_bytes, [builder.mul(s, strip_bytes)]), f32.as_pointer())
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VT, [VT, VT, VT]),
+                                         f"llvm.fma.v{PACK_LANES}f32")  # fmt: skip
+    zeros = ir.Constant(VT, [ir.Constant(f32, 0.0)] * PACK_LANES)
+
+    def step(k, acc):  # one k: PACK_NV vector loads of the strip's row k, a broadcast and PACK_NV FMAs per row
+        w_row = builder.gep(strip, [builder.mul(k, const(PACK_COLS))])
+        wv = [builder.load(builder.bitcast(builder.gep(w_row, [const(v * PACK_LANES)]), VT.as_pointer()),
+                           align=4) for v in range(PACK_NV)]  # fmt: skip
+        new = []
+        for r in range(PACK_ROWS):
+            splat = emit_splat(builder, builder.load(builder.gep(x_rows[r], [k])), VT)  # x[i0 + r, k]
+            new += [builder.call(fma, [splat, wv[v], acc[r * PACK_NV + v]]) for v in range(PACK_NV)]
+        return new
+
+    return emit_phi_loop(builder, K, [zeros] * (PACK_ROWS * PACK_NV), step, "ptile")
+
+
+def emit_write_prefetch(builder, rows, nbytes):
+    """Ask for the cache lines of ``nbytes`` bytes at each of the byte pointers ``rows``, for writing: a tile
+    that writes them after its loop then finds them in cache instead of each store waiting for its line."""
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    prefetch = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0"
+    )
+    for row in rows:
+        for offset in range(0, nbytes, 64):  # write, keep in all cache levels, data
+            line = builder.gep(row, [ir.Constant(ir.IntType(64), offset)])
+            builder.call(prefetch, [line, *(ir.Constant(i32, v) for v in (1, 3, 1))])
+
+
+def _float_arrays(*arrays_ndim):
+    return all(isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == n and a.layout == "C"
+               for a, n in arrays_ndim)  # fmt: skip
+
+
 @intrinsic
 def _packed_tile_ir(typingctx, x, i0, nr, wp, s, c):
     """``packed_tile`` in LLVM IR: the register tile with its vectors along N, as BLAS's sgemm kernels lay it
     out when the weight is packed. Per k: PACK_NV vector loads of the strip's row k (PACK_COLS consecutive
     output columns), and for each of the PACK_ROWS rows of x a broadcast of x[i0 + r, k] (read in place) and
     PACK_NV FMAs into that row's accumulators (phis). After the loop the accumulators are stored to c, whose
-    rows are rows of the output: the epilogue then works along contiguous output columns."""
-    if not (isinstance(x, types.Array) and x.dtype == types.float32 and isinstance(wp, types.Array)
-            and wp.dtype == types.float32 and isinstance(c, types.Array) and c.dtype == types.float32):  # fmt: skip
+    rows are rows of the output."""
+    if not (isinstance(x, types.Array) and x.dtype == types.float32 and _float_arrays((wp, 3), (c, 2))):
         return None
 
     def codegen(context, builder, sig, args):
-        _, i0, nr, _, s, _ = args
-        f32, VT = ir.FloatType(), ir.VectorType(ir.FloatType(), PACK_LANES)
-        const = functools.partial(ir.Constant, ir.IntType(64))
-        x_arr, w_arr, c_arr = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 5))
-        K = cgutils.unpack_tuple(builder, w_arr.shape, 3)[1]
-        x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
-        x_rows = [  # pointer to x[min(i0 + r, i0 + nr - 1), 0] for each row r of the tile
-            builder.bitcast(p, f32.as_pointer())
-            for p in emit_row_pointers(builder, x_arr.data, x_row_bytes, i0, nr, PACK_ROWS)
-        ]
-        strip_bytes = cgutils.unpack_tuple(builder, w_arr.strides, 3)[0]
-        w_bytes = builder.bitcast(w_arr.data, ir.IntType(8).as_pointer())
-        strip = builder.bitcast(builder.gep(w_bytes, [builder.mul(s, strip_bytes)]), f32.as_pointer())
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(VT, [VT, VT, VT]),
-                                             f"llvm.fma.v{PACK_LANES}f32")  # fmt: skip
-        zeros = ir.Constant(VT, [ir.Constant(f32, 0.0)] * PACK_LANES)
-
-        def step(k, acc):  # one k: PACK_NV vector loads of the strip's row k, a broadcast and PACK_NV FMAs per row
-            w_row = builder.gep(strip, [builder.mul(k, const(PACK_COLS))])
-            wv = [builder.load(builder.bitcast(builder.gep(w_row, [const(v * PACK_LANES)]), VT.as_pointer()),
-                               align=4) for v in range(PACK_NV)]  # fmt: skip
-            new = []
-            for r in range(PACK_ROWS):
-                splat = emit_splat(builder, builder.load(builder.gep(x_rows[r], [k])), VT)  # x[i0 + r, k]
-                new += [builder.call(fma, [splat, wv[v], acc[r * PACK_NV + v]]) for v in range(PACK_NV)]
-            return new
-
-        acc = emit_phi_loop(builder, K, [zeros] * (PACK_ROWS * PACK_NV), step, "ptile")
+        acc = _packed_products(context, builder, sig, args)
+        VT = ir.VectorType(ir.FloatType(), PACK_LANES)
+        c_data = context.make_array(sig.args[5])(context, builder, args[5]).data
         for r in range(PACK_ROWS):  # c[r, v * LANES : (v + 1) * LANES] = acc
             for v in range(PACK_NV):
-                ptr = builder.gep(c_arr.data, [const(r * PACK_COLS + v * PACK_LANES)])
+                ptr = builder.gep(c_data, [ir.Constant(ir.IntType(64), r * PACK_COLS + v * PACK_LANES)])
                 builder.store(acc[r * PACK_NV + v], builder.bitcast(ptr, VT.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.none(x, types.int64, types.int64, wp, types.int64, c), codegen
 
 
+@intrinsic
+def _packed_tile_out_ir(typingctx, x, i0, nr, wp, s, y, yi, yj, b, res, add_res):
+    """``packed_tile_out`` in LLVM IR: write prefetches for the tile's rows of y, ``packed_tile``'s loop, then
+    per valid row the bias add, the residual add when asked, and the stores into y."""
+    if not (isinstance(x, types.Array) and x.dtype == types.float32
+            and _float_arrays((wp, 3), (y, 2), (b, 1), (res, 2))):  # fmt: skip
+        return None
+
+    def codegen(context, builder, sig, args):
+        _, i0, nr, _, s, _, yi, yj, _, _, add_res = args
+        i8, i64, f32 = ir.IntType(8), ir.IntType(64), ir.FloatType()
+        VT = ir.VectorType(f32, PACK_LANES)
+        const = functools.partial(ir.Constant, i64)
+        y_arr, b_arr, res_arr = (context.make_array(sig.args[k])(context, builder, args[k]) for k in (5, 8, 9))
+
+        def row_pointer(arr, row):  # a float32 pointer to element 0 of row ``row`` of a 2-D array
+            row_bytes = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+            base = builder.bitcast(arr.data, i8.as_pointer())
+            return builder.bitcast(builder.gep(base, [builder.mul(row, row_bytes)]), f32.as_pointer())
+
+        def vector_at(ptr, index):  # an unaligned vector address: element ``index`` of ptr
+            return builder.bitcast(builder.gep(ptr, [index]), VT.as_pointer())
+
+        y_rows = [row_pointer(y_arr, builder.add(yi, builder.select(builder.icmp_signed("<", const(r), nr),
+                                                                    const(r), const(0))))
+                  for r in range(PACK_ROWS)]  # fmt: skip
+        emit_write_prefetch(builder, [builder.bitcast(builder.gep(row, [yj]), i8.as_pointer()) for row in y_rows],
+                            PACK_COLS * 4)  # fmt: skip
+        acc = _packed_products(context, builder, sig, args)
+        j0 = builder.mul(s, const(PACK_COLS))
+        b_v = [builder.load(vector_at(b_arr.data, builder.add(j0, const(v * PACK_LANES))), align=4)
+               for v in range(PACK_NV)]  # fmt: skip
+        y_cols = [builder.add(yj, const(v * PACK_LANES)) for v in range(PACK_NV)]
+        for r in range(PACK_ROWS):
+            with builder.if_then(builder.icmp_signed("<", const(r), nr)):
+                out = [builder.fadd(acc[r * PACK_NV + v], b_v[v]) for v in range(PACK_NV)]
+                with builder.if_else(add_res) as (then, otherwise):
+                    with then:  # (y + b) + r, never y + (b + r)
+                        res_row = row_pointer(res_arr, builder.add(i0, const(r)))
+                        for v in range(PACK_NV):
+                            total = builder.fadd(out[v], builder.load(vector_at(res_row, y_cols[v]), align=4))
+                            builder.store(total, vector_at(y_rows[r], y_cols[v]), align=4)
+                    with otherwise:
+                        for v in range(PACK_NV):
+                            builder.store(out[v], vector_at(y_rows[r], y_cols[v]), align=4)
+        return context.get_dummy_value()
+
+    i64 = types.int64
+    return types.none(x, i64, i64, wp, i64, y, i64, i64, b, res, types.boolean), codegen
+
+
 @overload(packed_tile, jit_options=JIT)
 def _packed_tile_jit(x, i0, nr, wp, s, c):
     def impl(x, i0, nr, wp, s, c):
         _packed_tile_ir(x, np.int64(i0), np.int64(nr), wp, np.int64(s), c)
+
+    return impl
+
+
+@overload(packed_tile_out, jit_options=JIT)
+def _packed_tile_out_jit(x, i0, nr, wp, s, y, yi, yj, b, res, add_res):
+    def impl(x, i0, nr, wp, s, y, yi, yj, b, res, add_res):
+        _packed_tile_out_ir(x, np.int64(i0), np.int64(nr), wp, np.int64(s), y, np.int64(yi), np.int64(yj), b, res,
+                            add_res)  # fmt: skip
 
     return impl
 
@@ -422,10 +540,11 @@ def _gemm_packed(x, wps, bs, residual, outs, epilogue):
 
     A task owns one strip of PACK_COLS output columns (K x PACK_COLS floats: 192 KB at K = 768 with AVX-512,
     read from memory once and then from L2) and BLOCK_M rows of x, which it sweeps PACK_ROWS rows at a time
-    through ``packed_tile``; each finished tile gets its epilogue along the output row (bias; bias then GELU,
-    ``norm.gelu_row``; bias then the residual) while it is in L1, and is stored there. One level of
-    parallelism, over strips x row blocks. Against ``_gemm``: no packing of x per call, one weight stream per
-    task, and an epilogue over contiguous columns instead of a transposing scatter.
+    through ``packed_tile_out``: the tile adds the bias (bs[p] covers whole strips, zeros past N) and the
+    residual in registers and stores into out's rows; GELU (``norm.gelu_row``) then runs on those rows while
+    they are in L1. A strip narrower than PACK_COLS (N not a multiple of it) is finished in a scratch tile and
+    copied. One level of parallelism, over strips x row blocks. Against ``_gemm``: no packing of x per call,
+    one weight stream per task, and an epilogue in registers instead of a transposing scatter.
     Its speed: ``scripts/bench/bench_kernels.py --threads 2 --only model-gemms``; docs/performance.md."""
     M = x.shape[0]
     n_parts = len(wps)
@@ -434,6 +553,7 @@ def _gemm_packed(x, wps, bs, residual, outs, epilogue):
     strips[0] = 0
     for p in range(n_parts):
         strips[p + 1] = strips[p] + wps[p].shape[0]
+    add_res = epilogue == EPILOGUE_RESIDUAL
     for task in prange(strips[n_parts] * n_blocks):
         t = task // n_blocks  # the strip; the row blocks of one strip are neighbouring tasks
         m0 = (task % n_blocks) * BLOCK_M
@@ -444,22 +564,17 @@ def _gemm_packed(x, wps, bs, residual, outs, epilogue):
         s = t - strips[p]
         j0 = s * PACK_COLS
         nc = min(PACK_COLS, out.shape[1] - j0)
-        bias = b[j0 : j0 + nc]
         c = np.empty((PACK_ROWS, PACK_COLS), dtype=np.float32)
         for i0 in range(m0, min(M, m0 + BLOCK_M), PACK_ROWS):
             nr = min(PACK_ROWS, M - i0)
-            packed_tile(x, i0, nr, wp, s, c)
-            for r in range(nr):  # the epilogue, along row i0 + r of out
-                o = out[i0 + r, j0 : j0 + nc]
-                cr = c[r]
-                for j in range(nc):
-                    o[j] = cr[j] + bias[j]
+            if nc == PACK_COLS:
+                packed_tile_out(x, i0, nr, wp, s, out, i0, j0, b, residual, add_res)
                 if epilogue == EPILOGUE_GELU:
-                    gelu_row(o)
-                elif epilogue == EPILOGUE_RESIDUAL:
-                    res = residual[i0 + r, j0 : j0 + nc]
-                    for j in range(nc):
-                        o[j] += res[j]
+                    for r in range(nr):
+                        gelu_row(out[i0 + r, j0 : j0 + nc])
+            else:  # the last, narrower strip: the whole tile into scratch, then its nc columns
+                packed_tile_out(x, i0, nr, wp, s, c, 0, 0, b, residual, False)
+                finish_narrow_strip(c, out, i0, nr, j0, nc, epilogue == EPILOGUE_GELU, False, residual, add_res)
 
 
 _gemm_packed_serial = serial_twin(_gemm_packed, "_gemm_packed_serial")
@@ -553,7 +668,12 @@ def _linear_parts(x, params, residual, gelu=False):
     else:
         flops = 2 * M * K * sum(out.shape[1] for out in outs)
         if n_packed:
-            run(_gemm_packed, _gemm_packed_serial, flops, x2, tuple(ws), tuple(bs), r2, tuple(outs), epilogue)
+            strip_bs = []  # the biases over whole strips (zeros past N): a tile reads whole vectors
+            for w, b in zip(ws, bs, strict=True):
+                padded = np.zeros(w.shape[0] * PACK_COLS, np.float32)
+                padded[: b.shape[0]] = b
+                strip_bs.append(_readonly(padded))
+            run(_gemm_packed, _gemm_packed_serial, flops, x2, tuple(ws), tuple(strip_bs), r2, tuple(outs), epilogue)
         else:
             run(_gemm, _gemm_serial, flops, x2, tuple(ws), tuple(bs), r2, tuple(outs), epilogue,
                 _scratch(M, K, x2.dtype))  # fmt: skip

@@ -40,7 +40,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .gemm import emit_phi_loop, emit_row_pointers, emit_splat
+from .gemm import emit_phi_loop, emit_row_pointers, emit_splat, emit_write_prefetch, finish_narrow_strip
 from .norm import gelu_row_f32, order_key
 from .settings import JIT, cpu_features, jit, run, serial_twin
 
@@ -427,17 +427,12 @@ def _emit_tile_dequant(isa: Isa, context, builder, sig, args):
     def vector_at(ptr, index, vt):  # an unaligned vector load or store address: element ``index`` of ptr
         return builder.bitcast(builder.gep(ptr, [index]), vt.as_pointer())
 
-    # the tile's output lines, asked for before the loop (a write prefetch): the stores then find them in cache
-    # rather than each waiting for its line (12% of a K = 768 GEMM at M = 1024, measured)
-    prefetch = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0"
-    )
+    # the tile's output lines, asked for before the loop: the stores then find them in cache rather than each
+    # waiting for its line (12% of a K = 768 GEMM at M = 1024, measured)
     y_rows = [row_pointer(6, builder.add(yi, builder.select(builder.icmp_signed("<", const(r), nr), const(r), const(0))))
               for r in range(isa.ROWS)]  # fmt: skip
-    for y_row in y_rows:
-        line = builder.bitcast(builder.gep(y_row, [yj]), i8.as_pointer())
-        for offset in range(0, isa.COLS * 4, 64):  # write, keep in all cache levels, data
-            builder.call(prefetch, [builder.gep(line, [const(offset)]), *(ir.Constant(i32, v) for v in (1, 3, 1))])
+    emit_write_prefetch(builder, [builder.bitcast(builder.gep(row, [yj]), i8.as_pointer()) for row in y_rows],
+                        isa.COLS * 4)  # fmt: skip
 
     acc = _emit_products(isa, context, builder, sig.args[0], xq, i0, nr, sig.args[3], wp, s, kg)
 
@@ -598,15 +593,7 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
                         gelu_row_f32(out[i0 + r, j0 : j0 + nc])
             else:  # the last, narrower strip: the whole tile into scratch, then its nc columns
                 dequant_tile(xq, i0, nr, wp, s, kg, tile, 0, 0, zx, sx, colsum, sw, b, residual, False, code)
-                for r in range(nr):
-                    o = out[i0 + r, j0 : j0 + nc]
-                    o[:] = tile[r, :nc]
-                    if epilogue == EPILOGUE_GELU:
-                        gelu_row_f32(o)
-                    elif add_res:
-                        res = residual[i0 + r, j0 : j0 + nc]
-                        for j in range(nc):  # (y + b) + r, as the full strips add it
-                            o[j] += res[j]
+                finish_narrow_strip(tile, out, i0, nr, j0, nc, epilogue == EPILOGUE_GELU, True, residual, add_res)
 
 
 _qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")

@@ -346,6 +346,19 @@ def test_packed_tile_matches_its_twin(nr, K, s):
     twin = np.empty_like(c)
     gemm.packed_tile(x, i0, nr, wp, s, twin)
     _close(twin, expected.astype(np.float32), np.float32, f"packed_tile twin nr={nr} K={K} s={s}")
+    # finished in registers: + bias, + residual, stored into rows 2.. and columns 3.. of y; the same two adds
+    b = rng.standard_normal(wp.shape[0] * gemm.PACK_COLS, dtype=np.float32)
+    res = rng.standard_normal((9, gemm.PACK_COLS + 5), dtype=np.float32)
+    out_tile = numba.njit(lambda *a: gemm.packed_tile_out(*a))
+    for add_res in (False, True):
+        y, y_twin = (np.full((nr + 4, gemm.PACK_COLS + 5), 7.0, np.float32) for _ in range(2))
+        out_tile(x, i0, nr, wp, s, y, 2, 3, b, res, add_res)
+        gemm.packed_tile_out(x, i0, nr, wp, s, y_twin, 2, 3, b, res, add_res)
+        np.testing.assert_array_equal(y, y_twin)
+        want = c[:nr] + b[s * gemm.PACK_COLS : (s + 1) * gemm.PACK_COLS]
+        want = want + res[i0 : i0 + nr, 3 : 3 + gemm.PACK_COLS] if add_res else want
+        np.testing.assert_array_equal(y[2 : 2 + nr, 3 : 3 + gemm.PACK_COLS], want)
+        assert np.sum(y != 7.0) == nr * gemm.PACK_COLS  # nothing outside the tile's rows and columns
 
 
 @SETTINGS

@@ -361,9 +361,11 @@ for got, (w_, b_) in zip(gemm.linear_many(x, three), three, strict=True):
 # $$C_{r,:} \mathrel{+}= x_{r,k}\, \text{packed}_{s,k,:}, \qquad r = 0, \dots, 5 .$$
 #
 # With AVX-512 that is 6 rows x 4 zmm = 24 accumulators (64 columns); with AVX2, 6 x 2 ymm = 12 (16 columns).
-# A row of the tile is a piece of a row of `out`: the bias, GELU or residual run along it, and it is stored
-# as it is. No $x$ is packed, and a task reads its strip as one stream. Each output is still the same chain of
-# FMAs over $k$ followed by the same epilogue, so the two kernels agree bit for bit:
+# A row of the tile is a piece of a row of `out`, so the tile finishes in registers (`packed_tile_out`): it adds
+# the bias and the residual to its accumulators and stores them straight into `out`'s rows, whose cache lines
+# it asked for before its loop (a write prefetch); GELU then runs along those rows while they are in L1. No
+# $x$ is packed, and a task reads its strip as one stream. Each output is still the same chain of FMAs over
+# $k$ followed by the same adds, so the two kernels agree bit for bit:
 
 # %%
 assert (gemm.PACK_ROWS, gemm.PACK_COLS) == (6, 4 * VW if VW == 16 else 2 * VW)

@@ -11,8 +11,8 @@ q, k and v (--only qkv): three ``linear`` calls against one ``linear_many`` call
 512, 1024, alternating call by call, medians of 2 x --reps calls each.
 
 The model's GEMMs (--only model-gemms): the 48 GEMM calls of one ErnieM-base forward, with the model's own
-layout of work (12 layers with distinct random weights, 340 MB, so the weights stream from memory as in the
-model: q/k/v in one ``linear_many``, out_proj + residual, linear1 + GELU, linear2 + residual) at M = 128
+layout of work (12 layers with distinct random weights, 340 MB, packed at load as the model packs them
+(``gemm.PackedWeight``), so the weights stream from memory as in the model: q/k/v in one ``linear_many``, out_proj + residual, linear1 + GELU, linear2 + residual) at M = 128
 (B=1 L=128) and 1024 (B=8 L=128) rows, against the same products in OpenBLAS (np.matmul into preallocated
 outputs, bias and residual added in place; no GELU, which favours OpenBLAS), interleaved pass by pass with a
 pause after each, medians of --reps passes.
@@ -113,12 +113,14 @@ def bench_model_gemms(np, gemm, rng, reps, H=768, F=3072, n_layers=12):
 
     layers = [{"qkv": [linear_params(H, H) for _ in range(3)], "out": linear_params(H, H),
                "ffn1": linear_params(F, H), "ffn2": linear_params(H, F)} for _ in range(n_layers)]  # fmt: skip
+    packed = [{k: [(gemm.PackedWeight(w), b) for w, b in v] if k == "qkv" else (gemm.PackedWeight(v[0]), v[1])
+               for k, v in lay.items()} for lay in layers]  # as the model loads them  # fmt: skip
     print(f"\n{'M':>5}  {'OpenBLAS GF/s':>13}  {'erniem-np GF/s':>14}  ratio (medians of {reps} passes; 48 GEMMs each)")
     for M in (128, 1024):
         x, h = rng.standard_normal((M, H), dtype=np.float32), rng.standard_normal((M, F), dtype=np.float32)
 
         def ours(x=x, h=h):
-            for lay in layers:
+            for lay in packed:
                 gemm.linear_many(x, lay["qkv"])
                 gemm.linear(x, *lay["out"], residual=x)
                 gemm.linear(x, *lay["ffn1"], activation="gelu")
