@@ -290,7 +290,7 @@ def _tile_intrinsic(isa: Isa, dequant: bool):
     avx2 16 int8 sign-extended to int16, ``vpmovsxbw``), then for each of the ROWS rows broadcast its 4 bytes
     of x (G values) and multiply-accumulate into that row's NV int32 accumulators (``vpdpbusd``, or
     ``vpmaddwd`` + ``vpaddd``), held in registers as phis. After the loop the accumulators are stored to c,
-    or finished in registers (``_emit_dequant``) and stored to y.
+    or finished in registers (``_emit_tile_dequant``) and stored to y.
 
     The kernel compiles the tiles of every instruction set and calls the one its weight was packed for; a
     tile whose instructions this CPU lacks, or whose x dtype is not the one given, compiles to a trap that
