@@ -253,7 +253,7 @@ class Worker:
 def warm_kernel_cache(impls, threads):
     """Compile erniem-np's kernels into the kernel cache in a process of their own, before the workers load, so
     that each worker loads them from the cache and its peak RSS is the model's, not LLVM's: compiling inside
-    the workers added 130-160 MB to their peak at base size (measured 2026-12-06). With the cache off
+    the workers adds 130-160 MB to their peak at base size (docs/performance.md, run 19). With the cache off
     (``ERNIEM_NP_CACHE_DIR=``, or no private directory) the workers compile, and the run says so."""
     from erniem_np.kernels import settings
 

@@ -428,7 +428,7 @@ def _emit_tile_dequant(isa: Isa, context, builder, sig, args):
         return builder.bitcast(builder.gep(ptr, [index]), vt.as_pointer())
 
     # the tile's output lines, asked for before the loop: the stores then find them in cache rather than each
-    # waiting for its line (12% of a K = 768 GEMM at M = 1024, measured)
+    # waiting for its line (docs/performance.md, "The GEMM epilogues in registers", has what each step costs)
     y_rows = [row_pointer(6, builder.add(yi, builder.select(builder.icmp_signed("<", const(r), nr), const(r), const(0))))
               for r in range(isa.ROWS)]  # fmt: skip
     emit_write_prefetch(builder, [builder.bitcast(builder.gep(row, [yj]), i8.as_pointer()) for row in y_rows],
