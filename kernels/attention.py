@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from .gemm import TILE_COLS, TILE_ROWS, micro_tile
 from .norm import order_key
@@ -58,50 +59,71 @@ _EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.
 _EXP_FLUSH = -86.0  # below this exp(x) < 4.5e-38 is returned as 0 (2^n stays a normal float32's exponent)
 
 
-def exp_shifted(row, n, m, scale_bits):
-    """row[:n] = exp(row[:n] - m) in place. scale_bits [n] int32 is scratch.
+def exp_shifted(row, n, m):
+    """row[:n] = exp(row[:n] - m) in place.
 
     This NumPy body is the twin and runs when the JIT is disabled; compiled float32 code gets the polynomial
-    below (vectorised: 8 lanes per ymm), float64 code libm's exp.
+    below (one vectorised loop: 16 lanes per zmm), float64 code libm's exp.
     """
     row[:n] = np.exp(row[:n] - m)
 
 
+@intrinsic
+def float32_bits(typingctx, x):
+    """The int32 with the bits of a float32: an LLVM bitcast, free, and it vectorises."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def bits_float32(typingctx, bits):
+    """The float32 with the bits of an int32 (``float32_bits`` the other way)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
 # No reassociation here: it would merge the two-part ln 2 of the range reduction (measured: 4.5 ulp, not 0.5).
 @overload(exp_shifted, jit_options=dict(JIT, fastmath={"contract", "nsz"}))
-def _exp_shifted_jit(row, n, m, scale_bits):
+def _exp_shifted_jit(row, n, m):
     if row.dtype == types.float32:
 
-        def impl(row, n, m, scale_bits):
-            f = np.float32  # every constant float32, so no lane is widened to float64
+        def impl(row, n, m):
+            f, i32 = np.float32, np.int32  # every constant float32 or int32: no lane is widened to 64 bits
             log2e, hi, lo, flush = f(_LOG2E), f(_LN2_HI), f(_LN2_LO), f(_EXP_FLUSH)
             p0, p1, p2, p3, p4, p5 = f(_EXP_P[0]), f(_EXP_P[1]), f(_EXP_P[2]), f(_EXP_P[3]), f(_EXP_P[4]), f(_EXP_P[5])
             one, half, zero = f(1.0), f(0.5), f(0.0)
-            for j in range(n):  # exp(r) and n, branch-free so the loop vectorises
+            for j in range(n):  # branch-free, so the loop vectorises
                 x = row[j] - m
                 fn = np.floor(x * log2e + half)  # np: math.floor would return an int64
                 r = x - fn * hi - fn * lo
                 p = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
                 y = p * r * r + r + one
                 flushed = x < flush
-                row[j] = zero if flushed else y
-                scale_bits[j] = 0 if (flushed or x != x) else np.int32(fn) << np.int32(23)
-            bits = row.view(np.int32)
-            for j in range(n):  # times 2^n: add n to the exponent field
-                bits[j] += scale_bits[j]
+                # times 2^n: n added to the exponent field (nothing added to 0, or to NaN)
+                add = i32(0) if (flushed or x != x) else i32(i32(fn) << i32(23))
+                row[j] = bits_float32(i32(float32_bits(zero if flushed else y) + add))
 
         return impl
 
-    def impl(row, n, m, scale_bits):
+    def impl(row, n, m):
         for j in range(n):
             row[j] = math.exp(row[j] - m)
 
     return impl
 
 
-def row_max(row, n, key):
-    """max(row[:n]) of a float row with n >= 1; ``key`` is an int scratch array of 1 (its bits become the
-    result's). This NumPy body is the twin and runs when the JIT is disabled.
+def row_max(row, n):
+    """max(row[:n]) of a float row with n >= 1. This NumPy body is the twin and runs when the JIT is disabled.
 
     Compiled for float32 the maximum is taken on the float bits mapped to integers of the same order
     (``norm.order_key``): an integer max reduction vectorises, a float one (which must honour NaN) does not,
@@ -112,20 +134,18 @@ def row_max(row, n, key):
 
 
 @overload(row_max, jit_options=JIT)
-def _row_max_jit(row, n, key):
+def _row_max_jit(row, n):
     if row.dtype == types.float32:
 
-        def impl(row, n, key):
-            bits = row.view(np.int32)
-            m = order_key(bits[0])
+        def impl(row, n):
+            m = order_key(float32_bits(row[0]))
             for j in range(1, n):
-                m = max(m, order_key(bits[j]))
-            key[0] = order_key(m)  # the key back to float32 bits
-            return key.view(np.float32)[0]
+                m = np.int32(max(m, order_key(float32_bits(row[j]))))  # int32: 16 lanes per zmm (``order_key``)
+            return bits_float32(order_key(m))  # the key back to float32 bits
 
         return impl
 
-    def impl(row, n, key):
+    def impl(row, n):
         m = row[0]
         for j in range(1, n):
             m = max(m, row[j])
@@ -150,20 +170,24 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
     d = H // n_heads
     mb, mh, mq = mask.shape[0], mask.shape[1], mask.shape[2]
     sqrt_d = q.dtype.type(math.sqrt(d))  # HF: scores / sqrt(d), the divisor rounded to the compute dtype
+    inv_sqrt_d = q.dtype.type(1) / sqrt_d
+    exact_inverse = math.frexp(sqrt_d)[0] == 0.5  # sqrt_d a power of two (d = 4^n: 64 in ErnieM)
     n_kp = (Lk + TILE_ROWS - 1) // TILE_ROWS
     n_vp = (d + TILE_ROWS - 1) // TILE_ROWS
     for task in prange(B * n_heads):
         b = task // n_heads
         h = task % n_heads
         c0 = h * d
-        kp = np.zeros((n_kp, d, TILE_ROWS), dtype=q.dtype)  # kp[p, t, r] = k[b, TILE_ROWS p + r, c0 + t]
+        kp = np.empty((n_kp, d, TILE_ROWS), dtype=q.dtype)  # kp[p, t, r] = k[b, TILE_ROWS p + r, c0 + t]
         for j in range(Lk):
             kj = k[b, j, c0 : c0 + d]
             panel = kp[j // TILE_ROWS]
             r = j % TILE_ROWS
             for t in range(d):
                 panel[t, r] = kj[t]
-        vp = np.zeros((n_vp, Lk, TILE_ROWS), dtype=q.dtype)  # vp[p, j, r] = v[b, j, c0 + TILE_ROWS p + r]
+        for j in range(Lk, n_kp * TILE_ROWS):  # the last panel's padding: zeros (their scores are never read)
+            kp[n_kp - 1, :, j % TILE_ROWS] = 0
+        vp = np.empty((n_vp, Lk, TILE_ROWS), dtype=q.dtype)  # vp[p, j, r] = v[b, j, c0 + TILE_ROWS p + r]
         for p in range(n_vp):
             w = min(TILE_ROWS, d - p * TILE_ROWS)
             for j in range(Lk):
@@ -171,11 +195,11 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
                 dst = vp[p, j]
                 for r in range(w):
                     dst[r] = vj[r]
+                for r in range(w, TILE_ROWS):
+                    dst[r] = 0
         qb = q[b]
         S = np.empty((TILE_COLS, Lk), dtype=q.dtype)  # scores, then probabilities
         c = np.empty((TILE_COLS, TILE_ROWS), dtype=q.dtype)
-        scale_bits = np.empty(Lk, dtype=np.int32)
-        key = np.empty(1, dtype=np.int32)
         for i0 in range(0, L, TILE_COLS):
             nr = min(TILE_COLS, L - i0)
             for p in range(n_kp):  # S[r, j0 + col] = q_{i0 + r} . k_{j0 + col} (/ sqrt(d)) + mask
@@ -187,16 +211,16 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
                     mrow = mask[b if mb > 1 else 0, h if mh > 1 else 0, i0 + r if mq > 1 else 0, j0 : j0 + w]
                     for col in range(w):
                         x = c[r, col]
-                        if hf_scaling:
-                            x = x / sqrt_d
+                        if hf_scaling:  # HF divides; by a power of two, the multiply gives the same bits
+                            x = x * inv_sqrt_d if exact_inverse else x / sqrt_d
                         if has_mask:
                             x += mrow[col]
                         srow[col] = x
             for r in range(nr):  # softmax, head mask: one row at a time
                 i = i0 + r
                 row = S[r]
-                m = row_max(row, Lk, key)
-                exp_shifted(row, Lk, m, scale_bits)
+                m = row_max(row, Lk)
+                exp_shifted(row, Lk, m)
                 total = 0.0
                 for j in range(Lk):
                     total += row[j]

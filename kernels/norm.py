@@ -35,8 +35,12 @@ def gelu_ref(x):
 def order_key(bits):
     """The int32 bits of a float32 mapped to an int32 of the same order (negative floats have their magnitude
     bits flipped), and back: the map is its own inverse. A min/max reduction over these keys vectorises, where
-    one over floats, which must honour NaN, does not. A NaN maps beyond +-inf (by its sign bit)."""
-    return bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF))
+    one over floats, which must honour NaN, does not. A NaN maps beyond +-inf (by its sign bit).
+
+    The result is cast back to int32: Numba widens int32 arithmetic to int64, and a reduction over int64 keys
+    runs on 8 lanes per zmm instead of 16. Callers keep their running min/max int32 (``np.int32(max(m, k))``)
+    for the same reason."""
+    return np.int32(bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF)))
 
 
 def normalize_row(row, mean_hi, mean_lo, inv, weight, bias):

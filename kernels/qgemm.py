@@ -515,8 +515,8 @@ def _quantize_rows(x, xq, sx, zx, bounds):
         hi = np.int32(0)
         for k in range(K):
             key = order_key(row_bits[k])
-            lo = min(lo, key)
-            hi = max(hi, key)
+            lo = np.int32(min(lo, key))  # int32: 16 lanes per zmm (``order_key``)
+            hi = np.int32(max(hi, key))
         bounds[i, 0] = order_key(lo)  # the key back to float32 bits
         bounds[i, 1] = order_key(hi)
         lo_f = range_f[i, 0]

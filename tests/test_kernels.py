@@ -567,15 +567,14 @@ def test_attention_several_tiles(scaling, dtype):
 def test_softmax_row_max_on_float_bits():
     """``row_max`` (the softmax's maximum, taken on integer keys of the float32 bits) against NumPy's max:
     negative values and -0.0, +-inf, one value, a row prefix; a NaN with the sign bit clear is the maximum."""
-    row_max = numba.njit(lambda row, n, key: attention.row_max(row, n, key))
-    key = np.empty(1, np.int32)
+    row_max = numba.njit(lambda row, n: attention.row_max(row, n))
     rows = [[-3.0, -1.5, -7.0], [-0.0, 0.0, -1.0], [0.0, -0.0], [np.inf, 1.0], [-np.inf, -np.inf], [-np.inf, -5.0],
             [2.5], [-1e-45, -2e-45], [np.finfo(np.float32).min, np.finfo(np.float32).max]]  # fmt: skip
     for r in rows:
         x = np.float32(r + [99.0])  # the value past n is never read
-        assert row_max(x, len(r), key) == np.max(x[: len(r)]), r
+        assert row_max(x, len(r)) == np.max(x[: len(r)]), r
     nan = np.float32([1.0, np.nan, 2.0])
-    assert np.isnan(row_max(nan, 3, key)) and np.isnan(attention.row_max(nan, 3, key))
+    assert np.isnan(row_max(nan, 3)) and np.isnan(attention.row_max(nan, 3))
 
 
 @pytest.mark.parametrize("sign", [1, -1])
@@ -694,12 +693,12 @@ def test_attention_nan_row_stays_nan():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_exp_shifted_matches_exp(dtype):
     # the softmax's exp: a float32 polynomial when compiled (np.exp when the JIT is disabled), libm for float64
-    exp_shifted = numba.njit(lambda r, n, m, s: attention.exp_shifted(r, n, m, s))
+    exp_shifted = numba.njit(lambda r, n, m: attention.exp_shifted(r, n, m))
     grid = np.round(np.linspace(-90, 0, 200_001) * 1024) / 1024  # x + m and back are exact in float32
     x = np.concatenate([grid, [-np.inf, np.finfo(np.float32).min, -1e4, np.nan, -0.0]]).astype(dtype)
     m = dtype(1.5)
     row = x + m
-    exp_shifted(row, len(row) - 1, m, np.empty(len(row), np.int32))  # the last value must stay as it is
+    exp_shifted(row, len(row) - 1, m)  # the last value must stay as it is
     assert row[-1] == x[-1] + m
     got, x = row[:-1], x[:-1]
     exact = np.exp(x.astype(np.float64))
@@ -722,8 +721,8 @@ def test_exp_shifted_compiles_to_vector_code():
         pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
     if " avx2 " not in flags or " fma " not in flags:
         pytest.skip("the check is written for AVX2 with FMA")
-    exp_shifted = numba.njit(cache=False)(lambda r, n, m, s: attention.exp_shifted(r, n, m, s))
-    exp_shifted(np.zeros(64, np.float32), 64, np.float32(0), np.empty(64, np.int32))
+    exp_shifted = numba.njit(cache=False)(lambda r, n, m: attention.exp_shifted(r, n, m))
+    exp_shifted(np.zeros(64, np.float32), 64, np.float32(0))
     asm = exp_shifted.inspect_asm(exp_shifted.signatures[0])
     # ymm (8 float32 lanes) on AVX2; LLVM takes zmm (16 lanes) where the CPU has AVX-512
     assert re.search(r"vcvttps2dq\s+%[yz]mm", asm), "2^n is not computed on 8 or 16 float32 lanes"
