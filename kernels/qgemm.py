@@ -34,6 +34,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -546,17 +547,20 @@ _quantize_rows_serial = serial_twin(_quantize_rows, "_quantize_rows_serial")
 
 
 @jit(parallel=True)
-def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, cols, code):
+def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, cols, code, blocks):
     """outs[p] = dequant(xq . wps[p]) + bs[p] (+ GELU, or + residual): xq [M, Kp] quantized rows, wps[p]
     [S_p, Kp / G, COLS, G] a packed weight with colsums[p], sws[p] and bs[p] covering its S_p COLS columns
     (zeros past N: ``PackedInt8.strip_colsum``, ``strip_scale``), outs[p] [M, N_p]; one weight, or several
     that share the input (q, k and v), whose strips form one parallel loop (one wake-up of the pool, not three).
 
-    A task owns one strip of COLS output columns (its K x COLS int8 weights, 24-96 KB, stay in L2) and sweeps
-    all rows of x, ``rows`` at a time, through the register tile, which dequantizes, biases and adds the
-    residual in registers (``dequant_tile``) and stores into out's rows; GELU then runs on those rows while
-    they are in L1. A strip narrower than COLS (N not a multiple of it) is finished in a scratch tile and
-    copied. One level of parallelism, over the strips.
+    A task owns one strip of COLS output columns (its K x COLS int8 weights, 24-96 KB, stay in L2) for one of
+    ``blocks`` equal blocks of rows, and sweeps the block's rows, ``rows`` at a time, through the register
+    tile, which dequantizes, biases and adds the residual in registers (``dequant_tile``) and stores into
+    out's rows; GELU then runs on those rows while they are in L1. A strip narrower than COLS (N not a
+    multiple of it) is finished in a scratch tile and copied. One level of parallelism, over the tasks,
+    block-major: with one block per thread, each thread computes whole rows, the rows the row-parallel
+    kernels around it (quantizing, LayerNorm) give the same thread, so what one writes the next reads from
+    its own core's caches (``ROW_BLOCKS_FROM``).
     ``epilogue`` EPILOGUE_RAW writes the exact integer sums (for tests, into a float64 out)."""
     M = xq.shape[0]
     kg = wps[0].shape[1]
@@ -566,19 +570,22 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
     for p in range(n_parts):
         strips[p + 1] = strips[p] + wps[p].shape[0]
     add_res = epilogue == EPILOGUE_RESIDUAL
-    for task in prange(strips[n_parts]):
+    n_strips = strips[n_parts]
+    for task in prange(blocks * n_strips):
+        block, strip = task // n_strips, task % n_strips
+        row0, row1 = block * M // blocks, (block + 1) * M // blocks
         p = 0
-        while task >= strips[p + 1]:
+        while strip >= strips[p + 1]:
             p += 1
         wp, colsum, sw, b, out = wps[p], colsums[p], sws[p], bs[p], outs[p]
-        s = task - strips[p]
+        s = strip - strips[p]
         N = out.shape[1]
         j0 = s * cols
         nc = min(cols, N - j0)
         c = np.empty((rows, cols), dtype=np.int32)
         tile = np.empty((rows, cols), dtype=np.float32)
-        for i0 in range(0, M, rows):
-            nr = min(rows, M - i0)
+        for i0 in range(row0, row1, rows):
+            nr = min(rows, row1 - i0)
             if epilogue == EPILOGUE_RAW:
                 micro_tile(xq, i0, nr, wp, s, kg, c, code)
                 for r in range(nr):
@@ -598,6 +605,15 @@ def _qgemm(xq, sx, zx, wps, colsums, sws, bs, residual, outs, epilogue, rows, co
 
 _qgemm_serial = serial_twin(_qgemm, "_qgemm_serial")
 
+
+
+# From this many rows of x, the kernel gives each thread one block of whole rows (``_qgemm``'s ``blocks``):
+# the quantizer, LayerNorm and attention before and after it split rows the same way, so each thread reads
+# what its own core wrote; split by strips, half of every row would come from the other core's cache
+# (docs/performance.md has the measurement; ``NUMBA_NUM_THREADS=2 python scripts/bench/time_breakdown.py
+# --backend int8 --batch 8`` shows the split per kernel). Below it, strips: each thread would stream every
+# weight, and a short input has too few row tiles to share evenly.
+ROW_BLOCKS_FROM = 256
 
 
 def quantize_rows(x2, isa: Isa):
@@ -689,7 +705,8 @@ def _qlinear_parts(x, params, activation, residual, raw, out_given=None):
         ws, bs, outs = zip(*[part for part in kernel_parts if part[0].isa == name], strict=True)
         xq, sx, zx = quantize_rows(x2, isa)
         flops = 2 * M * K * sum(w.shape[0] for w in ws)
+        blocks = numba.get_num_threads() if M >= ROW_BLOCKS_FROM else 1
         run(_qgemm, _qgemm_serial, flops, xq, sx, zx, tuple(w.packed for w in ws), tuple(w.strip_colsum for w in ws),
             tuple(w.strip_scale for w in ws), _readonly(bs),
-            outs[0] if r2 is None else r2, outs, epilogue, isa.ROWS, isa.COLS, ISA_CODES[isa.name])  # fmt: skip
+            outs[0] if r2 is None else r2, outs, epilogue, isa.ROWS, isa.COLS, ISA_CODES[isa.name], blocks)  # fmt: skip
     return results

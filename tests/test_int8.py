@@ -99,6 +99,32 @@ def test_a_narrower_last_strip_gives_the_bits_of_a_whole_one(isa, epilogue):
 
 @needs_int8_cpu
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("epilogue", [qgemm.EPILOGUE_BIAS, qgemm.EPILOGUE_GELU, qgemm.EPILOGUE_RESIDUAL])
+def test_rows_split_into_blocks_give_the_bits_of_one_sweep(isa, epilogue):
+    """The kernel's row blocks (one per thread on long inputs, so each thread computes whole rows) change
+    which task computes a row, not its bits: block edges that cut a tile, more blocks than tiles, both kernels."""
+    info = qgemm.ISAS[isa]
+    M, K, N = 37, 96, 173
+    x, w, b = _data(M, K, N, seed=7)
+    weight = qgemm.PackedInt8.quantize(w, isa=isa)
+    xq, sx, zx = qgemm.quantize_rows(x, info)
+    bias = np.zeros_like(weight.strip_scale)
+    bias[:N] = b
+    residual = np.random.default_rng(8).standard_normal((M, N)).astype(np.float32)
+    results = []
+    for kernel in (qgemm._qgemm, qgemm._qgemm_serial):
+        for blocks in (1, 2, 3, 8):
+            out = np.full((M, N), np.nan, np.float32)
+            kernel(xq, sx, zx, (weight.packed,), (weight.strip_colsum,), (weight.strip_scale,), qgemm._readonly((bias,)),
+                   residual, (out,), epilogue, info.ROWS, info.COLS, qgemm.ISA_CODES[isa], blocks)  # fmt: skip
+            results.append(out)
+    assert not np.isnan(results[0]).any()
+    for out in results[1:]:
+        np.testing.assert_array_equal(out, results[0])
+
+
+@needs_int8_cpu
+@pytest.mark.parametrize("isa", ISAS)
 def test_the_extreme_sums_do_not_saturate(isa):
     """Codes 255 against weights +-127 at K = 4099: every pair, quad and total at its largest magnitude.
     A u8 x s8 pair summed in int16 (vpmaddubsw) would clip 2 * 255 * 127 = 64,770 to 32,767."""
