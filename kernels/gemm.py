@@ -17,6 +17,7 @@ import functools
 import math
 import threading
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -104,6 +105,7 @@ TILE_ROWS = VECTOR_BYTES // 2  # rows of x per packed panel: two float32 vectors
 TILE_COLS = 6  # rows of W (output columns) per register tile: 6 x 2 = 12 vector accumulators
 BLOCK_M = 256  # rows of x packed per pass
 BLOCK_K = 4096  # K slice per pass: whole K for ErnieM-base (768, 3072) and -large (1024, 4096)
+ROW_CHUNKS_FROM = 256  # from this many rows, ``_gemm_packed`` gives each thread whole rows (its ``chunks``)
 
 
 @register_jitable
@@ -534,7 +536,7 @@ def _packed_tile_out_jit(x, i0, nr, wp, s, y, yi, yj, b, res, add_res):
 
 
 @jit(parallel=True)
-def _gemm_packed(x, wps, bs, residual, outs, epilogue):
+def _gemm_packed(x, wps, bs, residual, outs, epilogue, chunks):
     """outs[p] = x W_p^T + bs[p] (+ GELU, or + residual) for x [M, K] float32 (read in place) and weights
     packed at load (``PackedWeight.packed``, [S_p, K, PACK_COLS]); one weight or several that share x (q, k
     and v), whose strips form one parallel loop.
@@ -544,20 +546,25 @@ def _gemm_packed(x, wps, bs, residual, outs, epilogue):
     through ``packed_tile_out``: the tile adds the bias (bs[p] covers whole strips, zeros past N) and the
     residual in registers and stores into out's rows; GELU (``norm.gelu_row``) then runs on those rows while
     they are in L1. A strip narrower than PACK_COLS (N not a multiple of it) is finished in a scratch tile and
-    copied. One level of parallelism, over strips x row blocks. Against ``_gemm``: no packing of x per call,
+    copied. One level of parallelism, over ``chunks`` x strips x row blocks: with one chunk of rows per
+    thread (from ROW_CHUNKS_FROM rows) each thread computes whole rows, the rows LayerNorm and attention
+    give the same thread, so each reads what its own core wrote. Against ``_gemm``: no packing of x per call,
     one weight stream per task, and an epilogue in registers instead of a transposing scatter.
     Its speed: ``scripts/bench/bench_kernels.py --threads 2 --only model-gemms``; docs/performance.md."""
     M = x.shape[0]
     n_parts = len(wps)
-    n_blocks = (M + BLOCK_M - 1) // BLOCK_M
+    n_blocks = ((M + chunks - 1) // chunks + BLOCK_M - 1) // BLOCK_M  # row blocks per chunk (a last one may be empty)
     strips = np.empty(n_parts + 1, dtype=np.int64)  # strips[p]: first strip of weight p (cumulative)
     strips[0] = 0
     for p in range(n_parts):
         strips[p + 1] = strips[p] + wps[p].shape[0]
+    n_strips = strips[n_parts]
     add_res = epilogue == EPILOGUE_RESIDUAL
-    for task in prange(strips[n_parts] * n_blocks):
-        t = task // n_blocks  # the strip; the row blocks of one strip are neighbouring tasks
-        m0 = (task % n_blocks) * BLOCK_M
+    for task in prange(chunks * n_strips * n_blocks):
+        chunk, rest = task // (n_strips * n_blocks), task % (n_strips * n_blocks)
+        t = rest // n_blocks  # the strip; the row blocks of one strip are neighbouring tasks
+        m0 = chunk * M // chunks + (rest % n_blocks) * BLOCK_M
+        m1 = min((chunk + 1) * M // chunks, m0 + BLOCK_M)
         p = 0
         while t >= strips[p + 1]:
             p += 1
@@ -566,8 +573,8 @@ def _gemm_packed(x, wps, bs, residual, outs, epilogue):
         j0 = s * PACK_COLS
         nc = min(PACK_COLS, out.shape[1] - j0)
         c = np.empty((PACK_ROWS, PACK_COLS), dtype=np.float32)
-        for i0 in range(m0, min(M, m0 + BLOCK_M), PACK_ROWS):
-            nr = min(PACK_ROWS, M - i0)
+        for i0 in range(m0, m1, PACK_ROWS):
+            nr = min(PACK_ROWS, m1 - i0)
             if nc == PACK_COLS:
                 packed_tile_out(x, i0, nr, wp, s, out, i0, j0, b, residual, add_res)
                 if epilogue == EPILOGUE_GELU:
@@ -674,7 +681,9 @@ def _linear_parts(x, params, residual, gelu=False):
                 padded = np.zeros(w.shape[0] * PACK_COLS, np.float32)
                 padded[: b.shape[0]] = b
                 strip_bs.append(_readonly(padded))
-            run(_gemm_packed, _gemm_packed_serial, flops, x2, tuple(ws), tuple(strip_bs), r2, tuple(outs), epilogue)
+            chunks = numba.get_num_threads() if M >= ROW_CHUNKS_FROM else 1
+            run(_gemm_packed, _gemm_packed_serial, flops, x2, tuple(ws), tuple(strip_bs), r2, tuple(outs), epilogue,
+                chunks)  # fmt: skip
         else:
             run(_gemm, _gemm_serial, flops, x2, tuple(ws), tuple(bs), r2, tuple(outs), epilogue,
                 _scratch(M, K, x2.dtype))  # fmt: skip

@@ -383,6 +383,29 @@ def test_packed_weights_give_the_same_bits_as_the_stored_layout(M, K, Ns, seed, 
                                   gemm.linear(x, ws[0], bs[0], **kw.get(epilogue, {})), err_msg=f"{epilogue}")  # fmt: skip
 
 
+@pytest.mark.parametrize("M", [37, 2 * gemm.BLOCK_M + 45])
+def test_packed_rows_split_into_chunks_give_the_bits_of_one_sweep(M):
+    """``_gemm_packed``'s row chunks (one per thread from ROW_CHUNKS_FROM rows, so each thread computes whole
+    rows) change which task computes a row, not its bits: chunk edges that cut a tile or a block, more chunks
+    than tiles, the parallel kernel and its serial twin, each epilogue."""
+    rng = np.random.default_rng(M)
+    K, N = 40, gemm.PACK_COLS + 7  # a whole strip, then a narrower one
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    wp = gemm.PackedWeight(rng.standard_normal((N, K), dtype=np.float32)).packed
+    b = rng.standard_normal(wp.shape[0] * gemm.PACK_COLS).astype(np.float32)
+    res = rng.standard_normal((M, N), dtype=np.float32)
+    for epilogue in (gemm.EPILOGUE_BIAS, gemm.EPILOGUE_GELU, gemm.EPILOGUE_RESIDUAL):
+        results = []
+        for kernel in (gemm._gemm_packed, gemm._gemm_packed_serial):
+            for chunks in (1, 2, 3, 7):
+                out = np.full((M, N), np.nan, np.float32)
+                kernel(x, (wp,), (b,), res, (out,), epilogue, chunks)
+                results.append(out)
+        assert not np.isnan(results[0]).any()
+        for out in results[1:]:
+            np.testing.assert_array_equal(out, results[0])
+
+
 def test_a_packed_weight_survives_pickling_read_only():
     """A model sent to another process by pickle keeps its packed weights read-only (a writable copy would be
     another Numba type: a second compile in that process), and computes the same."""
