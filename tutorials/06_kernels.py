@@ -364,7 +364,9 @@ for got, (w_, b_) in zip(gemm.linear_many(x, three), three, strict=True):
 # A row of the tile is a piece of a row of `out`, so the tile finishes in registers (`packed_tile_out`): it adds
 # the bias and the residual to its accumulators and stores them straight into `out`'s rows, whose cache lines
 # it asked for before its loop (a write prefetch); GELU then runs along those rows while they are in L1. No
-# $x$ is packed, and a task reads its strip as one stream. Each output is still the same chain of FMAs over
+# $x$ is packed, and a task reads its strip as one stream. On a long input (from `ROW_CHUNKS_FROM` rows) the
+# tasks are grouped into one chunk of whole rows per thread: LayerNorm and attention split rows among the
+# threads the same way, so each reads the rows its own core wrote. Each output is still the same chain of FMAs over
 # $k$ followed by the same adds, so the two kernels agree bit for bit:
 
 # %%

@@ -647,7 +647,7 @@ if COMPILED and ISAS:
         out = np.empty((act.shape[0], w2q.shape[0]), dtype=np.float64)
         kernel(xq_isa, sx_isa, zx_isa, (packed.packed,), (packed.strip_colsum,), (packed.strip_scale,),
                (np.zeros_like(packed.strip_scale),), out, (out,), qgemm.EPILOGUE_RAW, isa.ROWS, isa.COLS,
-               qgemm.ISA_CODES[name])  # fmt: skip
+               qgemm.ISA_CODES[name], 1)  # fmt: skip
         assert np.array_equal(out, acc)
         asm = kernel.inspect_asm(kernel.signatures[-1])
         census.update(tile_census(asm))
@@ -666,7 +666,9 @@ else:
 # %% [markdown]
 # ### The epilogue
 #
-# A task of `_qgemm` owns a strip of `COLS` output columns and sweeps all rows of $x$ through the tile. The
+# A task of `_qgemm` owns a strip of `COLS` output columns for a block of rows of $x$ (all of them on a short
+# input; on a long one, from `ROW_BLOCKS_FROM` rows, one block per thread, so that each thread computes whole
+# rows, the rows the quantizer and LayerNorm give it too) and sweeps them through the tile. The
 # tile finishes its sums while they are still in registers (`dequant_tile`, whose IR `_emit_tile_dequant`
 # writes): the zero-point correction in int32, the conversion to float32, the scales and bias in one fused
 # multiply-add, the residual add (`out_proj`, `linear2`), and the stores into the output's rows, whose cache
