@@ -73,6 +73,41 @@ def emit_phi_loop(builder, n, init, step, name):
     return acc
 
 
+# A tile's last rows rarely fill it (M = 128 leaves 2 rows for the last 6-row tile): a tile of nr rows runs the
+# smallest of these loops that holds them, so it pays for at most one row it does not need, not up to five.
+TILE_ROW_FORMS = (2, 4)
+
+
+def emit_row_forms(builder, nr, rows, per_row, zero, loop, name):
+    """Emit ``loop(f)`` (the tile's loop over K for f rows, returning f * per_row accumulators) for the
+    smallest f of TILE_ROW_FORMS + (rows,) that holds the tile's ``nr`` rows, chosen at run time; return
+    rows * per_row accumulators, merged by phis: a form's rows past f are ``zero`` (past nr: dropped by the
+    caller). ``nr`` is an int64 value."""
+    i64 = ir.IntType(64)
+    forms = [f for f in TILE_ROW_FORMS if f < rows] + [rows]
+    bodies = [builder.append_basic_block(f"{name}.rows{f}") for f in forms]
+    join = builder.append_basic_block(f"{name}.join")
+    for f, body in zip(forms[:-1], bodies[:-1], strict=True):  # nr <= 2: the first form, else nr <= 4: ...
+        other = builder.append_basic_block(f"{name}.over{f}")
+        builder.cbranch(builder.icmp_signed("<=", nr, ir.Constant(i64, f)), body, other)
+        builder.position_at_end(other)
+    builder.branch(bodies[-1])
+    ends = []
+    for f, body in zip(forms, bodies, strict=True):
+        builder.position_at_end(body)
+        acc = loop(f) + [zero] * ((rows - f) * per_row)
+        ends.append((acc, builder.block))
+        builder.branch(join)
+    builder.position_at_end(join)
+    merged = []
+    for i in range(rows * per_row):
+        phi = builder.phi(zero.type)
+        for acc, block in ends:
+            phi.add_incoming(acc[i], block)
+        merged.append(phi)
+    return merged
+
+
 def emit_splat(builder, value, vector_type):
     """``value`` in every lane of a vector (``insert_element`` + a shuffle with an all-zero mask: a broadcast)."""
     i32 = ir.IntType(32)
@@ -351,8 +386,9 @@ class PackedWeight:
 
 
 def packed_tile(x, i0, nr, wp, s, c):
-    """c [PACK_ROWS, PACK_COLS] = x[i0 + r] @ wp[s] for r < PACK_ROWS (rows past nr repeat the last valid row,
-    whose results the caller drops): x [M, K] read in place, wp a ``PackedWeight.packed``.
+    """c [PACK_ROWS, PACK_COLS] = x[i0 + r] @ wp[s] for r < nr: x [M, K] read in place, wp a
+    ``PackedWeight.packed``. c's rows past nr hold whatever the tile's form left there (the twin repeats the
+    last valid row, the compiled tile may leave zeros: ``emit_row_forms``); the caller drops them.
 
     This NumPy body is the twin and runs when the JIT is disabled; compiled code gets ``_packed_tile_ir``."""
     rows = np.minimum(np.arange(PACK_ROWS), nr - 1) + i0
@@ -394,7 +430,7 @@ def packed_tile_out(x, i0, nr, wp, s, y, yi, yj, b, res, add_res):
 
 def _packed_products(context, builder, sig, args):
     """The tile's PACK_ROWS x PACK_NV accumulator vectors after the loop over K (``packed_tile``'s loop: args
-    begin x, i0, nr, wp, s)."""
+    begin x, i0, nr, wp, s), for its first nr rows (``emit_row_forms``: the others are zeros or repeats)."""
     _, i0, nr, _, s = args[:5]
     f32, VT = ir.FloatType(), ir.VectorType(ir.FloatType(), PACK_LANES)
     const = functools.partial(ir.Constant, ir.IntType(64))
@@ -412,17 +448,20 @@ def _packed_products(context, builder, sig, args):
                                          f"llvm.fma.v{PACK_LANES}f32")  # fmt: skip
     zeros = ir.Constant(VT, [ir.Constant(f32, 0.0)] * PACK_LANES)
 
-    def step(k, acc):  # one k: PACK_NV vector loads of the strip's row k, a broadcast and PACK_NV FMAs per row
-        w_row = builder.gep(strip, [builder.mul(k, const(PACK_COLS))])
-        wv = [builder.load(builder.bitcast(builder.gep(w_row, [const(v * PACK_LANES)]), VT.as_pointer()),
-                           align=4) for v in range(PACK_NV)]  # fmt: skip
-        new = []
-        for r in range(PACK_ROWS):
-            splat = emit_splat(builder, builder.load(builder.gep(x_rows[r], [k])), VT)  # x[i0 + r, k]
-            new += [builder.call(fma, [splat, wv[v], acc[r * PACK_NV + v]]) for v in range(PACK_NV)]
-        return new
+    def loop(rows):  # for k in range(K), over the first ``rows`` rows of the tile
+        def step(k, acc):  # one k: PACK_NV vector loads of the strip's row k, a broadcast and PACK_NV FMAs per row
+            w_row = builder.gep(strip, [builder.mul(k, const(PACK_COLS))])
+            wv = [builder.load(builder.bitcast(builder.gep(w_row, [const(v * PACK_LANES)]), VT.as_pointer()),
+                               align=4) for v in range(PACK_NV)]  # fmt: skip
+            new = []
+            for r in range(rows):
+                splat = emit_splat(builder, builder.load(builder.gep(x_rows[r], [k])), VT)  # x[i0 + r, k]
+                new += [builder.call(fma, [splat, wv[v], acc[r * PACK_NV + v]]) for v in range(PACK_NV)]
+            return new
 
-    return emit_phi_loop(builder, K, [zeros] * (PACK_ROWS * PACK_NV), step, "ptile")
+        return emit_phi_loop(builder, K, [zeros] * (rows * PACK_NV), step, f"ptile{rows}")
+
+    return emit_row_forms(builder, nr, PACK_ROWS, PACK_NV, zeros, loop, "ptile")
 
 
 def emit_write_prefetch(builder, rows, nbytes):

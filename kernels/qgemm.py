@@ -41,7 +41,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .gemm import emit_phi_loop, emit_row_pointers, emit_splat, emit_write_prefetch, finish_narrow_strip
+from .gemm import emit_phi_loop, emit_row_forms, emit_row_pointers, emit_splat, emit_write_prefetch, finish_narrow_strip
 from .norm import gelu_row_f32, order_key
 from .settings import JIT, cpu_features, jit, run, serial_twin
 
@@ -249,9 +249,9 @@ ISA_CODES = {name: code for code, name in enumerate(ISAS)}  # the kernels take t
 
 
 def micro_tile(xq, i0, nr, wp, s, kg, c, code):
-    """c [ROWS, COLS] (int32) = xq[i0 + r] . strip s of wp, summed over the kg groups of K, for r < ROWS (rows
-    past nr repeat the last valid row, whose results the caller drops). Integer arithmetic: exact. ``code``
-    names the instruction set (``ISA_CODES``) the packing was made for.
+    """c [ROWS, COLS] (int32) = xq[i0 + r] . strip s of wp, summed over the kg groups of K, for r < nr (c's
+    rows past nr: whatever the tile's form left there, which the caller drops; ``gemm.emit_row_forms``).
+    Integer arithmetic: exact. ``code`` names the instruction set (``ISA_CODES``) the packing was made for.
 
     This NumPy body is the twin and runs when the JIT is disabled; compiled code gets the tile of ``code``."""
     _, _, cols, G = wp.shape
@@ -343,7 +343,8 @@ def _tile_intrinsic(isa: Isa, dequant: bool):
 
 
 def _emit_products(isa: Isa, context, builder, xq_type, xq_val, i0, nr, wp_type, wp_val, s, kg):
-    """The tile's ROWS x NV int32 accumulator vectors after the loop over the kg groups of K."""
+    """The tile's ROWS x NV int32 accumulator vectors after the loop over the kg groups of K, for its first nr
+    rows (``emit_row_forms``: the others are zeros or repeats)."""
     i8, i16, i32, i64 = (ir.IntType(n) for n in (8, 16, 32, 64))
     VT = ir.VectorType(i32, isa.LANES)
 
@@ -366,7 +367,7 @@ def _emit_products(isa: Isa, context, builder, xq_type, xq_val, i0, nr, wp_type,
                                             f"llvm.x86.avx512.vpdpbusd.{32 * isa.LANES}")  # fmt: skip
     zeros = ir.Constant(VT, [ir.Constant(i32, 0)] * isa.LANES)
 
-    def step(g, acc):  # one group of G values of K: NV weight vectors, then per row a broadcast and NV products
+    def step(g, acc, rows):  # one group of G values of K: NV weight vectors, then per row a broadcast and NV products
         group = builder.gep(w_strip, [builder.mul(g, const(group_bytes))])
         wv = []
         for v in range(isa.NV):
@@ -378,7 +379,7 @@ def _emit_products(isa: Isa, context, builder, xq_type, xq_val, i0, nr, wp_type,
                 wv.append(builder.load(builder.bitcast(ptr, VT.as_pointer()), align=1))
         x_offset = builder.mul(g, const(4))  # the G values of x are 4 bytes (4 uint8, or 2 int16)
         new = []
-        for r in range(isa.ROWS):
+        for r in range(rows):
             xg = builder.load(builder.bitcast(builder.gep(x_rows[r], [x_offset]), i32.as_pointer()), align=1)
             splat = emit_splat(builder, xg, VT)
             for v in range(isa.NV):
@@ -390,7 +391,10 @@ def _emit_products(isa: Isa, context, builder, xq_type, xq_val, i0, nr, wp_type,
                     new.append(builder.call(dp, [a, splat, wv[v]]))
         return new
 
-    return emit_phi_loop(builder, kg, [zeros] * (isa.ROWS * isa.NV), step, "qtile")  # for g in range(kg)
+    def loop(rows):  # for g in range(kg), over the first ``rows`` rows of the tile
+        return emit_phi_loop(builder, kg, [zeros] * (rows * isa.NV), lambda g, acc: step(g, acc, rows), f"qtile{rows}")
+
+    return emit_row_forms(builder, nr, isa.ROWS, isa.NV, zeros, loop, "qtile")
 
 
 def _emit_tile(isa: Isa, context, builder, sig, args):

@@ -72,7 +72,7 @@ def test_the_register_epilogue_equals_its_twin(isa, add_res):
     args = (weight.packed, 1, weight.packed.shape[1])  # strip 1
     tails = (zx, sx, weight.strip_colsum, weight.strip_scale, bias, res, add_res, qgemm.ISA_CODES[isa])
     call = njit(lambda xq, i0, nr, wp, s, kg, y, yi, yj, *t: qgemm.dequant_tile(xq, i0, nr, wp, s, kg, y, yi, yj, *t))
-    for i0, nr in ((0, info.ROWS), (6, 5), (10, 1)):  # a whole tile, and tiles of fewer valid rows
+    for i0, nr in ((0, info.ROWS), (6, 5), (7, 4), (8, 3), (9, 2), (10, 1)):  # whole, and each shorter form
         got = np.full((M + 3, N + info.COLS), 7.0, np.float32)
         want = got.copy()
         call(xq, i0, nr, *args, got, i0 + 2, 5, *tails)  # into rows i0 + 2.., columns 5..

@@ -607,8 +607,10 @@ assert all((qgemm.ISAS[n].ROWS, qgemm.ISAS[n].COLS) == (6, 16) for n in ("vnni25
 # ### Reading the machine code
 #
 # As chapter 6 counts FMAs, we compile `_qgemm`'s source again (serial, uncached; the package's cached copy
-# keeps no assembly), find each tile's loop (the one-block loops that multiply-add), and count per group $g$:
-# multiply-adds, accumulators (the registers they write), broadcasts, spills (stack operands). The `avx2`
+# keeps no assembly), find each tile's loop (the one-block loops that multiply-add; of a tile's forms, the one
+# for all `ROWS` rows: a last tile of 1-2 or 3-4 rows runs a shorter copy of the loop, `gemm.emit_row_forms`),
+# and count per group $g$: multiply-adds, accumulators (the registers they write), broadcasts, spills (stack
+# operands). The `avx2`
 # tile's `vpmaddwd` + `vpaddd` may appear as `vpdpwssd` (VNNI's non-saturating int16 form, into which LLVM
 # fuses the pair when the CPU has VNNI); no saturating form (`vpmaddubsw`, `vpdpbusds`, `vpdpwssds`) may appear.
 
@@ -630,9 +632,11 @@ def tile_census(asm):
         adds = [s for s in ops if s.startswith("vpaddd")] if op == "vpmaddwd" else madds
         accumulators = len({s.rsplit(",", 1)[-1] for s in adds})
         unroll = max(1, len(madds) // max(1, accumulators))
-        found[name] = {"instruction": op, "madds": len(madds) // unroll, "accumulators": accumulators,
-                       "broadcasts": sum(s.startswith("vpbroadcastd") for s in ops) // unroll,
-                       "spills": sum("(%rsp)" in s for s in ops), "unroll": unroll}  # fmt: skip
+        counts = {"instruction": op, "madds": len(madds) // unroll, "accumulators": accumulators,
+                  "broadcasts": sum(s.startswith("vpbroadcastd") for s in ops) // unroll,
+                  "spills": sum("(%rsp)" in s for s in ops), "unroll": unroll}  # fmt: skip
+        if accumulators > found.get(name, {}).get("accumulators", 0):  # the full tile, not a shorter form
+            found[name] = counts
     return found
 
 
