@@ -319,6 +319,30 @@ def test_qlinear_writes_into_a_given_out():
         qgemm.qlinear(x, w, raw=True, out=out)
 
 
+@needs_int8_cpu
+@pytest.mark.parametrize("N", [128, 70])  # whole strips (the bias is read in place), and a narrower last one
+def test_a_bias_in_any_form_gives_the_bits_of_a_float32_one_and_a_wrong_length_is_refused(N):
+    """The kernel reads a float32 bias of whole strips where it lies and pads or converts any other; each form
+    gives the same bits, the caller's bias is not written to, and a bias of the wrong length (also one
+    of the padded length, when N is not whole strips) is refused as before."""
+    rng = np.random.default_rng(5)
+    w = qgemm.PackedInt8.quantize(rng.standard_normal((N, 40)).astype(np.float32))
+    x, b = rng.standard_normal((9, 40)).astype(np.float32), rng.standard_normal(N).astype(np.float32)
+    kept = b.copy()
+    expected = qgemm.qlinear(x, w, b)
+    assert np.array_equal(b, kept)
+    for other in (b.astype(np.float64), list(b), np.repeat(b, 2)[::2]):
+        np.testing.assert_array_equal(qgemm.qlinear(x, w, other), expected)
+    (many,) = qgemm.qlinear_many(x, [(w, b)])
+    np.testing.assert_array_equal(many, expected)
+    padded = w.strip_scale.shape[0]
+    for bad_length in {N + 1, N - 1, padded, 2 * padded} - {N}:
+        with pytest.raises(ValueError):
+            qgemm.qlinear(x, w, np.zeros(bad_length, np.float32))
+    zero = qgemm.qlinear(x, w, np.zeros(N, np.float32))
+    np.testing.assert_array_equal(qgemm.qlinear(x, w), zero)
+
+
 def test_the_feed_forward_reuses_its_intermediate_buffer_per_thread():
     """The [rows, F] intermediate is one buffer per Python thread, grown when a longer batch needs it, reused
     by the next forward (a new one each layer was mapped and page-faulted in afresh); another thread gets its
