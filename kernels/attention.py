@@ -39,14 +39,20 @@ def attention_ref(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", nee
         s = (qh @ kh.transpose(0, 1, 3, 2)) / math.sqrt(d)  # [B, nh, L, Lk]
     else:
         s = (qh * d**-0.5) @ kh.transpose(0, 1, 3, 2)
+    p = softmax_ref(s, mask, head_mask, n_heads)
+    ctx = (p @ vh).transpose(0, 2, 1, 3).reshape(B, L, H)  # [B, nh, L, d] -> [B, L, H]
+    return ctx, (p if need_probs else None)
+
+
+def softmax_ref(s, mask, head_mask, n_heads):
+    """scores [B, nh, L, Lk] -> probabilities: + mask, softmax over the keys, x head mask."""
     if mask is not None:
         s = s + mask
     e = np.exp(s - s.max(axis=-1, keepdims=True))
     p = e / e.sum(axis=-1, keepdims=True)
     if head_mask is not None:
         p = p * head_mask.reshape(1, n_heads, 1, 1)
-    ctx = (p @ vh).transpose(0, 2, 1, 3).reshape(B, L, H)  # [B, nh, L, d] -> [B, L, H]
-    return ctx, (p if need_probs else None)
+    return p
 
 
 # ================================================================================================ Numba kernel

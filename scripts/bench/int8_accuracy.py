@@ -30,22 +30,26 @@ def logits(model, tokenizer, texts, batch=32):
     return np.concatenate(out)
 
 
+def load(model_dir):
+    """-> (held-out texts, their languages, the tokenizer, the float32 model, the model quantized at load)."""
+    with open(os.path.join(model_dir, "heldout_sample.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    tokenizer = ErnieMTokenizer.from_pretrained(model_dir)
+    fp32 = ErnieMForSequenceClassification.from_pretrained(model_dir)
+    int8 = ErnieMForSequenceClassification.from_pretrained(model_dir, quantize="int8")
+    return [r["text"] for r in rows], np.array([r["language"] for r in rows]), tokenizer, fp32, int8
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=LANGID_MODEL, help="a sequence classifier with heldout_sample.jsonl beside it")
     args = ap.parse_args(argv)
-    with open(os.path.join(args.model, "heldout_sample.jsonl"), encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    texts = [r["text"] for r in rows]
-    gold = np.array([r["language"] for r in rows])
-    tokenizer = ErnieMTokenizer.from_pretrained(args.model)
-    fp32 = ErnieMForSequenceClassification.from_pretrained(args.model)
-    int8 = ErnieMForSequenceClassification.from_pretrained(args.model, quantize="int8")
+    texts, gold, tokenizer, fp32, int8 = load(args.model)
     names = fp32.config.id2label
     l32, l8 = logits(fp32, tokenizer, texts), logits(int8, tokenizer, texts)
     p32 = np.array([names[i] for i in l32.argmax(1)])
     p8 = np.array([names[i] for i in l8.argmax(1)])
-    print(f"{len(rows)} held-out lines, {len(set(gold))} languages, {args.model}")
+    print(f"{len(texts)} held-out lines, {len(set(gold))} languages, {args.model}")
     print("| model | accuracy | top-1 agreement with float32 | largest logit difference |")
     print("|---|---|---|---|")
     print(f"| float32 (numba) | {100 * (p32 == gold).mean():.2f}% | - | - |")
