@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
 from .gemm import TILE_COLS, TILE_ROWS, micro_tile
-from .norm import order_key
+from .norm import bits_float32, float32_bits, order_key
 from .settings import JIT, jit, run, serial_twin
 
 
@@ -72,30 +71,6 @@ def exp_shifted(row, n, m):
     below (one vectorised loop: 16 lanes per zmm), float64 code libm's exp.
     """
     row[:n] = np.exp(row[:n] - m)
-
-
-@intrinsic
-def float32_bits(typingctx, x):
-    """The int32 with the bits of a float32: an LLVM bitcast, free, and it vectorises."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def bits_float32(typingctx, bits):
-    """The float32 with the bits of an int32 (``float32_bits`` the other way)."""
-    if bits != types.int32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
 
 
 # No reassociation here: it would merge the two-part ln 2 of the range reduction (measured: 4.5 ulp, not 0.5).

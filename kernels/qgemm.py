@@ -42,7 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .gemm import emit_phi_loop, emit_row_forms, emit_row_pointers, emit_splat, emit_write_prefetch, finish_narrow_strip
-from .norm import gelu_row_f32, order_key
+from .norm import bits_float32, float32_bits, gelu_row_f32, order_key
 from .settings import JIT, cpu_features, jit, run, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL, EPILOGUE_RAW = 0, 1, 2, 3
@@ -501,50 +501,46 @@ def _dequant_tile_jit(xq, i0, nr, wp, s, kg, y, yi, yj, zx, sx, colsum, sw, b, r
 
 
 # ================================================================================================ the kernels
-@jit(parallel=True)
-def _quantize_rows(x, xq, sx, zx, bounds):
-    """quantize_rows_ref into xq [M, Kp] (uint8, or int16 holding 0..255 for vpmaddwd), zeros past K.
-    ``bounds`` [M, 2] int32 is scratch: each row's min(x, 0) and max(x, 0) as float32 bits.
+@jit
+def quantize_row(row, out):
+    """One row of ``quantize_rows_ref``: row [K] float32 -> out[:K] its uint8 codes (out's dtype: uint8, or int16
+    holding 0..255 for vpmaddwd), zeros in out[K:]; returns (sx, zx).
 
     The range is found on the float bits mapped to integers of the same order (``norm.order_key``), because an
     integer min/max reduction vectorises and a float one, which must honour NaN, does not (7x slower). A NaN
-    maps beyond +-inf, so a row holding NaN or inf gets a bound that is NaN or inf, and a scale that is not
-    finite."""
-    M, K = x.shape
-    Kp = xq.shape[1]
-    bits = x.view(np.int32)  # x is float32
-    range_f = bounds.view(np.float32)
-    for i in prange(M):
-        row_bits = bits[i]
-        lo = np.int32(0)  # the key of +0.0
-        hi = np.int32(0)
-        for k in range(K):
-            key = order_key(row_bits[k])
-            lo = np.int32(min(lo, key))  # int32: 16 lanes per zmm (``order_key``)
-            hi = np.int32(max(hi, key))
-        bounds[i, 0] = order_key(lo)  # the key back to float32 bits
-        bounds[i, 1] = order_key(hi)
-        lo_f = range_f[i, 0]
-        s = (range_f[i, 1] - lo_f) / np.float32(255)
-        out = xq[i]
-        if not np.isfinite(s):  # NaN or inf in the row
-            sx[i] = np.float32(np.nan)
-            zx[i] = 0
-            for k in range(Kp):
-                out[k] = 0
-            continue
-        if not s > 0:
-            s = np.float32(1)
-        z = np.rint(-lo_f / s)
-        sx[i] = s
-        zx[i] = np.int32(z)
-        row = x[i]
-        for k in range(K):
-            q = np.rint(row[k] / s) + z
-            q = q if q > np.float32(0) else np.float32(0)  # noqa: FURB136 (a select vectorises; float min/max, honouring NaN, does not)
-            out[k] = q if q < np.float32(255) else np.float32(255)  # noqa: FURB136
-        for k in range(K, Kp):
+    maps beyond +-inf, so a row holding NaN or inf gets a bound that is NaN or inf, a scale that is not
+    finite, and then sx = NaN and codes of 0."""
+    K = row.shape[0]
+    lo = np.int32(0)  # the key of +0.0
+    hi = np.int32(0)
+    for k in range(K):
+        key = order_key(float32_bits(row[k]))
+        lo = np.int32(min(lo, key))  # int32: 16 lanes per zmm (``order_key``)
+        hi = np.int32(max(hi, key))
+    lo_f = bits_float32(order_key(lo))  # the key back to float32
+    s = (bits_float32(order_key(hi)) - lo_f) / np.float32(255)
+    if not np.isfinite(s):  # NaN or inf in the row
+        for k in range(out.shape[0]):
             out[k] = 0
+        return np.float32(np.nan), np.int32(0)
+    if not s > 0:
+        s = np.float32(1)
+    z = np.rint(-lo_f / s)
+    for k in range(K):
+        q = np.rint(row[k] / s) + z
+        q = q if q > np.float32(0) else np.float32(0)  # noqa: FURB136 (a select vectorises; float min/max, honouring NaN, does not)
+        out[k] = q if q < np.float32(255) else np.float32(255)  # noqa: FURB136
+    for k in range(K, out.shape[0]):
+        out[k] = 0
+    return s, np.int32(z)
+
+
+@jit(parallel=True)
+def _quantize_rows(x, xq, sx, zx):
+    """quantize_rows_ref into xq [M, Kp] (uint8, or int16 holding 0..255 for vpmaddwd), zeros past K: one row
+    per iteration (``quantize_row``)."""
+    for i in prange(x.shape[0]):
+        sx[i], zx[i] = quantize_row(x[i], xq[i])
 
 
 _quantize_rows_serial = serial_twin(_quantize_rows, "_quantize_rows_serial")
@@ -629,7 +625,7 @@ def quantize_rows(x2, isa: Isa):
     xq = np.empty((M, Kp), dtype=isa.x_dtype)
     sx = np.empty(M, dtype=np.float32)
     zx = np.empty(M, dtype=np.int32)
-    run(_quantize_rows, _quantize_rows_serial, 20 * M * K, x2, xq, sx, zx, np.empty((M, 2), np.int32))
+    run(_quantize_rows, _quantize_rows_serial, 20 * M * K, x2, xq, sx, zx)
     return xq, sx, zx
 
 

@@ -444,8 +444,8 @@ WARMUP_COMPILES = {"gemm._gemm", "gemm._gemm_serial", "gemm._gemm_packed", "gemm
 WARMUP_LEAVES = {
     "norm._gelu_rows", "norm._gelu_rows_serial", "norm._gelu_rows_exact", "norm._gelu_rows_exact_serial",  # only
     # gelu_inplace, which a forward pass calls only for a K = 0 GEMM (the GEMM fuses the GELU)
-    "norm.erf_approx", "norm.gelu_scalar", "norm.order_key",  # called inside other kernels (the GEMM's GELU
-    # epilogue; the softmax maximum, the int8 row quantizer): compiled into them (they show
+    "norm.erf_approx", "norm.gelu_scalar", "norm.order_key", "qgemm.quantize_row",  # called inside other kernels
+    # (the GEMM's GELU epilogue; the softmax maximum, the int8 row quantizer): compiled into them (they show
     # signatures of their own only when compiled afresh, not when the GEMM is loaded from the cache)
     "qgemm._qgemm", "qgemm._qgemm_serial", "qgemm._quantize_rows", "qgemm._quantize_rows_serial",  # the int8
     # layers': warmup(int8=True) compiles them
