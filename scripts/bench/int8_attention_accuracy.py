@@ -136,6 +136,29 @@ def pv_int8(p, vh, p_scale, v_granularity="channel", renorm=False):
     return (acc.astype(np.int32).astype(F32) * (sp * sv).astype(F32)).astype(F32)
 
 
+def bf16(x):
+    """float32 -> the nearest bfloat16 (ties to even), returned as float32: the rounding of vcvtneps2bf16 (the
+    inputs here are finite)."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(F32)
+
+
+def scores_bf16(qh, kh, d, scaling):
+    """QK^T with q and k rounded to bfloat16 (the products exact in float32, summed in float32 by vdpbf16ps)."""
+    if scaling != "hf":
+        qh = qh * F32(d**-0.5)
+    s = (bf16(qh).astype(np.float64) @ bf16(kh).astype(np.float64).transpose(0, 1, 3, 2)).astype(F32)
+    if scaling == "hf":
+        s = s / F32(math.sqrt(d))
+    return s.astype(F32)
+
+
+def pv_bf16(p, vh):
+    """context = P v with P and v rounded to bfloat16."""
+    return (bf16(p).astype(np.float64) @ bf16(vh).astype(np.float64)).astype(F32)
+
+
 SCHEMES = {
     # name: (QK granularity or None for float32, PV config or None for float32)
     "f32ref": (None, None),  # attention_ref through the wrapper: the harness's own check
@@ -150,6 +173,10 @@ SCHEMES = {
     "S3R fixed + renorm": ("row", {"p_scale": "fixed", "renorm": True}),
     "PV row only (QK f32)": (None, {"p_scale": "row"}),
     "PV fixed only (QK f32)": (None, {"p_scale": "fixed"}),
+    # bfloat16 inputs, float32 sums (vdpbf16ps): no scales, no zero points
+    "B1 QK bf16": ("bf16", None),
+    "B2 QK bf16 + PV bf16": ("bf16", "bf16"),
+    "PV bf16 only (QK f32)": (None, "bf16"),
 }
 
 
@@ -202,9 +229,10 @@ def make_attention(scheme, recorder):
         s_ref = scores_f32(qh, kh, d, scaling)
         p_ref = softmax_ref(s_ref, mask, head_mask, n_heads)
         ctx_ref = (p_ref @ vh).transpose(0, 2, 1, 3).reshape(B, L, H)
-        s = s_ref if qk is None else scores_int8(qh, kh, d, scaling, qk)
+        s = s_ref if qk is None else scores_bf16(qh, kh, d, scaling) if qk == "bf16" else \
+            scores_int8(qh, kh, d, scaling, qk)  # fmt: skip
         p = p_ref if qk is None else softmax_ref(s, mask, head_mask, n_heads)
-        ctx = p @ vh if pv is None else pv_int8(p, vh, **pv)
+        ctx = p @ vh if pv is None else pv_bf16(p, vh) if pv == "bf16" else pv_int8(p, vh, **pv)
         ctx = ctx.transpose(0, 2, 1, 3).reshape(B, L, H).astype(F32)
         if scheme == "f32ref":  # the wrapper reproduces attention_ref bit for bit
             c2, _ = attention_ref(q, k, v, n_heads, mask, head_mask, scaling)
