@@ -5,8 +5,10 @@ What is int8 and what stays float32 (docs/quantization.md gives the accuracy thi
   channel, activations quantized per row at run time, int32 sums, float32 epilogue (``kernels/qgemm.py``);
 * the word-embedding table (250,002 x 768, most of the model's bytes): int8 with a scale per row, the rows
   a batch needs dequantized at lookup (``Int8Rows``);
-* float32 as in ``fused.py``: the position table, every LayerNorm, the attention (scores, softmax, context),
-  the pooler and the heads (small, and where a task's decision is made).
+* the two attention products (scores q k^T, context P v): q, k, the probabilities and v rounded to bfloat16
+  and summed in float32, where the CPU has AVX512_BF16 (``attention_products``); float32 elsewhere;
+* float32 as in ``fused.py``: the position table, every LayerNorm, the softmax, the pooler and the heads
+  (small, and where a task's decision is made).
 
 The parameters are stored as a checkpoint stores them (``load_parameters``): each quantized ``X.weight`` an
 int8 array and ``X.weight_scale`` its float32 scales; in the tree the layer functions take, an int8 Linear's
@@ -17,6 +19,7 @@ Dimension legend: B batch, L query length, H hidden size, nh heads, F FFN width,
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -33,6 +36,17 @@ linear = fused.linear  # the pooler and the heads stay float32
 pooler = fused.pooler
 
 QUANTIZATION = "int8"  # the model's config records it, so a saved int8 model loads as int8
+
+
+def attention_products() -> str:
+    """How the attention's two products are computed here: "bf16" where the CPU has AVX512_BF16
+    (``attention._attention_bf16``: twice the multiply-adds per instruction), else "float32". The environment
+    variable ``ERNIEM_NP_INT8_ATTENTION`` (``bf16`` or ``float32``) chooses instead, for tests and
+    measurements; bf16 on a CPU without it is refused."""
+    wanted = os.environ.get("ERNIEM_NP_INT8_ATTENTION", "").strip()
+    if wanted and wanted not in ("bf16", "float32"):
+        raise ValueError(f"ERNIEM_NP_INT8_ATTENTION must be 'bf16' or 'float32', got {wanted!r}")
+    return wanted or ("bf16" if attention.bf16_supported() else "float32")
 class Int8Rows:
     """The word-embedding table in int8 with a float32 scale per row: ``table[ids]`` gives the float32 rows
     ``q[ids] * scale[ids]`` ([..., H]), as indexing the float32 table would give its rows. ``q`` is the int8
@@ -107,7 +121,8 @@ def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, acti
         v = np.concatenate([layers.merge_heads(past[1]), v], axis=1)
     hm = None if head_mask is None else np.asarray(head_mask).reshape(n_heads)
     need_probs = need_probs or probes is not None
-    context, probs = attention.attention(q, k, v, n_heads, mask, hm, scaling=flavor, need_probs=need_probs)  # float32
+    context, probs = attention.attention(q, k, v, n_heads, mask, hm, scaling=flavor, need_probs=need_probs,
+                                         products=attention_products())  # float32 out
     attn_plus_x = qlinear(context, **self_attn["out_proj"], residual=x)  # out_proj(context) + x
     x = norm.layer_norm(attn_plus_x, norm1["weight"], norm1["bias"], eps)  # post-LN, float32
     if probes is not None:

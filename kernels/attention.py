@@ -8,26 +8,36 @@ made. ``mask`` is additive and broadcastable to [B, nh, L, Lk] (4-D, any axis bu
 ``scaling`` is "hf" ((q k^T) / sqrt(d)) or "paddle" ((q d^-0.5) k^T): identical maths, different rounding.
 Fully-masked rows follow from the mask values, exactly as in the twin (uniform for HF's float32-min fill).
 
+Two kernels: ``_attention`` computes the references' numbers (float32 or float64 throughout); the int8
+backend's ``_attention_bf16`` rounds q, k, the probabilities and v to bfloat16 for the two products
+(``attention(..., products="bf16")``, "bfloat16 products" below).
+
 Its speed against the twin and a per-head np.matmul formulation:
 ``scripts/bench/bench_kernels.py --threads 2 --reps 7 --only attention``; the measured runs are in docs/performance.md.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
-from .gemm import TILE_COLS, TILE_ROWS, micro_tile
+from .gemm import TILE_COLS, TILE_ROWS, emit_phi_loop, emit_row_pointers, emit_splat, micro_tile
 from .norm import bits_float32, float32_bits, order_key
-from .settings import JIT, jit, run, serial_twin
+from .settings import JIT, cpu_features, jit, run, serial_twin
 
 
 # ================================================================================================ NumPy twin
-def attention_ref(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False):
-    """-> (context [B, L, H], probs [B, nh, L, Lk] or None)."""
+def attention_ref(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False, products="float32"):
+    """-> (context [B, L, H], probs [B, nh, L, Lk] or None). ``products="bf16"``: the twin of the int8
+    backend's attention (``_attention_bf16``), float32 inputs only."""
+    if products == "bf16":
+        return attention_bf16_ref(q, k, v, n_heads, mask, head_mask, scaling, need_probs)
     B, L, H = q.shape
     Lk = k.shape[1]
     d = H // n_heads
@@ -135,6 +145,44 @@ def _row_max_jit(row, n):
     return impl
 
 
+@jit
+def scores_into(c, nr, w, S, j0, mask, b, h, i0, d, hf_scaling, has_mask):
+    """S[r, j0 + col] = c[r, col] (/ sqrt(d) for HF) + mask[b, h, i0 + r, j0 + col], for r < nr, col < w: a
+    tile of products q . k made scores."""
+    mb, mh, mq = mask.shape[0], mask.shape[1], mask.shape[2]
+    sqrt_d = S.dtype.type(math.sqrt(d))  # HF: scores / sqrt(d), the divisor rounded to the compute dtype
+    inv_sqrt_d = S.dtype.type(1) / sqrt_d
+    exact_inverse = math.frexp(sqrt_d)[0] == 0.5  # sqrt_d a power of two (d = 4^n: 64 in ErnieM)
+    for r in range(nr):
+        srow = S[r, j0 : j0 + w]
+        mrow = mask[b if mb > 1 else 0, h if mh > 1 else 0, i0 + r if mq > 1 else 0, j0 : j0 + w]
+        for col in range(w):
+            x = c[r, col]
+            if hf_scaling:  # HF divides; by a power of two, the multiply gives the same bits
+                x = x * inv_sqrt_d if exact_inverse else x / sqrt_d
+            if has_mask:
+                x += mrow[col]
+            srow[col] = x
+
+
+@jit
+def softmax_rows(S, nr, Lk, hm, need_probs, probs, b, h, i0):
+    """Rows S[:nr, :Lk] of scores -> probabilities in place (the softmax, times the head mask ``hm``), copied to
+    probs[b, h, i0 + r] when ``need_probs``."""
+    for r in range(nr):
+        row = S[r]
+        m = row_max(row, Lk)
+        exp_shifted(row, Lk, m)
+        total = 0.0
+        for j in range(Lk):
+            total += row[j]
+        scale = S.dtype.type(hm / total)  # the sum in float64, the multiplier in the dtype
+        for j in range(Lk):
+            row[j] *= scale
+        if need_probs:
+            probs[b, h, i0 + r, :] = row[:Lk]
+
+
 @jit(parallel=True)
 def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_probs, ctx, probs):
     """One task per (batch, head); both products on the GEMM's register tile (``micro_tile``).
@@ -149,10 +197,6 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
     B, L, H = q.shape
     Lk = k.shape[1]
     d = H // n_heads
-    mb, mh, mq = mask.shape[0], mask.shape[1], mask.shape[2]
-    sqrt_d = q.dtype.type(math.sqrt(d))  # HF: scores / sqrt(d), the divisor rounded to the compute dtype
-    inv_sqrt_d = q.dtype.type(1) / sqrt_d
-    exact_inverse = math.frexp(sqrt_d)[0] == 0.5  # sqrt_d a power of two (d = 4^n: 64 in ErnieM)
     n_kp = (Lk + TILE_ROWS - 1) // TILE_ROWS
     n_vp = (d + TILE_ROWS - 1) // TILE_ROWS
     for task in prange(B * n_heads):
@@ -187,29 +231,8 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
                 j0 = p * TILE_ROWS
                 w = min(TILE_ROWS, Lk - j0)
                 micro_tile(qb, i0, nr, c0, d, kp[p], c, w)
-                for r in range(nr):
-                    srow = S[r, j0 : j0 + w]
-                    mrow = mask[b if mb > 1 else 0, h if mh > 1 else 0, i0 + r if mq > 1 else 0, j0 : j0 + w]
-                    for col in range(w):
-                        x = c[r, col]
-                        if hf_scaling:  # HF divides; by a power of two, the multiply gives the same bits
-                            x = x * inv_sqrt_d if exact_inverse else x / sqrt_d
-                        if has_mask:
-                            x += mrow[col]
-                        srow[col] = x
-            for r in range(nr):  # softmax, head mask: one row at a time
-                i = i0 + r
-                row = S[r]
-                m = row_max(row, Lk)
-                exp_shifted(row, Lk, m)
-                total = 0.0
-                for j in range(Lk):
-                    total += row[j]
-                scale = q.dtype.type(head_mask[h] / total)  # the sum in float64, the multiplier in the dtype
-                for j in range(Lk):
-                    row[j] *= scale
-                if need_probs:
-                    probs[b, h, i, :] = row
+                scores_into(c, nr, w, S, j0, mask, b, h, i0, d, hf_scaling, has_mask)
+            softmax_rows(S, nr, Lk, head_mask[h], need_probs, probs, b, h, i0)
             for p in range(n_vp):  # ctx[i0 + r, t0 + col] = P_r . v[:, t0 + col]
                 t0 = c0 + p * TILE_ROWS
                 w = min(TILE_ROWS, d - p * TILE_ROWS)
@@ -223,8 +246,287 @@ def _attention(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_pro
 _attention_serial = serial_twin(_attention, "_attention_serial")
 
 
-def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False):
-    """Numba twin of ``attention_ref``: same arguments, same results up to summation order."""
+# ================================================================================================ bfloat16 products
+# The int8 backend's attention: the float32 kernel's steps, with q, k, the probabilities P and v rounded to
+# bfloat16 (float32's sign and exponent, 8 significant bits: an error of at most 2^-8 of the value) and both
+# products summed
+# in float32 by ``vdpbf16ps`` (AVX512_BF16), which multiplies pairs of bfloat16 values and so does 32
+# multiply-adds per instruction where ``vfmadd231ps`` does 16. The product of two bfloat16 values is exact in
+# float32; only the sums round. No scales or zero points: each value keeps its own exponent, so a small
+# probability next to a large one keeps 8 bits (an int8 P scaled by its row's maximum would round it to 0).
+# The softmax runs in float32 between the products, as in the float32 kernel. docs/quantization.md has the
+# accuracy this costs (``scripts/bench/int8_attention_accuracy.py``) and docs/performance.md the speed.
+BF16_ROWS = 6  # rows of x (queries, or rows of P) per register tile
+BF16_LANES = 16  # float32 accumulators per zmm
+BF16_NV = 2  # zmm accumulators per row
+BF16_COLS = BF16_NV * BF16_LANES  # output columns per tile (keys for the scores, head channels for the context)
+
+
+@functools.cache
+def bf16_supported() -> bool:
+    """Whether the CPU Numba compiles for has the instructions ``_attention_bf16`` needs (AVX512_BF16).
+    Asked once (LLVM's feature query takes ~0.2 ms)."""
+    f = cpu_features()
+    return bool(f.get("avx512bf16") and f.get("avx512f") and f.get("avx512bw"))
+
+
+def bf16_bits(x):
+    """float32 -> the bits of the nearest bfloat16, ties to even (uint16); a NaN stays a (quiet) NaN. The
+    rounding both the kernel (``to_bf16``) and the twin use."""
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
+    r = np.where(np.isnan(x), (b >> 16) | 0x40, r)
+    return r.astype(np.uint16)
+
+
+def bf16_float(bits):
+    """bfloat16 bits (uint16) -> float32, exactly."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def to_bf16(x):
+    """One float32 -> its bfloat16 bits (``bf16_bits``). This NumPy body is the twin; compiled code gets the
+    integer form below, which vectorises."""
+    return bf16_bits(np.float32(x))
+
+
+@overload(to_bf16, jit_options=JIT)
+def _to_bf16_jit(x):
+    def impl(x):
+        b = float32_bits(x)  # int32; the sum below wraps exactly as the uint32 one would
+        r = np.int32(np.int32(b + np.int32(0x7FFF) + ((b >> np.int32(16)) & np.int32(1))) >> np.int32(16))
+        nan = x != x  # noqa: PLR0124 (the NaN test)
+        r = np.int32((b >> np.int32(16)) | np.int32(0x40)) if nan else r  # a NaN stays a quiet NaN
+        return np.uint16(r & np.int32(0xFFFF))
+
+    return impl
+
+
+def attention_bf16_ref(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False):
+    """The twin of ``attention(..., products="bf16")``: q (after Paddle's scaling), k, v and the probabilities
+    rounded to bfloat16, the products of the rounded values summed exactly (float64) and rounded to float32.
+    The kernel sums in float32, pair by pair (``bf16_tile``), so the two agree to float32 rounding."""
+    q, k, v = (np.asarray(a, dtype=np.float32) for a in (q, k, v))
+    B, L, H = q.shape
+    Lk = k.shape[1]
+    d = H // n_heads
+
+    def rounded(a, n):  # [B, n, H] float32 -> [B, nh, n, d] float64 of its bfloat16 values
+        return bf16_float(bf16_bits(a)).astype(np.float64).reshape(B, n, n_heads, d).transpose(0, 2, 1, 3)
+
+    if scaling != "hf":
+        q = q * np.float32(d**-0.5)
+    s = (rounded(q, L) @ rounded(k, Lk).transpose(0, 1, 3, 2)).astype(np.float32)  # [B, nh, L, Lk]
+    if scaling == "hf":
+        s = s / np.float32(math.sqrt(d))
+    p = softmax_ref(s, mask, head_mask, n_heads).astype(np.float32)
+    pr = bf16_float(bf16_bits(p)).astype(np.float64)
+    ctx = (pr @ rounded(v, Lk)).astype(np.float32).transpose(0, 2, 1, 3).reshape(B, L, H)
+    return ctx, (p if need_probs else None)
+
+
+def bf16_pair(lo, hi):
+    """Two float32 values -> one uint32 word holding their bfloat16 bits, ``lo`` in the low half (the first of
+    a pair, as ``vdpbf16ps`` reads memory). This NumPy body is the twin; compiled code gets the same integer
+    operations (``to_bf16``)."""
+    return np.uint32(int(to_bf16(lo)) | int(to_bf16(hi)) << 16)
+
+
+@overload(bf16_pair, jit_options=JIT)
+def _bf16_pair_jit(lo, hi):
+    def impl(lo, hi):
+        return np.uint32(np.uint32(to_bf16(lo)) | np.uint32(np.uint32(to_bf16(hi)) << np.uint32(16)))
+
+    return impl
+
+
+def bf16_tile(x, i0, nr, kp, panel, c):
+    """c[r, :] = sum over k < kp of pair x[i0 + r, k] . pairs panel[k, :] for r < BF16_ROWS (rows past nr
+    repeat the last valid one). x [R, >= kp] and panel [>= kp, BF16_COLS] hold pairs of bfloat16 values, one
+    uint32 word each (``bf16_pair``); c is float32 [BF16_ROWS, BF16_COLS]. ``vdpbf16ps``'s order of
+    operations: per pair, the product of the high halves added first, then that of the low halves, each sum
+    rounded to float32 (the products are exact), so this twin and the instruction agree bit for bit, except
+    that the instruction flushes subnormal inputs and results to zero.
+
+    This NumPy body is the twin and runs when the JIT is disabled; compiled code gets ``_bf16_tile_ir``."""
+    rows = np.minimum(np.arange(BF16_ROWS), nr - 1) + i0
+    xw = np.asarray(x[rows, :kp], dtype=np.uint32)  # [ROWS, kp]
+    ww = np.asarray(panel[:kp], dtype=np.uint32)  # [kp, COLS]
+    x_lo, x_hi = bf16_float(xw & 0xFFFF), bf16_float(xw >> 16)
+    w_lo, w_hi = bf16_float(ww & 0xFFFF), bf16_float(ww >> 16)
+    acc = np.zeros((BF16_ROWS, BF16_COLS), np.float32)
+    for t in range(kp):
+        acc = acc + x_hi[:, t, None] * w_hi[None, t, :]
+        acc = acc + x_lo[:, t, None] * w_lo[None, t, :]
+    c[:] = acc
+
+
+class _BFloat16(ir.types.Type):
+    """LLVM's ``bfloat`` type, which llvmlite's IR builder does not define: ``vdpbf16ps``'s intrinsic takes
+    vectors of it (only bitcasts of int32 vectors are made here)."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat16)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+@intrinsic
+def _bf16_tile_ir(typingctx, x, i0, nr, kp, panel, c):
+    """``bf16_tile`` in LLVM IR: per pair k, BF16_NV zmm loads of panel[k] (16 words each), and for each of the
+    BF16_ROWS rows a broadcast of the word x[row, k] and BF16_NV ``vdpbf16ps`` into that row's accumulators
+    (phis): 2 loads, 6 broadcasts and 12 instructions per pair, 12 accumulators. After the loop the
+    accumulators are stored to c."""
+    u32, f32t = types.uint32, types.float32
+    if not (isinstance(x, types.Array) and x.dtype == u32 and x.ndim == 2 and x.layout == "C"
+            and isinstance(panel, types.Array) and panel.dtype == u32 and panel.ndim == 2 and panel.layout == "C"
+            and isinstance(c, types.Array) and c.dtype == f32t and c.ndim == 2 and c.layout == "C"):  # fmt: skip
+        return None
+
+    def codegen(context, builder, sig, args):
+        _, i0, nr, kp, _, _ = args
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        IV, FV = ir.VectorType(i32, BF16_LANES), ir.VectorType(f32, BF16_LANES)
+        BV = ir.VectorType(_BFloat16(), 2 * BF16_LANES)
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        x_arr, panel_arr, c_arr = (context.make_array(sig.args[k])(context, builder, args[k]) for k in (0, 4, 5))
+        x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
+        x_rows = [builder.bitcast(p, i32.as_pointer())  # row min(i0 + r, i0 + nr - 1) of x, as int32
+                  for p in emit_row_pointers(builder, x_arr.data, x_row_bytes, i0, nr, BF16_ROWS)]  # fmt: skip
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(FV, [FV, BV, BV]),
+                                             "llvm.x86.avx512bf16.dpbf16ps.512")  # fmt: skip
+        panel_vectors = builder.bitcast(panel_arr.data, IV.as_pointer())
+
+        def step(k, acc):
+            wv = [builder.bitcast(builder.load(builder.gep(panel_vectors, [builder.add(builder.mul(k, const(BF16_NV)),
+                                                                                        const(v))]), align=4), BV)
+                  for v in range(BF16_NV)]  # fmt: skip
+            new = []
+            for r in range(BF16_ROWS):
+                pair = builder.bitcast(emit_splat(builder, builder.load(builder.gep(x_rows[r], [k]), align=4), IV), BV)
+                new += [builder.call(dot, [acc[r * BF16_NV + v], pair, wv[v]]) for v in range(BF16_NV)]
+            return new
+
+        zeros = ir.Constant(FV, [ir.Constant(f32, 0.0)] * BF16_LANES)
+        acc = emit_phi_loop(builder, kp, [zeros] * (BF16_ROWS * BF16_NV), step, "bf16")
+        c_data = builder.bitcast(c_arr.data, f32.as_pointer())
+        for r in range(BF16_ROWS):
+            for v in range(BF16_NV):
+                ptr = builder.gep(c_data, [const(r * BF16_COLS + v * BF16_LANES)])
+                builder.store(acc[r * BF16_NV + v], builder.bitcast(ptr, FV.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    sig = types.none(x, types.int64, types.int64, types.int64, panel, c)
+    return sig, codegen
+
+
+@overload(bf16_tile, jit_options=JIT)
+def _bf16_tile_jit(x, i0, nr, kp, panel, c):
+    def impl(x, i0, nr, kp, panel, c):
+        _bf16_tile_ir(x, np.int64(i0), np.int64(nr), np.int64(kp), panel, c)
+
+    return impl
+
+
+@jit
+def bf16_pairs_into(src, n, dst):
+    """dst[t] = bf16_pair(src[2t], src[2t + 1]) for t < (n + 1) // 2 (a zero past src[n - 1]), written as the
+    halves of dst's words (x86 is little-endian: the low half comes first in memory), a loop that vectorises."""
+    halves = dst.view(np.uint16)
+    for j in range(n):
+        halves[j] = to_bf16(src[j])
+    if n % 2:
+        halves[n] = 0
+
+
+@jit(parallel=True)
+def _attention_bf16(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_probs, ctx, probs):
+    """``_attention`` with bfloat16 products (float32 arrays only); every operand in pairs of bfloat16 values,
+    one uint32 word each (``bf16_pair``). Per (batch, head) task: the head's queries, qw [L, dp] (dp = d / 2
+    rounded up: channels 2t, 2t + 1 in word t); its keys in panels of BF16_COLS keys, kw [n_kp, dp,
+    BF16_COLS] (kw[p, t, r]: channels 2t, 2t + 1 of key 32p + r); its values in panels of BF16_COLS channels,
+    vw [n_vp, kh, BF16_COLS] (kh = Lk / 2 rounded up; vw[p, j, r]: channel 32p + r of keys 2j, 2j + 1).
+    Per block of 6 query rows: scores = qw rows . key panels over dp words (``bf16_tile``), scaled and
+    masked; the float32 softmax; P into words, pw [6, kh]; the context = pw . value panels over kh words.
+    Zero words pad every odd d or Lk and the last panels."""
+    B, L, H = q.shape
+    Lk = k.shape[1]
+    d = H // n_heads
+    dp = (d + 1) // 2
+    kh = (Lk + 1) // 2
+    n_kp = (Lk + BF16_COLS - 1) // BF16_COLS
+    n_vp = (d + BF16_COLS - 1) // BF16_COLS
+    zero = np.float32(0)
+    for task in prange(B * n_heads):
+        b = task // n_heads
+        h = task % n_heads
+        c0 = h * d
+        qw = np.empty((L, dp), dtype=np.uint32)
+        for i in range(L):
+            bf16_pairs_into(q[b, i, c0 : c0 + d], d, qw[i])
+        kt = np.empty((Lk, dp), dtype=np.uint32)  # the keys' words, key by key, then transposed into panels
+        for j in range(Lk):
+            bf16_pairs_into(k[b, j, c0 : c0 + d], d, kt[j])
+        kw = np.zeros((n_kp, dp, BF16_COLS), dtype=np.uint32)
+        for p in range(n_kp):
+            panel = kw[p]
+            for t in range(dp):
+                dst = panel[t]
+                for r in range(min(BF16_COLS, Lk - p * BF16_COLS)):
+                    dst[r] = kt[p * BF16_COLS + r, t]
+        vw = np.zeros((n_vp, kh, BF16_COLS), dtype=np.uint32)
+        for j in range(kh):  # keys 2j and 2j + 1, channel by channel
+            v0 = v[b, 2 * j, c0 : c0 + d]
+            v1 = v[b, min(2 * j + 1, Lk - 1), c0 : c0 + d]  # (read, then zeroed, when 2j + 1 = Lk)
+            odd = 2 * j + 1 < Lk
+            for p in range(n_vp):
+                dst = vw[p, j]
+                for r in range(min(BF16_COLS, d - p * BF16_COLS)):
+                    t = p * BF16_COLS + r
+                    dst[r] = bf16_pair(v0[t], v1[t] if odd else zero)
+        S = np.empty((BF16_ROWS, Lk), dtype=np.float32)  # scores, then probabilities
+        pw = np.empty((BF16_ROWS, kh), dtype=np.uint32)
+        c = np.empty((BF16_ROWS, BF16_COLS), dtype=np.float32)
+        for i0 in range(0, L, BF16_ROWS):
+            nr = min(BF16_ROWS, L - i0)
+            for p in range(n_kp):
+                j0 = p * BF16_COLS
+                w = min(BF16_COLS, Lk - j0)
+                bf16_tile(qw, i0, nr, dp, kw[p], c)
+                scores_into(c, nr, w, S, j0, mask, b, h, i0, d, hf_scaling, has_mask)
+            softmax_rows(S, nr, Lk, head_mask[h], need_probs, probs, b, h, i0)
+            for r in range(nr):
+                bf16_pairs_into(S[r], Lk, pw[r])
+            for p in range(n_vp):
+                t0 = c0 + p * BF16_COLS
+                w = min(BF16_COLS, d - p * BF16_COLS)
+                bf16_tile(pw, 0, nr, kh, vw[p], c)
+                for r in range(nr):
+                    out = ctx[b, i0 + r, t0 : t0 + w]
+                    for col in range(w):
+                        out[col] = c[r, col]
+
+
+_attention_bf16_serial = serial_twin(_attention_bf16, "_attention_bf16_serial")
+
+
+def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False, products="float32"):
+    """Numba twin of ``attention_ref``: same arguments, same results up to summation order. ``products``:
+    "float32" (the references' numbers), or "bf16" (the int8 backend's: ``_attention_bf16``; float32 inputs,
+    a CPU with AVX512_BF16, ``bf16_supported()``)."""
+    if products not in ("float32", "bf16"):
+        raise ValueError(f"products must be 'float32' or 'bf16', got {products!r}")
+    if products == "bf16" and not bf16_supported():
+        raise ValueError("bf16 attention products need a CPU with AVX512_BF16 (bf16_supported() is False here)")
+    if products == "bf16" and q.dtype != np.float32:
+        raise ValueError(f"bf16 attention products take float32 q, k and v, got {q.dtype}")
     B, L, H = q.shape
     Lk = k.shape[1]
     d = H // n_heads
@@ -248,6 +550,7 @@ def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_pr
         if head_mask is None
         else np.array(head_mask, dtype=dtype).reshape(n_heads)  # a writable copy: one Numba type
     )
-    run(_attention, _attention_serial, 4 * B * L * Lk * H,
-        q, k, v, m4, hm, n_heads, scaling == "hf", mask is not None, need_probs, ctx, probs)
+    kernels = (_attention_bf16, _attention_bf16_serial) if products == "bf16" else (_attention, _attention_serial)
+    run(*kernels, 4 * B * L * Lk * H,
+        q, k, v, m4, hm, n_heads, scaling == "hf", mask is not None, need_probs, ctx, probs)  # fmt: skip
     return ctx, (probs if need_probs else None)

@@ -353,6 +353,7 @@ def test_the_feed_forward_reuses_its_intermediate_buffer_per_thread():
 
     model = ErnieMModel(CONFIG, seed=5, backend="int8")
     ids = np.random.default_rng(1).integers(3, 300, (3, 11))
+    quantized._ffn_local.__dict__.pop("buf", None)  # this thread's buffer as a fresh thread has it (none yet)
     first = model(ids).last_hidden_state
     buf = quantized._ffn_local.buf
     assert buf.size == 3 * 11 * CONFIG.intermediate_size

@@ -448,7 +448,9 @@ WARMUP_LEAVES = {
     # (the GEMM's GELU epilogue; the softmax maximum, the int8 row quantizer): compiled into them (they show
     # signatures of their own only when compiled afresh, not when the GEMM is loaded from the cache)
     "qgemm._qgemm", "qgemm._qgemm_serial", "qgemm._quantize_rows", "qgemm._quantize_rows_serial",  # the int8
-    # layers': warmup(int8=True) compiles them
+    "attention._attention_bf16", "attention._attention_bf16_serial",  # layers': warmup(int8=True) compiles them
+    # (the bfloat16 attention where the CPU has AVX512_BF16)
+    "attention.scores_into", "attention.softmax_rows", "attention.bf16_pairs_into",  # inside the attention kernels
 }  # fmt: skip
 
 _COMPILE_CHECK = """

@@ -77,8 +77,10 @@ print(f"{len(one_per_language)} held-out lines, one per language: {int(valid.sum
 # weight once, stores it as a checkpoint would (`X.weight` int8 beside `X.weight_scale` float32: what
 # `state_dict()` returns), and builds the tree the layer functions take, where the six Linear layers of every
 # encoder layer are `PackedInt8` (the kernel's layout, packed once) and the word-embedding table is an `Int8Rows`
-# (rows dequantized at lookup). The position table, LayerNorms, biases, attention, pooler and classifier stay
-# float32: small, and the pooler and classifier are where the decision is made.
+# (rows dequantized at lookup). The position table, LayerNorms, biases, softmax, pooler and classifier stay
+# float32: small, and the pooler and classifier are where the decision is made. The attention's two products
+# round their inputs to bfloat16 where the CPU has the instruction for it (section 6), and run in float32
+# elsewhere.
 
 
 # %%
@@ -698,6 +700,67 @@ y2 = qgemm.qlinear(act, qgemm.PackedInt8(w2q, w2s), bias=b2, residual=residual)
 assert np.allclose(y2, y_hand + residual, rtol=1e-6, atol=1e-5)
 print(f"epilogues: GELU and residual as by hand; int8 GELU(linear1) against float32: "
       f"NMSE {nmse(gelu_hand, gelu_ref((x_ln @ W1.T + b1).astype(np.float64))):.1e}")  # fmt: skip
+
+# %% [markdown]
+# ## 6. The attention products in bfloat16
+#
+# The scores $q k^\top$ and the context $P v$ are products of two activations: no weight to quantize once,
+# short sums ($K = d = 64$ for the scores), and an int8 scheme would need a scale and zero point per row of
+# each, computed at run time for every head. bfloat16 needs none of that: it is float32 with the 16 low bits
+# of the mantissa rounded away (sign, the same 8-bit exponent, 8 significant bits), so each value keeps its own
+# exponent and its rounding error is at most $2^{-8}$ of it, however small it is next to its neighbours (an int8 $P$
+# scaled by its row's maximum would round a probability under $1/510$ of that maximum to 0). The product of
+# two bfloat16 values is exact in float32; `vdpbf16ps` (AVX512_BF16) multiplies pairs of them and adds both
+# products to a float32 accumulator: 32 multiply-adds per instruction where `vfmadd231ps` does 16.
+#
+# Rounding to the nearest bfloat16, ties to even, on the float32 bits (`attention.bf16_bits`, which the kernel
+# computes with the same integer operations):
+
+# %%
+from erniem_np.kernels import attention
+
+x16 = np.float32([1.0, 1.00390625, 1.005859375, 3.14159265, 1e-20])
+bits = attention.bf16_bits(x16)
+print("float32 -> bfloat16:", ", ".join(f"{a:.9g} -> {b:.9g}" for a, b in zip(x16, attention.bf16_float(bits))))
+assert attention.bf16_float(bits)[1] == 1.0  # 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: to the even one
+assert np.all(np.abs(attention.bf16_float(bits) - x16) <= np.abs(x16) * 2.0**-8)
+
+# %% [markdown]
+# Layer 0's attention of the float32 model, recomputed from its recorded q, k and v (the probes, `[B, nh, L,
+# d]`), once in float32 (`attention_ref`) and once with bfloat16 products (its twin, `products="bf16"`):
+# the context moves by about bfloat16's step, an order of magnitude under what the int8 Linear layers around
+# it add. Where the CPU has AVX512_BF16 the kernel runs too, and agrees with the twin to float32 rounding.
+
+# %%
+def merged(t):  # [B, nh, L, d] -> [B, L, H]
+    return np.ascontiguousarray(np.asarray(t).transpose(0, 2, 1, 3).reshape(t.shape[0], t.shape[2], -1))
+
+
+q0, k0, v0 = (merged(f32_probes[f"layer.00.attn.{n}"]) for n in "qkv")
+heads = fp32.config.num_attention_heads
+mask0 = ((1.0 - enc["attention_mask"][:, None, None, :]) * np.finfo(np.float32).min).astype(np.float32)
+ctx32, _ = attention.attention_ref(q0, k0, v0, heads, mask0)
+ctx16, _ = attention.attention_ref(q0, k0, v0, heads, mask0, products="bf16")
+bf16_nmse = nmse(ctx16[valid], ctx32[valid])
+int8_nmse = nmse(np.asarray(q_probes["layer.00.attn.context"])[valid], ctx32[valid])  # the int8 model's, recorded
+print(f"layer 0 context against float32 attention (real tokens): bfloat16 products NMSE {bf16_nmse:.1e}; "
+      f"the int8 model (int8 q, k, v projections, and its attention) NMSE {int8_nmse:.1e}")  # fmt: skip
+assert bf16_nmse < int8_nmse / 10
+if COMPILED and attention.bf16_supported():
+    ctx_kernel, p_kernel = attention.attention(q0, k0, v0, heads, mask0, need_probs=True, products="bf16")
+    _, p16 = attention.attention_ref(q0, k0, v0, heads, mask0, need_probs=True, products="bf16")
+    assert np.allclose(p_kernel, p16, rtol=1e-5, atol=1e-6)  # scores and softmax: float32 rounding apart
+    # a probability a few float32 ulps from the twin's can round to the neighbouring bfloat16, so the context
+    # is checked against the kernel's own probabilities, rounded as the kernel rounds them
+    B0, L0, _ = v0.shape
+    v16 = attention.bf16_float(attention.bf16_bits(v0)).astype(np.float64).reshape(B0, L0, heads, -1)
+    p_rounded = attention.bf16_float(attention.bf16_bits(p_kernel)).astype(np.float64)  # [B, nh, L, Lk]
+    ctx_from_p = np.einsum("bhij,bjhd->bihd", p_rounded, v16).reshape(ctx16.shape)
+    assert np.allclose(ctx_kernel, ctx_from_p, rtol=1e-5, atol=1e-5)
+    print(f"the kernel (vdpbf16ps) agrees with the twin: probabilities to float32 rounding, the context to "
+          f"{np.abs(ctx_kernel - ctx16).max():.1e} (a probability rounded to the neighbouring bfloat16 here and there)")
+else:
+    print("this CPU has no AVX512_BF16: the int8 model's attention runs in float32 here")
 
 # %% [markdown]
 # ## Exercises

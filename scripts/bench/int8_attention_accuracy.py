@@ -218,7 +218,7 @@ class Recorder:
 def make_attention(scheme, recorder):
     qk, pv = SCHEMES[scheme]
 
-    def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False):
+    def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False, products=None):
         B, L, H = q.shape
         Lk = k.shape[1]
         d = H // n_heads
@@ -248,7 +248,7 @@ def make_attention(scheme, recorder):
             recorder.call += 1
         return ctx, (p if need_probs else None)
 
-    return types.SimpleNamespace(attention=attention)
+    return types.SimpleNamespace(attention=attention, bf16_supported=lambda: False)
 
 
 # ------------------------------------------------------------------------------------------ data and runs
@@ -318,10 +318,10 @@ def evaluate(name, texts, gold, fp32, int8, tokenizer, schemes, sweep):
     l32, ctx32 = run_model(fp32, tokenizer, texts, probes=True)
     res = {"set": name, "n": len(texts), "f32_acc": float((np.array([names[i] for i in l32.argmax(1)]) == gold).mean()),
            "max_abs_logit": float(np.abs(l32).max()), "rows": {}, "sweep": {}}  # fmt: skip
-    l8, ctx8 = run_model(int8, tokenizer, texts, probes=True)  # current int8: the numba float32 attention kernel
+    l8, ctx8 = run_model(int8, tokenizer, texts, probes=True)  # the int8 backend as it runs here
     r = decision_stats(l8, l32, gold, names, texts)
     r["e2e_ctx_rel"] = ctx_rel(ctx8, ctx32)
-    res["rows"]["int8 current (f32 attention)"] = r
+    res["rows"][f"int8 backend ({quantized.attention_products()} attention kernel)"] = r
     orig = quantized.attention
     try:
         for sc in schemes:
