@@ -166,17 +166,24 @@ def scores_into(c, nr, w, S, j0, mask, b, h, i0, d, hf_scaling, has_mask):
 
 
 @jit
+def softmax_scale(row, Lk, hm):
+    """row[:Lk] = exp(row - max(row)) in place; returns the multiplier that makes them the probabilities (times
+    the head mask ``hm``): the sum in float64, the multiplier in the row's dtype."""
+    m = row_max(row, Lk)
+    exp_shifted(row, Lk, m)
+    total = 0.0
+    for j in range(Lk):
+        total += row[j]
+    return row.dtype.type(hm / total)
+
+
+@jit
 def softmax_rows(S, nr, Lk, hm, need_probs, probs, b, h, i0):
     """Rows S[:nr, :Lk] of scores -> probabilities in place (the softmax, times the head mask ``hm``), copied to
     probs[b, h, i0 + r] when ``need_probs``."""
     for r in range(nr):
         row = S[r]
-        m = row_max(row, Lk)
-        exp_shifted(row, Lk, m)
-        total = 0.0
-        for j in range(Lk):
-            total += row[j]
-        scale = S.dtype.type(hm / total)  # the sum in float64, the multiplier in the dtype
+        scale = softmax_scale(row, Lk, hm)
         for j in range(Lk):
             row[j] *= scale
         if need_probs:
@@ -293,11 +300,14 @@ def to_bf16(x):
 @overload(to_bf16, jit_options=JIT)
 def _to_bf16_jit(x):
     def impl(x):
-        b = float32_bits(x)  # int32; the sum below wraps exactly as the uint32 one would
-        r = np.int32(np.int32(b + np.int32(0x7FFF) + ((b >> np.int32(16)) & np.int32(1))) >> np.int32(16))
-        nan = x != x  # noqa: PLR0124 (the NaN test)
-        r = np.int32((b >> np.int32(16)) | np.int32(0x40)) if nan else r  # a NaN stays a quiet NaN
-        return np.uint16(r & np.int32(0xFFFF))
+        i32 = np.int32
+        b = float32_bits(x)  # int32; the sums below wrap exactly as uint32 ones would
+        # a NaN (exponent all ones, mantissa not 0): its quiet bit set and its low half cleared, so the rounding
+        # below gives (b >> 16) | 0x40 as the twin does; masks, not a select, which halves this loop's time
+        m = -i32(i32(b & i32(0x7FFFFFFF)) > i32(0x7F800000))  # -1 for a NaN, else 0
+        b = i32((b | (m & i32(0x400000))) & ~(m & i32(0xFFFF)))
+        r = i32(i32(b + i32(0x7FFF) + ((b >> i32(16)) & i32(1))) >> i32(16))  # nearest, ties to even
+        return np.uint16(r & i32(0xFFFF))
 
     return impl
 
@@ -325,39 +335,23 @@ def attention_bf16_ref(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf"
     return ctx, (p if need_probs else None)
 
 
-def bf16_pair(lo, hi):
-    """Two float32 values -> one uint32 word holding their bfloat16 bits, ``lo`` in the low half (the first of
-    a pair, as ``vdpbf16ps`` reads memory). This NumPy body is the twin; compiled code gets the same integer
-    operations (``to_bf16``)."""
-    return np.uint32(int(to_bf16(lo)) | int(to_bf16(hi)) << 16)
-
-
-@overload(bf16_pair, jit_options=JIT)
-def _bf16_pair_jit(lo, hi):
-    def impl(lo, hi):
-        return np.uint32(np.uint32(to_bf16(lo)) | np.uint32(np.uint32(to_bf16(hi)) << np.uint32(16)))
-
-    return impl
-
-
 def bf16_tile(x, i0, nr, kp, panel, c):
-    """c[r, :] = sum over k < kp of pair x[i0 + r, k] . pairs panel[k, :] for r < BF16_ROWS (rows past nr
-    repeat the last valid one). x [R, >= kp] and panel [>= kp, BF16_COLS] hold pairs of bfloat16 values, one
-    uint32 word each (``bf16_pair``); c is float32 [BF16_ROWS, BF16_COLS]. ``vdpbf16ps``'s order of
-    operations: per pair, the product of the high halves added first, then that of the low halves, each sum
-    rounded to float32 (the products are exact), so this twin and the instruction agree bit for bit, except
-    that the instruction flushes subnormal inputs and results to zero.
+    """c[r, :] = sum over t < kp of x[i0 + r, 2t : 2t + 2] . panel[t, 2j : 2j + 2] (each column j < BF16_COLS) for
+    r < BF16_ROWS (rows past nr repeat the last valid one). x [R, >= 2 kp] and panel [>= kp, 2 BF16_COLS] hold
+    bfloat16 bits (uint16) in pairs: two consecutive values of K side by side, as ``vdpbf16ps`` reads them; c is
+    float32 [BF16_ROWS, BF16_COLS]. The instruction's order of operations: per pair, the product of the second
+    values added first, then that of the first, each sum rounded to float32 (the products are exact), so this
+    twin and the instruction agree bit for bit, except that the instruction flushes subnormal inputs and
+    results to zero.
 
     This NumPy body is the twin and runs when the JIT is disabled; compiled code gets ``_bf16_tile_ir``."""
     rows = np.minimum(np.arange(BF16_ROWS), nr - 1) + i0
-    xw = np.asarray(x[rows, :kp], dtype=np.uint32)  # [ROWS, kp]
-    ww = np.asarray(panel[:kp], dtype=np.uint32)  # [kp, COLS]
-    x_lo, x_hi = bf16_float(xw & 0xFFFF), bf16_float(xw >> 16)
-    w_lo, w_hi = bf16_float(ww & 0xFFFF), bf16_float(ww >> 16)
+    xs = bf16_float(x[rows, : 2 * kp])  # [ROWS, 2 kp]
+    w = bf16_float(panel[:kp])  # [kp, 2 COLS]
     acc = np.zeros((BF16_ROWS, BF16_COLS), np.float32)
     for t in range(kp):
-        acc = acc + x_hi[:, t, None] * w_hi[None, t, :]
-        acc = acc + x_lo[:, t, None] * w_lo[None, t, :]
+        acc = acc + xs[:, 2 * t + 1, None] * w[None, t, 1::2]
+        acc = acc + xs[:, 2 * t, None] * w[None, t, 0::2]
     c[:] = acc
 
 
@@ -377,13 +371,13 @@ class _BFloat16(ir.types.Type):
 
 @intrinsic
 def _bf16_tile_ir(typingctx, x, i0, nr, kp, panel, c):
-    """``bf16_tile`` in LLVM IR: per pair k, BF16_NV zmm loads of panel[k] (16 words each), and for each of the
-    BF16_ROWS rows a broadcast of the word x[row, k] and BF16_NV ``vdpbf16ps`` into that row's accumulators
-    (phis): 2 loads, 6 broadcasts and 12 instructions per pair, 12 accumulators. After the loop the
-    accumulators are stored to c."""
-    u32, f32t = types.uint32, types.float32
-    if not (isinstance(x, types.Array) and x.dtype == u32 and x.ndim == 2 and x.layout == "C"
-            and isinstance(panel, types.Array) and panel.dtype == u32 and panel.ndim == 2 and panel.layout == "C"
+    """``bf16_tile`` in LLVM IR: per pair t, BF16_NV zmm loads of panel[t] (16 pairs each), and for each of the
+    BF16_ROWS rows a broadcast of the 32 bits of pair t of its row of x and BF16_NV ``vdpbf16ps`` into that
+    row's accumulators (phis): 2 loads, 6 broadcasts and 12 instructions per pair, 12 accumulators. After the
+    loop the accumulators are stored to c."""
+    u16, f32t = types.uint16, types.float32
+    if not (isinstance(x, types.Array) and x.dtype == u16 and x.ndim == 2 and x.layout == "C"
+            and isinstance(panel, types.Array) and panel.dtype == u16 and panel.ndim == 2 and panel.layout == "C"
             and isinstance(c, types.Array) and c.dtype == f32t and c.ndim == 2 and c.layout == "C"):  # fmt: skip
         return None
 
@@ -398,7 +392,7 @@ def _bf16_tile_ir(typingctx, x, i0, nr, kp, panel, c):
 
         x_arr, panel_arr, c_arr = (context.make_array(sig.args[k])(context, builder, args[k]) for k in (0, 4, 5))
         x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
-        x_rows = [builder.bitcast(p, i32.as_pointer())  # row min(i0 + r, i0 + nr - 1) of x, as int32
+        x_rows = [builder.bitcast(p, i32.as_pointer())  # row min(i0 + r, i0 + nr - 1) of x, as pairs (int32)
                   for p in emit_row_pointers(builder, x_arr.data, x_row_bytes, i0, nr, BF16_ROWS)]  # fmt: skip
         dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(FV, [FV, BV, BV]),
                                              "llvm.x86.avx512bf16.dpbf16ps.512")  # fmt: skip
@@ -436,26 +430,24 @@ def _bf16_tile_jit(x, i0, nr, kp, panel, c):
 
 
 @jit
-def bf16_pairs_into(src, n, dst):
-    """dst[t] = bf16_pair(src[2t], src[2t + 1]) for t < (n + 1) // 2 (a zero past src[n - 1]), written as the
-    halves of dst's words (x86 is little-endian: the low half comes first in memory), a loop that vectorises."""
-    halves = dst.view(np.uint16)
+def bf16_into(src, n, dst):
+    """dst[j] = to_bf16(src[j]) for j < n, zeros in dst[n:] (the padding of an odd count)."""
     for j in range(n):
-        halves[j] = to_bf16(src[j])
-    if n % 2:
-        halves[n] = 0
+        dst[j] = to_bf16(src[j])
+    for j in range(n, dst.shape[0]):
+        dst[j] = 0
 
 
 @jit(parallel=True)
 def _attention_bf16(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, need_probs, ctx, probs):
-    """``_attention`` with bfloat16 products (float32 arrays only); every operand in pairs of bfloat16 values,
-    one uint32 word each (``bf16_pair``). Per (batch, head) task: the head's queries, qw [L, dp] (dp = d / 2
-    rounded up: channels 2t, 2t + 1 in word t); its keys in panels of BF16_COLS keys, kw [n_kp, dp,
-    BF16_COLS] (kw[p, t, r]: channels 2t, 2t + 1 of key 32p + r); its values in panels of BF16_COLS channels,
-    vw [n_vp, kh, BF16_COLS] (kh = Lk / 2 rounded up; vw[p, j, r]: channel 32p + r of keys 2j, 2j + 1).
-    Per block of 6 query rows: scores = qw rows . key panels over dp words (``bf16_tile``), scaled and
-    masked; the float32 softmax; P into words, pw [6, kh]; the context = pw . value panels over kh words.
-    Zero words pad every odd d or Lk and the last panels."""
+    """``_attention`` with bfloat16 products (float32 arrays only). Every operand is bfloat16 bits (uint16) with
+    the values of the products' K in pairs side by side (``bf16_tile``). Per (batch, head) task: the head's
+    queries, qb [L, 2 dp] (dp = d / 2 rounded up); its keys, kb [Lk, 2 dp], then transposed pair by pair into
+    panels of BF16_COLS keys, kp [n_kp, dp, 2 BF16_COLS]; its values in panels of BF16_COLS channels, vp [n_vp,
+    kh, 2 BF16_COLS] (kh = Lk / 2 rounded up: channel c of keys 2j and 2j + 1 side by side). Per block of 6
+    query rows: scores = qb rows . key panels over dp pairs, scaled and masked; the float32 softmax, its
+    probabilities rounded as they are made into pb [6, 2 kh]; the context = pb . value panels over kh pairs. Zeros pad an odd d or Lk and
+    the last panels."""
     B, L, H = q.shape
     Lk = k.shape[1]
     d = H // n_heads
@@ -463,51 +455,56 @@ def _attention_bf16(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, nee
     kh = (Lk + 1) // 2
     n_kp = (Lk + BF16_COLS - 1) // BF16_COLS
     n_vp = (d + BF16_COLS - 1) // BF16_COLS
-    zero = np.float32(0)
     for task in prange(B * n_heads):
         b = task // n_heads
         h = task % n_heads
         c0 = h * d
-        qw = np.empty((L, dp), dtype=np.uint32)
+        qb = np.empty((L, 2 * dp), dtype=np.uint16)
         for i in range(L):
-            bf16_pairs_into(q[b, i, c0 : c0 + d], d, qw[i])
-        kt = np.empty((Lk, dp), dtype=np.uint32)  # the keys' words, key by key, then transposed into panels
+            bf16_into(q[b, i, c0 : c0 + d], d, qb[i])
+        kb = np.empty((Lk, 2 * dp), dtype=np.uint16)
         for j in range(Lk):
-            bf16_pairs_into(k[b, j, c0 : c0 + d], d, kt[j])
-        kw = np.zeros((n_kp, dp, BF16_COLS), dtype=np.uint32)
+            bf16_into(k[b, j, c0 : c0 + d], d, kb[j])
+        kp = np.zeros((n_kp, dp, BF16_COLS), dtype=np.uint32)  # kp[p, t] = pair t of keys 32p .. 32p + 31
+        kb_pairs = kb.view(np.uint32)  # [Lk, dp]
         for p in range(n_kp):
-            panel = kw[p]
             for t in range(dp):
-                dst = panel[t]
+                dst = kp[p, t]
                 for r in range(min(BF16_COLS, Lk - p * BF16_COLS)):
-                    dst[r] = kt[p * BF16_COLS + r, t]
-        vw = np.zeros((n_vp, kh, BF16_COLS), dtype=np.uint32)
-        for j in range(kh):  # keys 2j and 2j + 1, channel by channel
-            v0 = v[b, 2 * j, c0 : c0 + d]
-            v1 = v[b, min(2 * j + 1, Lk - 1), c0 : c0 + d]  # (read, then zeroed, when 2j + 1 = Lk)
-            odd = 2 * j + 1 < Lk
+                    dst[r] = kb_pairs[p * BF16_COLS + r, t]
+        vp = np.zeros((n_vp, kh, 2 * BF16_COLS), dtype=np.uint16)
+        for j in range(Lk):  # value row j: into the first (j even) or second (odd) value of each channel's pair
+            vj = v[b, j, c0 : c0 + d]
+            e = j % 2
             for p in range(n_vp):
-                dst = vw[p, j]
+                dst = vp[p, j // 2]
                 for r in range(min(BF16_COLS, d - p * BF16_COLS)):
-                    t = p * BF16_COLS + r
-                    dst[r] = bf16_pair(v0[t], v1[t] if odd else zero)
+                    dst[2 * r + e] = to_bf16(vj[p * BF16_COLS + r])
         S = np.empty((BF16_ROWS, Lk), dtype=np.float32)  # scores, then probabilities
-        pw = np.empty((BF16_ROWS, kh), dtype=np.uint32)
+        pb = np.empty((BF16_ROWS, 2 * kh), dtype=np.uint16)
         c = np.empty((BF16_ROWS, BF16_COLS), dtype=np.float32)
+        kp16 = kp.view(np.uint16)  # [n_kp, dp, 2 BF16_COLS]
         for i0 in range(0, L, BF16_ROWS):
             nr = min(BF16_ROWS, L - i0)
             for p in range(n_kp):
                 j0 = p * BF16_COLS
                 w = min(BF16_COLS, Lk - j0)
-                bf16_tile(qw, i0, nr, dp, kw[p], c)
+                bf16_tile(qb, i0, nr, dp, kp16[p], c)
                 scores_into(c, nr, w, S, j0, mask, b, h, i0, d, hf_scaling, has_mask)
-            softmax_rows(S, nr, Lk, head_mask[h], need_probs, probs, b, h, i0)
-            for r in range(nr):
-                bf16_pairs_into(S[r], Lk, pw[r])
+            for r in range(nr):  # the softmax, its last multiply and the rounding to bfloat16 in one pass
+                row, dst = S[r], pb[r]
+                scale = softmax_scale(row, Lk, head_mask[h])
+                for j in range(Lk):
+                    dst[j] = to_bf16(row[j] * scale)  # the float32 probability, rounded
+                if Lk % 2:
+                    dst[Lk] = 0
+                if need_probs:
+                    for j in range(Lk):
+                        probs[b, h, i0 + r, j] = row[j] * scale
             for p in range(n_vp):
                 t0 = c0 + p * BF16_COLS
                 w = min(BF16_COLS, d - p * BF16_COLS)
-                bf16_tile(pw, 0, nr, kh, vw[p], c)
+                bf16_tile(pb, 0, nr, kh, vp[p], c)
                 for r in range(nr):
                     out = ctx[b, i0 + r, t0 : t0 + w]
                     for col in range(w):

@@ -71,8 +71,8 @@ def test_bf16_tile_equals_its_twin_bit_for_bit(kp, nr):
     rng = np.random.default_rng(kp * 10 + nr)
     x = rng.standard_normal((9, 2 * kp)).astype(np.float32) * 3
     w = rng.standard_normal((kp, attention.BF16_COLS, 2)).astype(np.float32)
-    xw = attention.bf16_bits(x).view(np.uint32).reshape(9, kp)
-    ww = attention.bf16_bits(w).view(np.uint32).reshape(kp, attention.BF16_COLS)
+    xw = attention.bf16_bits(x)  # [9, 2 kp]: pairs of K side by side
+    ww = attention.bf16_bits(w).reshape(kp, 2 * attention.BF16_COLS)  # [kp, 2 COLS]: column c's pair at 2c, 2c + 1
     tile = numba.njit(lambda x, i0, nr, kp, p, c: attention.bf16_tile(x, i0, nr, kp, p, c))
     c_kernel = np.full((attention.BF16_ROWS, attention.BF16_COLS), np.nan, np.float32)
     c_twin = c_kernel.copy()

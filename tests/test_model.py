@@ -450,7 +450,8 @@ WARMUP_LEAVES = {
     "qgemm._qgemm", "qgemm._qgemm_serial", "qgemm._quantize_rows", "qgemm._quantize_rows_serial",  # the int8
     "attention._attention_bf16", "attention._attention_bf16_serial",  # layers': warmup(int8=True) compiles them
     # (the bfloat16 attention where the CPU has AVX512_BF16)
-    "attention.scores_into", "attention.softmax_rows", "attention.bf16_pairs_into",  # inside the attention kernels
+    "attention.scores_into", "attention.softmax_rows", "attention.softmax_scale",  # inside the attention
+    "attention.bf16_into",  # kernels
 }  # fmt: skip
 
 _COMPILE_CHECK = """
