@@ -32,6 +32,7 @@ def load_parameters(shapes, state_dict, dtype, owner):
     flat, tree = layers.load_parameters(shapes, state_dict, dtype, owner)
     if np.dtype(dtype) != np.float32:
         return flat, tree
+    key_of = {id(v): k for k, v in flat.items()}
     for layer in tree.get("ernie_m", tree).get("encoder", {}).get("layers", []):
         for group in (layer["self_attn"]["self_attn"], layer["self_attn"], layer):
             for name in PACKED:
@@ -39,7 +40,15 @@ def load_parameters(shapes, state_dict, dtype, owner):
                     w = group[name]["weight"]
                     group[name] = dict(group[name], weight=gemm.PackedWeight(w))
                     release_mapped(w)
+                    flat[key_of[id(w)]] = read_only(w)  # an edit in place would not reach the packed copy
     return flat, tree
+
+
+def read_only(a):
+    """A read-only view of an array: for the state dict's entries of weights packed at load."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 embeddings = layers.embeddings

@@ -97,14 +97,20 @@ def load_parameters(shapes, state_dict, dtype, owner):
 
 
 def parameter_tree(flat):
-    """The nested tree of ``parameters.unflatten`` with each int8 weight and its scales made one object."""
+    """The nested tree of ``parameters.unflatten`` with each int8 weight and its scales made one object. The
+    flat entries of a packed weight and its scales become read-only views: an edit in place would not reach the
+    packed copy."""
     tree_input = {}
-    for k, v in flat.items():
+    for k, v in list(flat.items()):
         if k.endswith(SCALE_SUFFIX):
             continue
         if k + SCALE_SUFFIX in flat:
             scale = flat[k + SCALE_SUFFIX]
-            v = Int8Rows(v, scale) if k.endswith(WORD_TABLE) else PackedInt8(v, scale)
+            if k.endswith(WORD_TABLE):
+                v = Int8Rows(v, scale)
+            else:
+                v = PackedInt8(v, scale)
+                flat[k], flat[k + SCALE_SUFFIX] = fused.read_only(v.q), fused.read_only(scale)
         tree_input[k] = v
     return unflatten(tree_input)
 

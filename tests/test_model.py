@@ -302,6 +302,36 @@ def test_numba_packs_the_encoder_linears_once_and_keeps_the_state_dict(tmp_path,
     assert isinstance(double.base_params["encoder"]["layers"][0]["linear1"]["weight"], np.ndarray)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba", "int8"])
+def test_state_dict_edits_reach_the_model_or_are_refused(backend):
+    """The numba and int8 backends run their Linear layers on weights packed at load: an edit in place of such a
+    weight in the state dict would not reach them, so those entries are read-only (the numpy backend's, and the
+    unpacked ones, such as the embeddings, stay writable and an edit changes the outputs); a model built from a
+    changed dict changes."""
+    model = make(backend=backend)
+    sd = model.state_dict()
+    name = "encoder.layers.0.linear1.weight"
+    ids, mask = ids_batch([5], 5)
+    before = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    if backend == "numpy":
+        assert sd[name].flags.writeable
+    else:
+        with pytest.raises(ValueError, match="read-only"):
+            sd[name][0, 0] = 1.0
+        if backend == "int8":
+            assert not sd[name + "_scale"].flags.writeable
+    np.testing.assert_array_equal(model(input_ids=ids, attention_mask=mask).last_hidden_state, before)
+    if backend == "int8":  # the int8 dict holds the quantized weight beside its scales
+        sd[name + "_scale"] = sd[name + "_scale"] * np.float32(3)
+    else:
+        sd[name] = sd[name] * 3
+    after = ErnieMModel(model.config, sd, backend=backend)(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert np.abs(after - before).max() > 1e-3
+    table = model.state_dict()["embeddings.position_embeddings.weight"]  # not packed: an edit reaches the model
+    table[2:, :4] += np.float32(1)  # not a shift of whole rows, which LayerNorm would remove
+    assert np.abs(model(input_ids=ids, attention_mask=mask).last_hidden_state - before).max() > 1e-3
+
+
 def test_load_takes_the_ffn_width_from_the_weights(tmp_path):
     # Paddle ignores intermediate_size (it builds 4 * hidden): a Paddle config may carry a wrong one
     model = make(intermediate_size=96)
