@@ -256,10 +256,9 @@ _attention_serial = serial_twin(_attention, "_attention_serial")
 # ================================================================================================ bfloat16 products
 # The int8 backend's attention: the float32 kernel's steps, with q, k, the probabilities P and v rounded to
 # bfloat16 (float32's sign and exponent, 8 significant bits: an error of at most 2^-8 of the value) and both
-# products summed
-# in float32 by ``vdpbf16ps`` (AVX512_BF16), which multiplies pairs of bfloat16 values and so does 32
-# multiply-adds per instruction where ``vfmadd231ps`` does 16. The product of two bfloat16 values is exact in
-# float32; only the sums round. No scales or zero points: each value keeps its own exponent, so a small
+# products summed in float32 by ``vdpbf16ps`` (AVX512_BF16), which multiplies pairs of bfloat16 values and so
+# does 32 multiply-adds per instruction where ``vfmadd231ps`` does 16. The product of two bfloat16 values is
+# exact in float32; only the sums round. No scales or zero points: each value keeps its own exponent, so a small
 # probability next to a large one keeps 8 bits (an int8 P scaled by its row's maximum would round it to 0).
 # The softmax runs in float32 between the products, as in the float32 kernel. docs/quantization.md has the
 # accuracy this costs (``scripts/bench/int8_attention_accuracy.py``) and docs/performance.md the speed.
@@ -355,20 +354,6 @@ def bf16_tile(x, i0, nr, kp, panel, c):
     c[:] = acc
 
 
-class _BFloat16(ir.types.Type):
-    """LLVM's ``bfloat`` type, which llvmlite's IR builder does not define: ``vdpbf16ps``'s intrinsic takes
-    vectors of it (only bitcasts of int32 vectors are made here)."""
-
-    def _to_string(self):
-        return "bfloat"
-
-    def __eq__(self, other):
-        return isinstance(other, _BFloat16)
-
-    def __hash__(self):
-        return hash("bfloat")
-
-
 @intrinsic
 def _bf16_tile_ir(typingctx, x, i0, nr, kp, panel, c):
     """``bf16_tile`` in LLVM IR: per pair t, BF16_NV zmm loads of panel[t] (16 pairs each), and for each of the
@@ -385,7 +370,6 @@ def _bf16_tile_ir(typingctx, x, i0, nr, kp, panel, c):
         _, i0, nr, kp, _, _ = args
         i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
         IV, FV = ir.VectorType(i32, BF16_LANES), ir.VectorType(f32, BF16_LANES)
-        BV = ir.VectorType(_BFloat16(), 2 * BF16_LANES)
 
         def const(v):
             return ir.Constant(i64, v)
@@ -394,17 +378,18 @@ def _bf16_tile_ir(typingctx, x, i0, nr, kp, panel, c):
         x_row_bytes = cgutils.unpack_tuple(builder, x_arr.strides, 2)[0]
         x_rows = [builder.bitcast(p, i32.as_pointer())  # row min(i0 + r, i0 + nr - 1) of x, as pairs (int32)
                   for p in emit_row_pointers(builder, x_arr.data, x_row_bytes, i0, nr, BF16_ROWS)]  # fmt: skip
-        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(FV, [FV, BV, BV]),
+        # the intrinsic as LLVM before 17 declares it, pairs as int32 lanes; LLVM 17 and later take <32 x bfloat>
+        # and upgrade this form when they read the IR (checked on LLVM 22: the tile equals its twin)
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(FV, [FV, IV, IV]),
                                              "llvm.x86.avx512bf16.dpbf16ps.512")  # fmt: skip
         panel_vectors = builder.bitcast(panel_arr.data, IV.as_pointer())
 
         def step(k, acc):
-            wv = [builder.bitcast(builder.load(builder.gep(panel_vectors, [builder.add(builder.mul(k, const(BF16_NV)),
-                                                                                        const(v))]), align=4), BV)
-                  for v in range(BF16_NV)]  # fmt: skip
+            wv = [builder.load(builder.gep(panel_vectors, [builder.add(builder.mul(k, const(BF16_NV)), const(v))]),
+                               align=4) for v in range(BF16_NV)]  # fmt: skip
             new = []
             for r in range(BF16_ROWS):
-                pair = builder.bitcast(emit_splat(builder, builder.load(builder.gep(x_rows[r], [k]), align=4), IV), BV)
+                pair = emit_splat(builder, builder.load(builder.gep(x_rows[r], [k]), align=4), IV)
                 new += [builder.call(dot, [acc[r * BF16_NV + v], pair, wv[v]]) for v in range(BF16_NV)]
             return new
 
