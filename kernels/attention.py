@@ -291,9 +291,9 @@ def bf16_float(bits):
 
 
 def to_bf16(x):
-    """One float32 -> its bfloat16 bits (``bf16_bits``). This NumPy body is the twin; compiled code gets the
-    integer form below, which vectorises."""
-    return bf16_bits(np.float32(x))
+    """One float32 -> its bfloat16 bits (``bf16_bits``), a uint16 scalar. This NumPy body is the twin; compiled
+    code gets the integer form below, which vectorises."""
+    return bf16_bits(np.array([x], dtype=np.float32))[0]
 
 
 @overload(to_bf16, jit_options=JIT)
@@ -431,8 +431,8 @@ def _attention_bf16(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, nee
     panels of BF16_COLS keys, kp [n_kp, dp, 2 BF16_COLS]; its values in panels of BF16_COLS channels, vp [n_vp,
     kh, 2 BF16_COLS] (kh = Lk / 2 rounded up: channel c of keys 2j and 2j + 1 side by side). Per block of 6
     query rows: scores = qb rows . key panels over dp pairs, scaled and masked; the float32 softmax, its
-    probabilities rounded as they are made into pb [6, 2 kh]; the context = pb . value panels over kh pairs. Zeros pad an odd d or Lk and
-    the last panels."""
+    probabilities rounded as they are made into pb [6, 2 kh]; the context = pb . value panels over kh pairs.
+    Zeros pad an odd d or Lk and the last panels."""
     B, L, H = q.shape
     Lk = k.shape[1]
     d = H // n_heads

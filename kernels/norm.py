@@ -44,9 +44,19 @@ def order_key(bits):
     return np.int32(bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF)))
 
 
+def float32_bits(x):
+    """The int32 with the bits of a float32. This NumPy body is the twin and runs when the JIT is disabled;
+    compiled code gets an LLVM bitcast (``_float32_bits_ir``), free, which vectorises."""
+    return np.array(x, dtype=np.float32).view(np.int32)[()]
+
+
+def bits_float32(bits):
+    """The float32 with the bits of an int32 (``float32_bits`` the other way). This NumPy body is the twin."""
+    return np.array(bits, dtype=np.int32).view(np.float32)[()]
+
+
 @intrinsic
-def float32_bits(typingctx, x):
-    """The int32 with the bits of a float32: an LLVM bitcast, free, and it vectorises."""
+def _float32_bits_ir(typingctx, x):
     if x != types.float32:
         return None
 
@@ -57,8 +67,7 @@ def float32_bits(typingctx, x):
 
 
 @intrinsic
-def bits_float32(typingctx, bits):
-    """The float32 with the bits of an int32 (``float32_bits`` the other way)."""
+def _bits_float32_ir(typingctx, bits):
     if bits != types.int32:
         return None
 
@@ -66,6 +75,20 @@ def bits_float32(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.int32), codegen
+
+
+@overload(float32_bits, jit_options=JIT)
+def _float32_bits_jit(x):
+    if x == types.float32:
+        return lambda x: _float32_bits_ir(x)
+    return None
+
+
+@overload(bits_float32, jit_options=JIT)
+def _bits_float32_jit(bits):
+    if bits == types.int32:
+        return lambda bits: _bits_float32_ir(bits)
+    return None
 
 
 def normalize_row(row, mean_hi, mean_lo, inv, weight, bias):

@@ -4,6 +4,10 @@ and the int8 model's switch between bfloat16 and float32 products."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -14,7 +18,8 @@ from hypothesis import strategies as st
 
 from erniem_np import ErnieMConfig, ErnieMModel, quantized
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"  # the kernels run as Python: fewer cases
+SETTINGS = settings(max_examples=8 if NO_JIT else 40, deadline=None, derandomize=True)
 FMIN = np.finfo(np.float32).min
 needs_bf16 = pytest.mark.skipif(not attention.bf16_supported(), reason="this CPU has no AVX512_BF16")
 to_bf16 = numba.njit(lambda x: attention.to_bf16(x))
@@ -200,3 +205,15 @@ def test_int8_attention_switch(monkeypatch):
     monkeypatch.setenv("ERNIEM_NP_INT8_ATTENTION", "fp8")
     with pytest.raises(ValueError, match="ERNIEM_NP_INT8_ATTENTION"):
         model(ids)
+
+
+def test_bf16_attention_passes_without_jit():
+    """The same tests with NUMBA_DISABLE_JIT=1: the kernel runs as Python, on the NumPy twins of the tile and
+    of the rounding."""
+    if NO_JIT:
+        pytest.skip("already without the JIT")
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                        "-k", "not without_jit"],
+                       env=env, capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
