@@ -47,6 +47,8 @@ def attention_products() -> str:
     if wanted and wanted not in ("bf16", "float32"):
         raise ValueError(f"ERNIEM_NP_INT8_ATTENTION must be 'bf16' or 'float32', got {wanted!r}")
     return wanted or ("bf16" if attention.bf16_supported() else "float32")
+
+
 class Int8Rows:
     """The word-embedding table in int8 with a float32 scale per row: ``table[ids]`` gives the float32 rows
     ``q[ids] * scale[ids]`` ([..., H]), as indexing the float32 table would give its rows. ``q`` is the int8
@@ -127,8 +129,9 @@ def encoder_layer(x, self_attn, linear1, linear2, norm1, norm2, *, n_heads, acti
         v = np.concatenate([layers.merge_heads(past[1]), v], axis=1)
     hm = None if head_mask is None else np.asarray(head_mask).reshape(n_heads)
     need_probs = need_probs or probes is not None
+    products = attention_products()  # "bf16" where the CPU has AVX512_BF16, else "float32"
     context, probs = attention.attention(q, k, v, n_heads, mask, hm, scaling=flavor, need_probs=need_probs,
-                                         products=attention_products())  # float32 out
+                                         products=products)  # fmt: skip
     attn_plus_x = qlinear(context, **self_attn["out_proj"], residual=x)  # out_proj(context) + x
     x = norm.layer_norm(attn_plus_x, norm1["weight"], norm1["bias"], eps)  # post-LN, float32
     if probes is not None:
