@@ -708,8 +708,8 @@ print(f"epilogues: GELU and residual as by hand; int8 GELU(linear1) against floa
 # short sums ($K = d = 64$ for the scores), and an int8 scheme would need a scale and zero point per row of
 # each, computed at run time for every head. bfloat16 needs none of that: it is float32 with the 16 low bits
 # of the mantissa rounded away (sign, the same 8-bit exponent, 8 significant bits), so each value keeps its own
-# exponent and its rounding error is at most $2^{-8}$ of it, however small it is next to its neighbours (an int8 $P$
-# scaled by its row's maximum would round a probability under $1/510$ of that maximum to 0). The product of
+# exponent and its rounding error is at most $2^{-8}$ of it, however small it is next to its neighbours (an
+# int8 $P$ scaled by its row's maximum would round a probability under $1/510$ of that maximum to 0). The product of
 # two bfloat16 values is exact in float32; `vdpbf16ps` (AVX512_BF16) multiplies pairs of them and adds both
 # products to a float32 accumulator: 32 multiply-adds per instruction where `vfmadd231ps` does 16.
 #
@@ -729,7 +729,9 @@ assert np.all(np.abs(attention.bf16_float(bits) - x16) <= np.abs(x16) * 2.0**-8)
 # Layer 0's attention of the float32 model, recomputed from its recorded q, k and v (the probes, `[B, nh, L,
 # d]`), once in float32 (`attention_ref`) and once with bfloat16 products (its twin, `products="bf16"`):
 # the context moves by about bfloat16's step, an order of magnitude under what the int8 Linear layers around
-# it add. Where the CPU has AVX512_BF16 the kernel runs too, and agrees with the twin to float32 rounding.
+# it add. Where the CPU has AVX512_BF16 the kernel runs too: its probabilities agree with the twin's to float32
+# rounding, and its context with the twin's but for a probability rounded to the neighbouring bfloat16 here and
+# there (the two float32 softmaxes differ in their last bits).
 
 # %%
 def merged(t):  # [B, nh, L, d] -> [B, L, H]
@@ -757,8 +759,8 @@ if COMPILED and attention.bf16_supported():
     p_rounded = attention.bf16_float(attention.bf16_bits(p_kernel)).astype(np.float64)  # [B, nh, L, Lk]
     ctx_from_p = np.einsum("bhij,bjhd->bihd", p_rounded, v16).reshape(ctx16.shape)
     assert np.allclose(ctx_kernel, ctx_from_p, rtol=1e-5, atol=1e-5)
-    print(f"the kernel (vdpbf16ps) agrees with the twin: probabilities to float32 rounding, the context to "
-          f"{np.abs(ctx_kernel - ctx16).max():.1e} (a probability rounded to the neighbouring bfloat16 here and there)")
+    print(f"the kernel (vdpbf16ps) against the twin: probabilities within float32 rounding, the context within "
+          f"{np.abs(ctx_kernel - ctx16).max():.1e}")  # fmt: skip
 else:
     print("this CPU has no AVX512_BF16: the int8 model's attention runs in float32 here")
 
