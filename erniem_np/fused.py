@@ -24,24 +24,41 @@ PACKED = ("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2")  # the
 
 
 def load_parameters(shapes, state_dict, dtype, owner):
-    """(flat, tree) as ``layers.load_parameters``, except that in the tree each encoder Linear weight is a
-    ``gemm.PackedWeight`` (float32 only; float64 keeps the arrays): packed once here, so no forward pass
-    packs anything. ``flat`` (what ``state_dict()`` returns) keeps the weights as given. Where a weight is a
-    view of a memory-mapped checkpoint, its pages are released after packing (they reload from the file if
-    ``state_dict()`` reads them), so the packed copy is not counted twice."""
+    """(flat, tree) as ``layers.load_parameters``, except that in the tree each encoder Linear weight and the
+    pooler's is a ``gemm.PackedWeight`` (float32 only; float64 keeps the arrays): packed once here, so no
+    forward pass packs anything. ``flat`` (what ``state_dict()`` returns) keeps the weights as given."""
     flat, tree = layers.load_parameters(shapes, state_dict, dtype, owner)
     if np.dtype(dtype) != np.float32:
         return flat, tree
-    key_of = {id(v): k for k, v in flat.items()}
-    for layer in tree.get("ernie_m", tree).get("encoder", {}).get("layers", []):
-        for group in (layer["self_attn"]["self_attn"], layer["self_attn"], layer):
-            for name in PACKED:
-                if name in group and isinstance(group[name].get("weight"), np.ndarray):
-                    w = group[name]["weight"]
-                    group[name] = dict(group[name], weight=gemm.PackedWeight(w))
-                    release_mapped(w)
-                    flat[key_of[id(w)]] = read_only(w)  # an edit in place would not reach the packed copy
+    base = tree.get("ernie_m", tree)
+    linears = [
+        (group, name)
+        for layer in base.get("encoder", {}).get("layers", [])
+        for group in (layer["self_attn"]["self_attn"], layer["self_attn"], layer)
+        for name in PACKED
+    ]
+    pack_at_load(flat, linears + pooler_linear(base))
     return flat, tree
+
+
+def pooler_linear(base):
+    """[(group, name)] of the pooler's Linear in the base model's tree (none without a pooler)."""
+    return [(base["pooler"], "dense")] if "pooler" in base else []
+
+
+def pack_at_load(flat, linears):
+    """For each (group, name) whose ``group[name]["weight"]`` is an array: the weight replaced in the tree by
+    its ``gemm.PackedWeight`` (the same bits as the unpacked weight, docs/performance.md gives the speed),
+    and its entry in ``flat`` made read-only, since an edit in place would not reach the
+    packed copy. Where a weight is a view of a memory-mapped checkpoint, its pages are released after packing
+    (they reload from the file if ``state_dict()`` reads them), so the packed copy is not counted twice."""
+    key_of = {id(v): k for k, v in flat.items()}
+    for group, name in linears:
+        if name in group and isinstance(group[name].get("weight"), np.ndarray):
+            w = group[name]["weight"]
+            group[name] = dict(group[name], weight=gemm.PackedWeight(w))
+            release_mapped(w)
+            flat[key_of[id(w)]] = read_only(w)
 
 
 def read_only(a):
@@ -103,10 +120,10 @@ def pooler(x, dense):
 
 def warmup(dtypes=(np.float32,)) -> None:
     """Compile (or load from the cache) every kernel a forward pass calls, for each dtype: one encoder layer
-    (its Linear weights packed, as ``load_parameters`` stores them), the pooler and a head's linear on a random
-    layer, once below ``SERIAL_BELOW_FLOPS`` (the serial twins)
-    and once above it (the parallel kernels). The arguments have the types a model passes, so a forward pass
-    afterwards compiles nothing (``tests/test_model.py`` checks it)."""
+    and the pooler (their Linear weights packed, as ``load_parameters`` stores them) and a head's linear on a
+    random layer, once below ``SERIAL_BELOW_FLOPS`` (the serial twins) and once above it (the parallel
+    kernels). The arguments have the types a model passes, so a forward pass afterwards compiles nothing
+    (``tests/test_model.py`` checks it)."""
     rng = np.random.default_rng(0)
     H, F, nh, n_labels = 256, 1024, 4, 3
     for dtype in dtypes:
@@ -126,5 +143,5 @@ def warmup(dtypes=(np.float32,)) -> None:
         for L in (1, 320):  # serial twins; parallel kernels (LayerNorm of 256 goes parallel at 293 rows)
             x = rng.standard_normal((1, L, H)).astype(dtype)
             x, _, _ = encoder_layer(x, **layer, n_heads=nh, activation="gelu", eps=1e-5, mask=None, flavor="hf")
-            linear(pooler(x, linear_params(H, H)), **linear_params(n_labels, H))
+            linear(pooler(x, packed_params(H, H)), **linear_params(n_labels, H))  # the pooler packed at load
             linear(x, **linear_params(H, H))  # a Linear on unpacked weights over every token, as a head runs

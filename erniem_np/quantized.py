@@ -95,7 +95,9 @@ def load_parameters(shapes, state_dict, dtype, owner):
                             f"{k}{SCALE_SUFFIX} beside it")  # fmt: skip
         flat[k] = q
     flat = {k: flat[k] for k in expected}  # each int8 weight followed by its scales
-    return flat, parameter_tree(flat)
+    tree = parameter_tree(flat)
+    fused.pack_at_load(flat, fused.pooler_linear(tree.get("ernie_m", tree)))  # float32, packed as fused.py packs it
+    return flat, tree
 
 
 def parameter_tree(flat):

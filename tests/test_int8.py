@@ -395,6 +395,24 @@ def test_an_int8_model_saves_int8_and_loads_as_stored(tmp_path):
 
 
 @needs_int8_cpu
+def test_the_pooler_stays_float32_packed_at_load_with_the_numba_bits(tmp_path):
+    from erniem_np.kernels.gemm import PackedWeight
+
+    from erniem_np import fused
+
+    ErnieMModel(CONFIG, seed=6).save_pretrained(tmp_path)
+    q = ErnieMModel.from_pretrained(tmp_path, quantize="int8")  # mapped: the packed source's pages are released
+    dense = q.params["pooler"]["dense"]
+    assert isinstance(dense["weight"], PackedWeight)
+    stored = ErnieMModel.from_pretrained(tmp_path, backend="numpy", mmap=False).state_dict()["pooler.dense.weight"]
+    np.testing.assert_array_equal(q.state_dict()["pooler.dense.weight"], stored)
+    ids, mask = _ids(3)
+    out = q(ids, attention_mask=mask)
+    want = fused.pooler(out.last_hidden_state, {"weight": stored, "bias": dense["bias"]})  # unpacked: same bits
+    np.testing.assert_array_equal(out.pooler_output, want)
+
+
+@needs_int8_cpu
 def test_quantize_at_load_equals_quantizing_the_float_model(tmp_path):
     ref = ErnieMModel(CONFIG, seed=5)
     ref.save_pretrained(tmp_path)

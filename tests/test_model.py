@@ -287,6 +287,7 @@ def test_numba_packs_the_encoder_linears_once_and_keeps_the_state_dict(tmp_path,
     names = {"q_proj": layer["self_attn"]["self_attn"]["q_proj"], "out_proj": layer["self_attn"]["out_proj"],
              "linear1": layer["linear1"], "linear2": layer["linear2"]}  # fmt: skip
     assert all(isinstance(p["weight"], PackedWeight) for p in names.values())
+    assert isinstance(model.base_params["pooler"]["dense"]["weight"], PackedWeight)
     stored = cls.from_pretrained(tmp_path, backend="numpy", mmap=False).state_dict()
     for k, v in model.state_dict().items():
         assert isinstance(v, np.ndarray), k
@@ -320,6 +321,8 @@ def test_state_dict_edits_reach_the_model_or_are_refused(backend):
             sd[name][0, 0] = 1.0
         if backend == "int8":
             assert not sd[name + "_scale"].flags.writeable
+        with pytest.raises(ValueError, match="read-only"):  # the pooler's float32 weight is packed too
+            sd["pooler.dense.weight"][0, 0] = 1.0
     np.testing.assert_array_equal(model(input_ids=ids, attention_mask=mask).last_hidden_state, before)
     if backend == "int8":  # the int8 dict holds the quantized weight beside its scales
         sd[name + "_scale"] = sd[name + "_scale"] * np.float32(3)

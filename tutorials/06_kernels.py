@@ -352,7 +352,7 @@ for got, (w_, b_) in zip(gemm.linear_many(x, three), three, strict=True):
 # `_gemm` leaves $W$ where it is stored and packs $x$ on every call; its tile holds $y^\top$, so the epilogue
 # ends in a scatter, each value to another row of `out`. A Linear layer of a loaded model has a weight that
 # never changes, so it can be laid out once for the kernel, as BLAS libraries do for a constant operand. The
-# encoder's Linear layers do that: `erniem_np/fused.py`'s `load_parameters` wraps each in a
+# encoder's Linear layers and the pooler's do that: `erniem_np/fused.py`'s `load_parameters` wraps each in a
 # `gemm.PackedWeight`, strips of `PACK_COLS` output columns, `packed[s, k, j] = W[s * PACK_COLS + j, k]`, and
 # `gemm.linear` then runs `_gemm_packed`. Its tile (`packed_tile`, `_packed_tile_ir`) turns the roles round:
 # per $k$ it loads `PACK_NV` vectors of the strip (consecutive output columns) and broadcasts $x_{r,k}$ for
