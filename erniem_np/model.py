@@ -345,8 +345,9 @@ class ErnieMForQuestionAnswering(_Head):
             # HF: squeeze a trailing axis, clamp to [0, L], and ignore index L (positions past the input)
             s = np.clip(squeeze_last(int_labels("start_positions", start_positions)), 0, L)
             e = np.clip(squeeze_last(int_labels("end_positions", end_positions)), 0, L)
-            loss = (self._cross_entropy(start_logits, s, ignore_index=L)
-                    + self._cross_entropy(end_logits, e, ignore_index=L)) / 2  # fmt: skip
+            start_loss = self._cross_entropy(start_logits, s, ignore_index=L)
+            end_loss = self._cross_entropy(end_logits, e, ignore_index=L)
+            loss = (start_loss + end_loss) / self.dtype.type(2)  # NumPy 1.x makes float32 / 2 float64
         return QuestionAnsweringModelOutput(loss, start_logits, end_logits, out.hidden_states, out.attentions)
 
 
@@ -381,7 +382,8 @@ class ErnieMForInformationExtraction(_Head):
             s = np.clip(squeeze_last(np.asarray(start_positions)), 0, L).astype(self.dtype)
             e = np.clip(squeeze_last(np.asarray(end_positions)), 0, L).astype(self.dtype)
             s, e = (same_shape(n, t, start_logits.shape) for n, t in (("start_positions", s), ("end_positions", e)))
-            loss = (layers.bce_with_logits(start_logits, s) + layers.bce_with_logits(end_logits, e)) / 2
+            start_loss, end_loss = layers.bce_with_logits(start_logits, s), layers.bce_with_logits(end_logits, e)
+            loss = (start_loss + end_loss) / self.dtype.type(2)  # float32 on NumPy 1.x too
         return InformationExtractionOutput(
             loss, start_logits, end_logits, out.hidden_states, out.attentions,
             start_prob=expit(start_logits), end_prob=expit(end_logits),

@@ -287,7 +287,7 @@ def bf16_bits(x):
 
 def bf16_float(bits):
     """bfloat16 bits (uint16) -> float32, exactly."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)  # NumPy 1.x too
 
 
 def to_bf16(x):
