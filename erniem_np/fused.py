@@ -48,10 +48,10 @@ def pooler_linear(base):
 
 def pack_at_load(flat, linears):
     """For each (group, name) whose ``group[name]["weight"]`` is an array: the weight replaced in the tree by
-    its ``gemm.PackedWeight`` (the same bits as the unpacked weight, docs/performance.md gives the speed),
-    and its entry in ``flat`` made read-only, since an edit in place would not reach the
-    packed copy. Where a weight is a view of a memory-mapped checkpoint, its pages are released after packing
-    (they reload from the file if ``state_dict()`` reads them), so the packed copy is not counted twice."""
+    its ``gemm.PackedWeight`` (the same bits as the unpacked weight; docs/performance.md gives the speed), and
+    its entry in ``flat`` made read-only, since an edit in place would not reach the packed copy. Where a
+    weight is a view of a memory-mapped checkpoint, its pages are released after packing (they reload from
+    the file if ``state_dict()`` reads them), so the packed copy is not counted twice."""
     key_of = {id(v): k for k, v in flat.items()}
     for group, name in linears:
         if name in group and isinstance(group[name].get("weight"), np.ndarray):

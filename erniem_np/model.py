@@ -132,8 +132,9 @@ class ErnieMPreTrainedModel:
     def state_dict(self) -> dict[str, np.ndarray]:
         """HF state-dict names and layout: loads into transformers' class of the same name. The arrays are the
         model's own: an edit in place reaches the forward pass, except for weights the backend packed at load
-        (the numba backend's encoder Linear weights, the int8 backend's quantized Linear weights and their
-        scales), which are read-only here. To change one of those, build a model from a changed dict:
+        (the numba backend's encoder and pooler Linear weights, the int8 backend's quantized Linear weights and
+        their scales and its float32 pooler weight), which are read-only here. To change one of those, build a
+        model from a changed dict:
         ``sd = model.state_dict(); sd[name] = new; type(model)(model.config, sd, backend=model.backend)``."""
         return dict(self._flat)
 
