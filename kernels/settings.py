@@ -2,7 +2,8 @@
 thread count.
 
 Importing this module compiles nothing and changes none of Numba's global settings: the threading layer, the
-cache directory and every other ``numba.config`` value stay as the user's program left them.
+cache directory and every other ``numba.config`` value stay as the user's program left them; the environment
+is left as it was found.
 
 * **The kernel cache is private.** Compiled kernels are cached in a directory of the current user's alone
   (``$ERNIEM_NP_CACHE_DIR``, else ``$XDG_CACHE_HOME/erniem-np/numba``, else ``~/.cache/erniem-np/numba``, else
@@ -15,6 +16,15 @@ cache directory and every other ``numba.config`` value stay as the user's progra
   ``run`` picks the parallel one above ``SERIAL_BELOW_FLOPS`` unless this process is a ``fork`` child of a
   process whose GNU OpenMP thread pool had started (GNU OpenMP cannot run in such a child: Numba kills it);
   there the twins run, single-threaded and correct. ``spawn`` and ``forkserver`` children run in parallel.
+* **The pool's waiting threads spin 2**20 times before they sleep** (``POOL_SPIN_COUNT``), as ONNX Runtime's
+  do, where GNU OpenMP's default is 300,000: set as ``GOMP_SPINCOUNT`` just while ``_launch_pool`` starts
+  Numba's pool, and only when the user has set neither ``GOMP_SPINCOUNT`` nor ``OMP_WAIT_POLICY``. It matters
+  on virtual machines: with the default, a short forward pass after a pause ran at about half speed on the
+  2-core VM of docs/performance.md (slower than one thread), and with 2**20 it did not
+  (``python scripts/bench/idle_latency.py`` compares the two). A waiting thread then polls for 26 ms (7.6 ms with the default)
+  after the last kernel before it sleeps; ``OMP_WAIT_POLICY=passive`` stops that (and costs the latency back).
+  GNU OpenMP reads the variable once, when it loads: a process that loaded it before erniem-np's first
+  parallel kernel keeps the setting it had.
 * **Several Python threads may call the kernels at once.** Numba's ``omp`` and ``tbb`` layers are
   thread-safe; its ``workqueue`` layer aborts the process on concurrent use, so when Numba runs ``workqueue``
   (the user chose it, or no other layer loads) ``run`` holds a lock around each parallel call.
@@ -279,15 +289,39 @@ def parallel_allowed() -> bool:
     return not _forked_from_gnu_omp
 
 
+# How many times a thread of GNU OpenMP's pool polls for work before it sleeps: ONNX Runtime's pool spins
+# 2**20 times. See the module docstring for why, and ``_launch_pool`` for when it applies.
+POOL_SPIN_COUNT = 1 << 20
+_SPIN_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")  # either one set by the user: theirs stands
+_launch_lock = threading.Lock()
+
+
+def _launch_pool() -> None:
+    """Start Numba's thread pool with the layer the user's settings pick. GNU OpenMP, if that layer loads it
+    now, reads ``GOMP_SPINCOUNT`` = ``POOL_SPIN_COUNT`` from the environment, which is set only for the
+    launch and only when the user has set neither spin variable."""
+    from numba.np.ufunc import parallel
+
+    with _launch_lock:
+        if parallel._is_initialized:
+            return
+        if any(v in os.environ for v in _SPIN_VARIABLES):
+            parallel._launch_threads()
+            return
+        os.environ["GOMP_SPINCOUNT"] = str(POOL_SPIN_COUNT)
+        try:
+            parallel._launch_threads()
+        finally:
+            del os.environ["GOMP_SPINCOUNT"]
+
+
 def _layer_is_thread_safe() -> bool:
-    """Start Numba's pool (with the layer the user's settings pick) and say whether that layer is thread-safe."""
+    """Start Numba's pool (``_launch_pool``) and say whether the layer it runs is thread-safe."""
     global _thread_safe
     if _thread_safe is None:
         if numba.config.DISABLE_JIT:
             return True  # prange is range: no pool
-        from numba.np.ufunc import parallel
-
-        parallel._launch_threads()
+        _launch_pool()
         _thread_safe = threading_layer() in ("omp", "tbb")
     return _thread_safe
 

@@ -927,3 +927,33 @@ def test_kernels_pass_without_jit():
                         "-k", "not model_shapes and not 1e6 and not concurrent"],
                        env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+_SPIN_PROBE = """
+import ctypes, os, sys
+from erniem_np.kernels import settings
+settings._layer_is_thread_safe()  # starts Numba's pool, as the first parallel kernel call does
+print(settings.threading_layer(), os.environ.get("GOMP_SPINCOUNT", "unset"), flush=True)
+if settings.threading_layer() == "omp":
+    ctypes.CDLL("libgomp.so.1").omp_display_env(1)  # GNU OpenMP prints its settings to stderr
+"""
+
+
+@pytest.mark.skipif(NO_JIT, reason="no thread pool without the JIT")
+@pytest.mark.parametrize(("user_env", "spin_count"), [({}, str(ksettings.POOL_SPIN_COUNT)),
+                                                       ({"GOMP_SPINCOUNT": "1234"}, "1234"),
+                                                       ({"OMP_WAIT_POLICY": "passive"}, "0")])  # fmt: skip
+def test_the_pool_spins_2_to_the_20_unless_the_user_set_the_wait(user_env, spin_count):
+    """GNU OpenMP's pool, started by erniem-np, polls POOL_SPIN_COUNT times before sleeping; a spin variable
+    the user set wins; the environment is as it was afterwards (GOMP_SPINCOUNT is set only for the launch)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    r = subprocess.run([sys.executable, "-c", _SPIN_PROBE], env=dict(env, **user_env), capture_output=True,
+                       text=True, timeout=300, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    layer, env_after = r.stdout.split()
+    assert env_after == user_env.get("GOMP_SPINCOUNT", "unset")
+    if layer != "omp":
+        pytest.skip(f"Numba runs the {layer} layer here, not GNU OpenMP")
+    if "GOMP_SPINCOUNT" not in r.stderr:
+        pytest.skip("this GNU OpenMP's omp_display_env does not show its spin count")
+    assert re.search(r"GOMP_SPINCOUNT = '(\d+)'", r.stderr).group(1) == spin_count, r.stderr
