@@ -21,8 +21,9 @@ is left as it was found.
   Numba's pool, and only when the user has set neither ``GOMP_SPINCOUNT`` nor ``OMP_WAIT_POLICY``. It matters
   on virtual machines: with the default, a short forward pass after a pause ran at about half speed on the
   2-core VM of docs/performance.md (slower than one thread), and with 2**20 it did not
-  (``python scripts/bench/idle_latency.py`` compares the two). A waiting thread then polls for 26 ms (7.6 ms with the default)
-  after the last kernel before it sleeps; ``OMP_WAIT_POLICY=passive`` stops that (and costs the latency back).
+  (``python scripts/bench/idle_latency.py`` compares the two). A waiting thread then polls for 26 ms of CPU
+  (7.6 ms with the default) after the last kernel before it sleeps; ``OMP_WAIT_POLICY=passive`` stops that
+  (and costs the latency back).
   GNU OpenMP reads the variable once, when it loads: a process that loaded it before erniem-np's first
   parallel kernel keeps the setting it had.
 * **Several Python threads may call the kernels at once.** Numba's ``omp`` and ``tbb`` layers are

@@ -65,8 +65,9 @@ def main() -> None:
                    "--pauses", args.pauses, "--reps", str(args.reps)]  # fmt: skip
             out = subprocess.run(cmd, env=dict(env, GOMP_SPINCOUNT=c), capture_output=True, text=True, check=True)
             runs[c].append({float(p): v for p, v in json.loads(out.stdout.strip().splitlines()[-1]).items()})
-    print(f"{args.backend} B=1 L={args.length}, NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', 'unset')}: "
-          f"median ms of a forward after each pause ({args.processes} processes x {args.reps} forwards per cell)")  # fmt: skip
+    threads = os.environ.get("NUMBA_NUM_THREADS", "unset")
+    print(f"{args.backend} B=1 L={args.length}, NUMBA_NUM_THREADS={threads}: median ms of a forward after each "
+          f"pause ({args.processes} processes x {args.reps} forwards per cell)")  # fmt: skip
     print(f"  {'GOMP_SPINCOUNT':>14s} " + " ".join(f"{p:>8g} s" for p in pauses))
     for c in counts:
         print(f"  {c:>14s} " + " ".join(f"{np.median([t for r in runs[c] for t in r[p]]):8.1f}  " for p in pauses))
