@@ -17,7 +17,6 @@ import functools
 import math
 import threading
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -25,7 +24,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload, register_jitable
 
 from .norm import gelu_inplace, gelu_ref, gelu_row, gelu_row_f32
-from .settings import JIT, cpu_features, jit, run, serial_twin
+from .settings import JIT, cpu_features, get_num_threads, jit, run, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL = 0, 1, 2
 
@@ -720,7 +719,7 @@ def _linear_parts(x, params, residual, gelu=False):
                 padded = np.zeros(w.shape[0] * PACK_COLS, np.float32)
                 padded[: b.shape[0]] = b
                 strip_bs.append(_readonly(padded))
-            chunks = numba.get_num_threads() if M >= ROW_CHUNKS_FROM else 1
+            chunks = get_num_threads() if M >= ROW_CHUNKS_FROM else 1
             run(_gemm_packed, _gemm_packed_serial, flops, x2, tuple(ws), tuple(strip_bs), r2, tuple(outs), epilogue,
                 chunks)  # fmt: skip
         else:

@@ -34,7 +34,6 @@ import os
 import warnings
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -43,7 +42,7 @@ from numba.extending import intrinsic, overload
 
 from .gemm import emit_phi_loop, emit_row_forms, emit_row_pointers, emit_splat, emit_write_prefetch, finish_narrow_strip
 from .norm import bits_float32, float32_bits, gelu_row_f32, order_key
-from .settings import JIT, cpu_features, jit, run, serial_twin
+from .settings import JIT, cpu_features, get_num_threads, jit, run, serial_twin
 
 EPILOGUE_BIAS, EPILOGUE_GELU, EPILOGUE_RESIDUAL, EPILOGUE_RAW = 0, 1, 2, 3
 MAX_K = 66_000  # 255 * 127 * K < 2**31
@@ -721,7 +720,7 @@ def _qlinear_parts(x, params, activation, residual, raw, out_given=None):
         return results
     epilogue = EPILOGUE_RAW if raw else EPILOGUE_GELU if activation == "gelu" else \
         EPILOGUE_RESIDUAL if r2 is not None else EPILOGUE_BIAS  # fmt: skip
-    blocks = numba.get_num_threads() if M >= ROW_BLOCKS_FROM else 1
+    blocks = get_num_threads() if M >= ROW_BLOCKS_FROM else 1
     flops_per_column = 2 * M * K
     names = {w.isa for w, _, _ in kernel_parts}  # one call per instruction set (a model's weights are all packed
     for name in names if len(names) == 1 else sorted(names):  # for one; PackedInt8(..., isa=...) can mix them)

@@ -303,6 +303,8 @@ def _launch_pool() -> None:
     launch and only when the user has set neither spin variable."""
     from numba.np.ufunc import parallel
 
+    if parallel._is_initialized:
+        return
     with _launch_lock:
         if parallel._is_initialized:
             return
@@ -340,13 +342,18 @@ def run(parallel_kernel, serial_kernel, flops, *args):
 
 
 # ------------------------------------------------------------------------------------------------ threads
+# Numba starts its pool on the first call of numba.get_num_threads or numba.set_num_threads as well as on the
+# first parallel kernel: the package calls these two, never Numba's, so the pool always starts in _launch_pool.
 def set_num_threads(n: int) -> None:
     """Threads the kernels use (at most NUMBA_NUM_THREADS, fixed when Numba starts)."""
     limit = numba.config.NUMBA_NUM_THREADS
     if not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"the thread count must be an integer in [1, {limit}] (NUMBA_NUM_THREADS), got {n!r}")
+    _launch_pool()
     numba.set_num_threads(n)
 
 
 def get_num_threads() -> int:
+    """Threads the kernels use now (starting the pool, in ``_launch_pool``, if it has not started)."""
+    _launch_pool()
     return numba.get_num_threads()

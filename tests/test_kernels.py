@@ -931,8 +931,20 @@ def test_kernels_pass_without_jit():
 
 _SPIN_PROBE = """
 import ctypes, os, sys
+import numpy as np
+import erniem_np
+from erniem_np.config import ErnieMConfig
 from erniem_np.kernels import settings
-settings._layer_is_thread_safe()  # starts Numba's pool, as the first parallel kernel call does
+from erniem_np.model import ErnieMModel
+from erniem_np.testing import random_weights, split_head
+start = sys.argv[1]
+if start == "set_num_threads":
+    erniem_np.set_num_threads(1)
+else:  # a forward pass long enough for the parallel kernels, on the backend named
+    config = ErnieMConfig(vocab_size=500, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=128, max_position_embeddings=300)
+    model = ErnieMModel(config, split_head(random_weights(config, 3), None), backend=start)
+    model(input_ids=np.arange(5, 261).reshape(1, 256))
 print(settings.threading_layer(), os.environ.get("GOMP_SPINCOUNT", "unset"), flush=True)
 if settings.threading_layer() == "omp":
     ctypes.CDLL("libgomp.so.1").omp_display_env(1)  # GNU OpenMP prints its settings to stderr
@@ -940,14 +952,19 @@ if settings.threading_layer() == "omp":
 
 
 @pytest.mark.skipif(NO_JIT, reason="no thread pool without the JIT")
-@pytest.mark.parametrize(("user_env", "spin_count"), [({}, str(ksettings.POOL_SPIN_COUNT)),
-                                                       ({"GOMP_SPINCOUNT": "1234"}, "1234"),
-                                                       ({"OMP_WAIT_POLICY": "passive"}, "0")])  # fmt: skip
-def test_the_pool_spins_2_to_the_20_unless_the_user_set_the_wait(user_env, spin_count):
-    """GNU OpenMP's pool, started by erniem-np, polls POOL_SPIN_COUNT times before sleeping; a spin variable
-    the user set wins; the environment is as it was afterwards (GOMP_SPINCOUNT is set only for the launch)."""
+@pytest.mark.parametrize(("start", "user_env", "spin_count"), [
+    ("numba", {}, str(ksettings.POOL_SPIN_COUNT)),
+    ("int8", {}, str(ksettings.POOL_SPIN_COUNT)),
+    ("set_num_threads", {}, str(ksettings.POOL_SPIN_COUNT)),
+    ("numba", {"GOMP_SPINCOUNT": "1234"}, "1234"),
+    ("numba", {"OMP_WAIT_POLICY": "passive"}, "0"),
+])  # fmt: skip
+def test_the_pool_spins_2_to_the_20_unless_the_user_set_the_wait(start, user_env, spin_count):
+    """GNU OpenMP's pool, however erniem-np starts it (a forward pass on either Numba backend, or
+    ``set_num_threads``), polls POOL_SPIN_COUNT times before sleeping; a spin variable the user set wins; the
+    environment is as it was afterwards (GOMP_SPINCOUNT is set only for the launch)."""
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    r = subprocess.run([sys.executable, "-c", _SPIN_PROBE], env=dict(env, **user_env), capture_output=True,
+    r = subprocess.run([sys.executable, "-c", _SPIN_PROBE, start], env=dict(env, **user_env), capture_output=True,
                        text=True, timeout=300, check=False)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     layer, env_after = r.stdout.split()

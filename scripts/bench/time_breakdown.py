@@ -10,7 +10,7 @@ timers, runs --reps forwards after two warm-up ones, and prints the mean time of
 none once the forward reuses what it allocates). The wrappers add a few microseconds per call, about 0.1% of a
 base-size forward.
 
---compare-threads alternates forwards on one thread and on all of them (``numba.set_num_threads``, in one
+--compare-threads alternates forwards on one thread and on all of them (``set_num_threads``, in one
 process) and prints each kernel's median time per forward on both and the ratio: how well each part of the
 forward, in place among the others, uses the second core.
 """
@@ -22,7 +22,6 @@ import collections
 import resource
 import time
 
-import numba
 import numpy as np
 from erniem_np.kernels import attention, gemm, norm, qgemm, settings
 
@@ -76,16 +75,16 @@ def main() -> None:
         qgemm.run = run_split
     for module, name in wrapped:
         timed(module, name, f"{module.__name__.rsplit('.', 1)[-1]}.{name}")
-    counts = (1, numba.get_num_threads()) if args.compare_threads else (numba.get_num_threads(),)
+    counts = (1, settings.get_num_threads()) if args.compare_threads else (settings.get_num_threads(),)
     for _ in range(2):
         for n in counts:
-            numba.set_num_threads(n)
+            settings.set_num_threads(n)
             model(input_ids=ids, attention_mask=mask)
     runs = {n: [] for n in counts}  # per thread count: one {label: seconds} per forward
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for rep in range(args.reps):
         for n in counts if rep % 2 else counts[::-1]:
-            numba.set_num_threads(n)
+            settings.set_num_threads(n)
             spent.clear()
             time.sleep(args.pause)
             t = time.perf_counter()
