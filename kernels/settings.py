@@ -24,8 +24,10 @@ is left as it was found.
   (``python scripts/bench/idle_latency.py`` compares the two). A waiting thread then polls for 26 ms of CPU
   (7.6 ms with the default) after the last kernel before it sleeps; ``OMP_WAIT_POLICY=passive`` stops that
   (and costs the latency back).
-  GNU OpenMP reads the variable once, when it loads: a process that loaded it before erniem-np's first
-  parallel kernel keeps the setting it had.
+  GNU OpenMP reads the variable once, when it loads: a process that loaded it before erniem-np started the
+  pool (the first kernel call, ``get_num_threads`` or ``set_num_threads``) keeps the setting it had. Numba
+  starts its pool from ``numba.get_num_threads`` and ``numba.set_num_threads`` too, so the package calls
+  this module's two instead.
 * **Several Python threads may call the kernels at once.** Numba's ``omp`` and ``tbb`` layers are
   thread-safe; its ``workqueue`` layer aborts the process on concurrent use, so when Numba runs ``workqueue``
   (the user chose it, or no other layer loads) ``run`` holds a lock around each parallel call.
@@ -342,8 +344,6 @@ def run(parallel_kernel, serial_kernel, flops, *args):
 
 
 # ------------------------------------------------------------------------------------------------ threads
-# Numba starts its pool on the first call of numba.get_num_threads or numba.set_num_threads as well as on the
-# first parallel kernel: the package calls these two, never Numba's, so the pool always starts in _launch_pool.
 def set_num_threads(n: int) -> None:
     """Threads the kernels use (at most NUMBA_NUM_THREADS, fixed when Numba starts)."""
     limit = numba.config.NUMBA_NUM_THREADS

@@ -105,3 +105,33 @@ def test_the_frameworks_compute_the_same_output(tmp_path, capsys, impl):
     assert code == 0 and f"{impl} computes the same output" in out, out
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["results"][impl]["check_max_abs_diff"] <= bench.CHECK_TOLERANCE
+
+
+def _pool_runs_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pool_runs", os.path.join(ROOT, "scripts", "bench", "pool_runs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pool_runs_takes_the_median_of_every_call_of_every_run(tmp_path, capsys, monkeypatch):
+    pool_runs = _pool_runs_script()
+    meta = {"size": "base", "threads": 2}
+    runs = [{"meta": meta, "results": {"a": {"W": {"times_s": [1.0, 2.0, 9.0]}, "load_s": 1.0},
+                                       "b": {"W": {"times_s": [4.0, 4.0, 4.0]}}}},
+            {"meta": meta, "results": {"a": {"W": {"times_s": [3.0, 3.0]}}, "b": {"W": {"times_s": [8.0, 8.0]}}}}]
+    # pooled a: 1, 2, 3, 3, 9 -> 3 (the medians of the runs' medians would be 2 and 3); b: 4, 4, 4, 8, 8 -> 4
+    assert pool_runs.pooled_medians(runs) == {"a": {"W": 3.0}, "b": {"W": 4.0}}
+    paths = []
+    for i, run in enumerate(runs + [{"meta": {"size": "tiny", "threads": 2}, "results": {}}]):
+        paths.append(str(tmp_path / f"run{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(run, f)
+    monkeypatch.setattr("sys.argv", ["pool_runs.py", *paths[:2]])
+    pool_runs.main()
+    assert "2 runs pooled" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["pool_runs.py", *paths])
+    with pytest.raises(SystemExit, match="different sizes"):
+        pool_runs.main()

@@ -951,6 +951,21 @@ if settings.threading_layer() == "omp":
 """
 
 
+def test_only_settings_calls_numbas_thread_count_functions():
+    """numba.get_num_threads/set_num_threads start Numba's pool without the spin count: the package calls
+    settings.get_num_threads/set_num_threads, which start it through _launch_pool."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: erniem_np/ and kernels/
+    sources = [os.path.join(d, n) for top in ("erniem_np", "kernels") for d, _, names in os.walk(os.path.join(root, top))
+               for n in names if n.endswith(".py") and not (top == "kernels" and n == "settings.py")]  # fmt: skip
+    assert len(sources) > 20
+    offenders = []
+    for path in sources:
+        with open(path, encoding="utf-8") as f:
+            if re.search(r"numba\.(get|set)_num_threads\(", f.read()):
+                offenders.append(os.path.relpath(path, root))
+    assert not offenders
+
+
 @pytest.mark.skipif(NO_JIT, reason="no thread pool without the JIT")
 @pytest.mark.parametrize(("start", "user_env", "spin_count"), [
     ("numba", {}, str(ksettings.POOL_SPIN_COUNT)),
