@@ -36,9 +36,16 @@ def main() -> None:
     args = ap.parse_args()
     runs = []
     for path in args.results:
-        with open(path) as f:
-            runs.append(json.load(f))
-    keys = {(r["meta"]["size"], r["meta"]["threads"]) for r in runs}
+        try:
+            with open(path) as f:
+                run = json.load(f)
+            run["key"] = (run["meta"]["size"], run["meta"]["threads"])
+            if not isinstance(run["results"], dict):
+                raise TypeError("'results' is not an object")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: {path} is not a results.json of erniem-np bench ({type(e).__name__}: {e})") from None
+        runs.append(run)
+    keys = {r["key"] for r in runs}
     if len(keys) != 1:
         raise SystemExit(f"error: these runs timed different sizes or thread counts: {sorted(keys)}")
     med = pooled_medians(runs)
