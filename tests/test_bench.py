@@ -135,7 +135,9 @@ def test_pool_runs_takes_the_median_of_every_call_of_every_run(tmp_path, capsys,
     monkeypatch.setattr("sys.argv", ["pool_runs.py", *paths])
     with pytest.raises(SystemExit, match="different sizes"):
         pool_runs.main()
-    (tmp_path / "broken.json").write_text('{"meta": {}')
-    monkeypatch.setattr("sys.argv", ["pool_runs.py", str(tmp_path / "broken.json")])
-    with pytest.raises(SystemExit, match="broken.json is not a results.json"):
-        pool_runs.main()
+    words = '{"meta": {"size": "base", "threads": 2}, "results": {"a": {"W": {"times_s": ["x"]}}}}'
+    for name, text in (("broken.json", '{"meta": {}'), ("words.json", words)):
+        (tmp_path / name).write_text(text)
+        monkeypatch.setattr("sys.argv", ["pool_runs.py", str(tmp_path / name)])
+        with pytest.raises(SystemExit, match=f"{name} is not a results.json"):
+            pool_runs.main()

@@ -17,6 +17,7 @@ import numpy as np
 
 PAIRS = (("erniem-np numba", "torch eager"), ("erniem-np numba", "onnxruntime optimized"),
          ("erniem-np int8", "onnxruntime int8"), ("erniem-np int8", "onnxruntime"))  # fmt: skip
+MAX_BYTES = 16 << 20  # a results.json is about 13 KB
 
 
 def pooled_medians(runs):
@@ -27,27 +28,28 @@ def pooled_medians(runs):
             for workload, r in res.items():
                 if isinstance(r, dict) and "times_s" in r:
                     calls.setdefault(impl, {}).setdefault(workload, []).extend(r["times_s"])
-    return {impl: {w: float(np.median(t)) for w, t in ws.items()} for impl, ws in calls.items()}
+    return {impl: {w: float(np.median(np.asarray(t, dtype=float))) for w, t in ws.items()} for impl, ws in calls.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+", help="results.json files of erniem-np bench")
     args = ap.parse_args()
-    runs = []
+    runs, keys = [], set()
     for path in args.results:
         try:
-            with open(path) as f:
-                run = json.load(f)
-            run["key"] = (run["meta"]["size"], run["meta"]["threads"])
-            if not isinstance(run["results"], dict):
-                raise TypeError("'results' is not an object")
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            with open(path, "rb") as f:
+                text = f.read(MAX_BYTES + 1)  # at most that much read, whatever the file is
+            if len(text) > MAX_BYTES:
+                raise ValueError(f"over {MAX_BYTES} bytes")
+            run = json.loads(text)
+            keys.add((run["meta"]["size"], run["meta"]["threads"]))
+            pooled_medians([run])  # every timing list is a list of numbers
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise SystemExit(f"error: {path} is not a results.json of erniem-np bench ({type(e).__name__}: {e})") from None
         runs.append(run)
-    keys = {r["key"] for r in runs}
     if len(keys) != 1:
-        raise SystemExit(f"error: these runs timed different sizes or thread counts: {sorted(keys)}")
+        raise SystemExit(f"error: these runs timed different sizes or thread counts: {sorted(keys, key=str)}")
     med = pooled_medians(runs)
     workloads = sorted({w for ws in med.values() for w in ws})
     print(f"{len(runs)} runs pooled; medians in ms")
