@@ -107,17 +107,18 @@ def test_the_frameworks_compute_the_same_output(tmp_path, capsys, impl):
     assert data["results"][impl]["check_max_abs_diff"] <= bench.CHECK_TOLERANCE
 
 
-def _pool_runs_script():
+def _script(name):
+    """A script of scripts/bench, loaded as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pool_runs", os.path.join(ROOT, "scripts", "bench", "pool_runs.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", "bench", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_pool_runs_takes_the_median_of_every_call_of_every_run(tmp_path, capsys, monkeypatch):
-    pool_runs = _pool_runs_script()
+    pool_runs = _script("pool_runs")
     meta = {"size": "base", "threads": 2}
     runs = [{"meta": meta, "results": {"a": {"W": {"times_s": [1.0, 2.0, 9.0]}, "load_s": 1.0},
                                        "b": {"W": {"times_s": [4.0, 4.0, 4.0]}}}},
@@ -141,3 +142,48 @@ def test_pool_runs_takes_the_median_of_every_call_of_every_run(tmp_path, capsys,
         monkeypatch.setattr("sys.argv", ["pool_runs.py", str(tmp_path / name)])
         with pytest.raises(SystemExit, match=f"{name} is not a results.json"):
             pool_runs.main()
+
+
+def test_kernel_ab_times_a_copy_of_a_kernel_module_and_refuses_one_that_computes_something_else(tmp_path, capsys):
+    """scripts/bench/kernel_ab.py: a copy of kernels/norm.py is loaded, put where the layers use norm, gives
+    the same bits and is timed; a copy whose LayerNorm doubles its output is not timed (which also shows the
+    candidate's code is the code that runs); the layers point at the package's modules again afterwards."""
+    from erniem_np.kernels import norm
+
+    from erniem_np import fused
+
+    kernel_ab = _script("kernel_ab")
+    with open(os.path.join(ROOT, "kernels", "norm.py")) as f:
+        source = f.read()
+    copy = tmp_path / "norm.py"
+    copy.write_text(source)
+    args = ["--backend", "numba", "--tiny", "--shapes", "1x8", "--reps", "2"]
+    kernel_ab.main([str(copy), *args])
+    out = capsys.readouterr().out
+    assert "1x8: the same bits" in out and "candidate / package per round" in out, out
+    doubled = tmp_path / "doubled.py"
+    changed = source.replace("    return out.reshape(shape)\n", "    return (out * 2).reshape(shape)\n")
+    assert changed != source
+    doubled.write_text(changed)
+    with pytest.raises(SystemExit) as exit_info:
+        kernel_ab.main([str(doubled), "--replaces", "norm", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "computes something else" in err and "not timed" in err, err
+    assert fused.norm is norm
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.py"], "must be an existing .py file"),
+    (["{tmp}/raises.py", "--replaces", "norm"], "cannot load"),
+    (["{tmp}/raises.py"], "--replaces must be one of"),
+    (["{tmp}/raises.py", "--replaces", "norm", "--shapes", "9"], "a shape is BxL"),
+    (["{tmp}/raises.py", "--replaces", "norm", "--reps", "0"], "--reps must be"),
+    (["{tmp}/raises.py", "--replaces", "norm", "--backend", "fp16"], "--backend must be"),
+])  # fmt: skip
+def test_kernel_ab_gives_one_line_and_exit_1_on_bad_input(tmp_path, capsys, argv, message):
+    kernel_ab = _script("kernel_ab")
+    (tmp_path / "raises.py").write_text("raise RuntimeError('broken on purpose')\n")
+    with pytest.raises(SystemExit) as exit_info:
+        kernel_ab.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and message in err and len(err.strip().splitlines()) == 1, err
