@@ -179,10 +179,12 @@ def test_kernel_ab_times_a_copy_of_a_kernel_module_and_refuses_one_that_computes
     (["{tmp}/raises.py", "--replaces", "norm", "--shapes", "9"], "a shape is BxL"),
     (["{tmp}/raises.py", "--replaces", "norm", "--reps", "0"], "--reps must be"),
     (["{tmp}/raises.py", "--replaces", "norm", "--backend", "fp16"], "--backend must be"),
+    (["{tmp}/raises_lines.py", "--replaces", "norm"], "cannot load"),
 ])  # fmt: skip
 def test_kernel_ab_gives_one_line_and_exit_1_on_bad_input(tmp_path, capsys, argv, message):
     kernel_ab = _script("kernel_ab")
     (tmp_path / "raises.py").write_text("raise RuntimeError('broken on purpose')\n")
+    (tmp_path / "raises_lines.py").write_text("raise RuntimeError('first line\\nsecond line\\nthird')\n")
     with pytest.raises(SystemExit) as exit_info:
         kernel_ab.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
     err = capsys.readouterr().err

@@ -51,6 +51,9 @@ def load_candidate(path: str, replaces: str):
     try:
         sys.modules[name] = module
         spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)  # no half-loaded module left behind
+        raise
     finally:
         settings._PrivateCache = saved
     return module
@@ -88,6 +91,12 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one line (Numba's errors run over many)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def parse_shape(text: str) -> tuple[int, int]:
     try:
         B, L = (int(v) for v in text.lower().split("x"))
@@ -122,7 +131,7 @@ def main(argv=None) -> None:
     try:
         candidate = load_candidate(args.candidate, replaces)
     except Exception as e:  # noqa: BLE001 (any error of the candidate's own code: one line, exit 1)
-        fail(f"cannot load {args.candidate}: {type(e).__name__}: {e}")
+        fail(f"cannot load {args.candidate}: {first_line(e)}")
     swaps = swaps_for(KERNEL_MODULES[replaces], candidate)
     if not swaps:
         fail(f"the layers take nothing from kernels/{replaces}.py that the candidate replaces")
@@ -148,7 +157,7 @@ def main(argv=None) -> None:
         try:
             outs = [forward(which) for which in (0, 1)]
         except Exception as e:  # noqa: BLE001
-            fail(f"{B}x{L}: the candidate's forward failed: {type(e).__name__}: {e}")
+            fail(f"{B}x{L}: the candidate's forward failed: {first_line(e)}")
         diff = float(np.max(np.abs(outs[1].astype(np.float64) - outs[0]))) if outs[0].size else 0.0
         scale = float(np.max(np.abs(outs[0]))) if outs[0].size else 0.0
         same = np.array_equal(outs[0], outs[1])
