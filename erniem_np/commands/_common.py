@@ -264,11 +264,31 @@ def make_runner(args: argparse.Namespace, spec):
         return LocalRunner(spec)
     from ..pipelines.distributed import DaskRunner
 
+    _drop_unretrieved_future_messages()
     try:  # distributed's own log lines would break the one-line error (what matters arrives as an exception)
         return DaskRunner(spec, address=None if args.dask == "local" else args.dask, n_workers=args.dask_workers,
                           silence_logs=logging.CRITICAL)  # fmt: skip
     except ImportError as e:
         raise UserError(str(e)) from None
+
+
+class _UnretrievedFutures(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" (and "Task ...") messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first_line = str(record.msg).partition("\n")[0]  # then "future: <Future ...>" and the traceback
+        return not first_line.endswith("exception was never retrieved")
+
+
+def _drop_unretrieved_future_messages() -> None:
+    """For the rest of this process, asyncio's messages about a future whose exception nobody asked for are not
+    printed. With --dask, distributed leaves such futures behind when a run stops early (a timeout of its own
+    after the client closed); their message arrives when they are garbage-collected, after the command's one
+    error line, often at exit, so it cannot be silenced only while the runner is open. Other asyncio messages
+    still print."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedFutures) for f in logger.filters):
+        logger.addFilter(_UnretrievedFutures())
 
 
 def run_chunked(args: argparse.Namespace, spec, inputs, record, render=None, what: str = "inputs",
