@@ -458,13 +458,21 @@ def _attention_bf16(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, nee
                 for r in range(min(BF16_COLS, Lk - p * BF16_COLS)):
                     dst[r] = kb_pairs[p * BF16_COLS + r, t]
         vp = np.zeros((n_vp, kh, 2 * BF16_COLS), dtype=np.uint16)
-        for j in range(Lk):  # value row j: into the first (j even) or second (odd) value of each channel's pair
-            vj = v[b, j, c0 : c0 + d]
-            e = j % 2
+        vp32 = vp.view(np.uint32)  # [n_vp, kh, BF16_COLS]: a pair per channel, value row 2t in its low half
+        for t in range(Lk // 2):  # rows 2t and 2t + 1 together: whole pairs stored, so the loop vectorises
+            v0 = v[b, 2 * t, c0 : c0 + d]
+            v1 = v[b, 2 * t + 1, c0 : c0 + d]
             for p in range(n_vp):
-                dst = vp[p, j // 2]
+                dst = vp32[p, t]
                 for r in range(min(BF16_COLS, d - p * BF16_COLS)):
-                    dst[2 * r + e] = to_bf16(vj[p * BF16_COLS + r])
+                    j = p * BF16_COLS + r
+                    dst[r] = np.uint32(to_bf16(v0[j])) | (np.uint32(to_bf16(v1[j])) << np.uint32(16))
+        if Lk % 2:  # an odd last row: the high halves of its pairs stay zero
+            v0 = v[b, Lk - 1, c0 : c0 + d]
+            for p in range(n_vp):
+                dst = vp32[p, kh - 1]
+                for r in range(min(BF16_COLS, d - p * BF16_COLS)):
+                    dst[r] = np.uint32(to_bf16(v0[p * BF16_COLS + r]))
         S = np.empty((BF16_ROWS, Lk), dtype=np.float32)  # scores, then probabilities
         pb = np.empty((BF16_ROWS, 2 * kh), dtype=np.uint16)
         c = np.empty((BF16_ROWS, BF16_COLS), dtype=np.float32)
