@@ -68,7 +68,13 @@ def read_only(a):
     return view
 
 
-embeddings = layers.embeddings
+def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, layer_norm, eps,
+               inputs_embeds=None):  # fmt: skip
+    """layers.embeddings with the Numba LayerNorm: ids [B, L] -> [B, L, H]."""
+    x = layers.embedding_sum(input_ids, position_ids, word_embeddings, position_embeddings, inputs_embeds)
+    return norm.layer_norm(x, layer_norm["weight"], layer_norm["bias"], eps)  # [B, L, H]
+
+
 additive_mask = layers.additive_mask
 
 

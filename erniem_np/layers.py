@@ -75,10 +75,15 @@ def embeddings(input_ids, position_ids, word_embeddings, position_embeddings, la
     (QUIRK: HF adds 2 in place, so a caller's tensor reused for a second call is shifted twice; we never
     mutate the caller's array). No token-type embedding exists in either reference.
     """
+    x = embedding_sum(input_ids, position_ids, word_embeddings, position_embeddings, inputs_embeds)
+    return _layer_norm(x, layer_norm["weight"], layer_norm["bias"], eps)  # eps 1e-5 in both references
+
+
+def embedding_sum(input_ids, position_ids, word_embeddings, position_embeddings, inputs_embeds=None):
+    """What ``embeddings`` normalises: the word rows (or ``inputs_embeds``) + the position rows [B, L, H]."""
     x = word_embeddings["weight"][input_ids] if inputs_embeds is None else inputs_embeds  # [B, L, H]
     rows = position_ids + POSITION_OFFSET  # QUIRK: +2, always; a new array, the caller's is untouched
-    x = x + position_embeddings["weight"][rows]  # [B, L, H]
-    return _layer_norm(x, layer_norm["weight"], layer_norm["bias"], eps)  # eps 1e-5 in both references
+    return x + position_embeddings["weight"][rows]  # [B, L, H]
 
 
 def default_position_ids(batch, length, past_length=0):

@@ -30,7 +30,7 @@ from .kernels import attention, norm
 from .kernels.qgemm import PackedInt8, qlinear, qlinear_many, quantize_weight
 from .parameters import SCALE_SUFFIX, WORD_TABLE, checked_state_dict, is_int8_weight, unflatten, with_int8_scales
 
-embeddings = layers.embeddings  # the lookup indexes the table; an Int8Rows table dequantizes the rows it gives
+embeddings = fused.embeddings  # the lookup indexes the table; an Int8Rows table dequantizes the rows it gives
 additive_mask = layers.additive_mask
 linear = fused.linear  # the pooler and the heads stay float32
 pooler = fused.pooler
