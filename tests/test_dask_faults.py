@@ -219,11 +219,15 @@ distributed.DaskRunner = lambda *a, **k: None  # no cluster: only what the comma
 if sys.argv[1] == "--dask":
     _common.make_runner(types.SimpleNamespace(chunk_size=4, resume=False, output=None, dask="local",
                                               dask_workers=None), spec=None)
+async def forever():
+    await asyncio.Event().wait()
 loop = asyncio.new_event_loop()
 future = loop.create_future()
 future.set_exception(TimeoutError("Timeout"))  # and nobody asks for it
+task = loop.create_task(forever())  # never run: destroyed pending
+loop.close()
 logging.getLogger("asyncio").error("another asyncio message")
-del future
+del future, task
 gc.collect()
 """
 
@@ -233,12 +237,14 @@ def test_unretrieved_future_messages_do_not_follow_the_error_line(dask):
     """After a poison chunk, distributed can leave a future holding a TimeoutError nobody retrieves; asyncio
     prints "Future exception was never retrieved" and its traceback when it is collected, after the command's
     one error line (seen on distributed's older releases). The command line, run with --dask, drops exactly
-    those messages for the rest of its process; another asyncio message still prints. Without --dask nothing
-    is dropped (this run shows the message is really printed here)."""
+    those messages, and "Task was destroyed but it is pending!", for the rest of its process; another asyncio
+    message still prints. Without --dask nothing is dropped (this run shows the messages are really printed
+    here)."""
     run = subprocess.run([sys.executable, "-c", UNRETRIEVED, "--dask" if dask else "-"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert ("Future exception was never retrieved" in run.stderr) is not dask
+    assert ("Task was destroyed but it is pending!" in run.stderr) is not dask
     assert "another asyncio message" in run.stderr
 
 

@@ -273,19 +273,20 @@ def make_runner(args: argparse.Namespace, spec):
 
 
 class _UnretrievedFutures(logging.Filter):
-    """Drops asyncio's "Future exception was never retrieved" (and "Task ...") messages."""
+    """Drops asyncio's messages about futures and tasks left behind: "Future exception was never retrieved",
+    "Task exception was never retrieved" and "Task was destroyed but it is pending!"."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         first_line = str(record.msg).partition("\n")[0]  # then "future: <Future ...>" and the traceback
-        return not first_line.endswith("exception was never retrieved")
+        return not (first_line.endswith("exception was never retrieved")
+                    or first_line == "Task was destroyed but it is pending!")  # fmt: skip
 
 
 def _drop_unretrieved_future_messages() -> None:
-    """For the rest of this process, asyncio's messages about a future whose exception nobody asked for are not
-    printed. With --dask, distributed leaves such futures behind when a run stops early (a timeout of its own
-    after the client closed); their message arrives when they are garbage-collected, after the command's one
-    error line, often at exit, so it cannot be silenced only while the runner is open. Other asyncio messages
-    still print."""
+    """For the rest of this process, asyncio's messages about futures and tasks left behind are not printed.
+    With --dask, distributed leaves such futures behind when a run stops early (a timeout of its own after the
+    client closed); their message arrives when they are garbage-collected, after the command's one error line,
+    often at exit, so it cannot be silenced only while the runner is open. Other asyncio messages still print."""
     logger = logging.getLogger("asyncio")
     if not any(isinstance(f, _UnretrievedFutures) for f in logger.filters):
         logger.addFilter(_UnretrievedFutures())
