@@ -215,6 +215,13 @@ class PackedInt8:
             self.packed, self.strip_colsum, self.strip_scale = _readonly((self.packed, self.strip_colsum,
                                                                           self.strip_scale))  # fmt: skip
 
+    _bias_view = None  # (bias, its read-only view): ``_kernel_bias``'s last answer for this weight
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_bias_view", None)  # a view pickles as a copy: the unpickled weight makes its own
+        return state
+
     def __setstate__(self, state):  # an unpickled copy is read-only again: one Numba type, no second compile
         self.__dict__.update(state)
         self._make_readonly()
@@ -669,15 +676,21 @@ def _readonly(arrays):
 def _kernel_bias(weight: PackedInt8, bias):
     """The bias as the kernel reads it: float32, one value per column of whole strips (zeros past N), read-only
     (one Numba type). A float32 bias that already covers whole strips (N a multiple of COLS, as in every
-    ErnieM layer) is used as it is, through a view."""
+    ErnieM layer) is used as it is, through a view, which the weight keeps for its next call with the same
+    bias (a view sees edits made in place; a copy would not, so a copy is made anew each call)."""
+    cached = weight._bias_view
+    if cached is not None and cached[0] is bias:
+        return cached[1]
     n = weight.strip_scale.shape[0]
     if n == weight.shape[0] and isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.shape == (n,) \
             and bias.flags.c_contiguous:  # fmt: skip
         b = bias.view()
-    else:
-        b = np.zeros(n, np.float32)
-        if bias is not None:
-            b[: weight.shape[0]] = bias
+        b.flags.writeable = False
+        weight._bias_view = (bias, b)
+        return b
+    b = np.zeros(n, np.float32)
+    if bias is not None:
+        b[: weight.shape[0]] = bias
     b.flags.writeable = False
     return b
 
@@ -721,18 +734,14 @@ def _qlinear_parts(x, params, activation, residual, raw, out_given=None):
     epilogue = EPILOGUE_RAW if raw else EPILOGUE_GELU if activation == "gelu" else \
         EPILOGUE_RESIDUAL if r2 is not None else EPILOGUE_BIAS  # fmt: skip
     blocks = get_num_threads() if M >= ROW_BLOCKS_FROM else 1
-    flops_per_column = 2 * M * K
-    names = {w.isa for w, _, _ in kernel_parts}  # one call per instruction set (a model's weights are all packed
-    for name in names if len(names) == 1 else sorted(names):  # for one; PackedInt8(..., isa=...) can mix them)
-        isa = ISAS[name]
-        parts = kernel_parts if len(names) == 1 else [part for part in kernel_parts if part[0].isa == name]
-        ws = tuple(part[0].packed for part in parts)
-        colsums = tuple(part[0].strip_colsum for part in parts)
-        scales = tuple(part[0].strip_scale for part in parts)
-        bs = tuple(part[1] for part in parts)
-        outs = tuple(part[2] for part in parts)
+    by_isa: dict[str, list] = {}  # one call per instruction set (a model's weights are all packed for one;
+    for part in kernel_parts:  # PackedInt8(..., isa=...) can mix them)
+        by_isa.setdefault(part[0].isa, []).append(part)
+    for name in sorted(by_isa):
+        isa, parts = ISAS[name], by_isa[name]
+        ws, colsums, scales, bs, outs = zip(*[(w.packed, w.strip_colsum, w.strip_scale, b, out) for w, b, out in parts])
         xq, sx, zx = quantize_rows(x2, isa)
-        flops = flops_per_column * sum(part[0].shape[0] for part in parts)
+        flops = 2 * M * K * sum(w.shape[0] for w, _, _ in parts)
         run(_qgemm, _qgemm_serial, flops, xq, sx, zx, ws, colsums, scales, bs, outs[0] if r2 is None else r2,
             outs, epilogue, isa.ROWS, isa.COLS, ISA_CODES[name], blocks)  # fmt: skip
     return results

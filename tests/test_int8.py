@@ -219,6 +219,28 @@ def test_an_int8_weight_survives_pickling_read_only():
     np.testing.assert_array_equal(qgemm.qlinear(x, copy), qgemm.qlinear(x, w))
 
 
+@needs_int8_cpu
+def test_the_kernel_bias_a_weight_keeps_follows_its_bias():
+    """A weight keeps the read-only view of the bias it was last called with (``_kernel_bias``): the next call
+    with that bias sees an edit made in place, a call with another bias array uses that one, and a pickled
+    weight leaves the view behind. N = 64, a multiple of every instruction set's strip: the bias is viewed,
+    not copied."""
+    import pickle
+
+    rng = np.random.default_rng(8)
+    w = qgemm.PackedInt8.quantize(rng.standard_normal((64, 32)).astype(np.float32))
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    first = qgemm.qlinear(x, w, bias)
+    assert w._bias_view is not None and w._bias_view[0] is bias
+    bias += 1  # in place: the view the weight keeps sees it
+    np.testing.assert_allclose(qgemm.qlinear(x, w, bias), first + 1, rtol=1e-6, atol=1e-5)
+    other = np.zeros(64, np.float32)
+    np.testing.assert_allclose(qgemm.qlinear(x, w, other), first - bias + 1, rtol=1e-5, atol=1e-5)
+    assert w._bias_view[0] is other
+    assert "_bias_view" not in pickle.loads(pickle.dumps(w)).__dict__
+
+
 @pytest.mark.skipif(len(ISAS) < 2, reason="the CPU runs one int8 instruction set")
 def test_weights_packed_for_different_instruction_sets_in_one_call():
     """qlinear_many with weights packed for two instruction sets (PackedInt8(..., isa=...)) runs each set's
