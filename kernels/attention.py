@@ -507,6 +507,18 @@ def _attention_bf16(q, k, v, mask, head_mask, n_heads, hf_scaling, has_mask, nee
 _attention_bf16_serial = serial_twin(_attention_bf16, "_attention_bf16_serial")
 
 
+# What the kernels do beyond the products, per query or key row of a (batch, head) task (converting and packing
+# its q, k and v, the softmax's per-row steps), in the float32 GEMM's flops that ``settings.run`` weighs, per
+# channel: about 0.1 ns a value at ErnieM-base. It is counted where there are at least PARALLEL_TASKS tasks to
+# share: then ErnieM-base's 12 heads run in parallel from 4 tokens. Hot on 2 Zen 4 cores, both kernels were as
+# fast or faster in parallel from there (L=16: 22-31 against 34-36 us in bfloat16, 25-32 against 35-37 in
+# float32; one query on 64 cached keys: 26-30 against 42-51), a toss-up at 1-2 tokens (9-14 against 10 us),
+# and slower or a toss-up with 1-4 heads of 32-64 channels (L=16, 2 heads: 7-11 against 7-8 us), which stay
+# serial (``NUMBA_NUM_THREADS=2 python scripts/bench/bench_kernels.py --only crossover`` shows both).
+ROW_FLOPS = 300
+PARALLEL_TASKS = 8
+
+
 def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_probs=False, products="float32"):
     """Numba twin of ``attention_ref``: same arguments, same results up to summation order. ``products``:
     "float32" (the references' numbers), or "bf16" (the int8 backend's: ``_attention_bf16``; float32 inputs,
@@ -541,6 +553,14 @@ def attention(q, k, v, n_heads, mask=None, head_mask=None, scaling="hf", need_pr
         else np.array(head_mask, dtype=dtype).reshape(n_heads)  # a writable copy: one Numba type
     )
     kernels = (_attention_bf16, _attention_bf16_serial) if products == "bf16" else (_attention, _attention_serial)
-    run(*kernels, 4 * B * L * Lk * H,
+    run(*kernels, work_estimate(B, L, Lk, H, n_heads),
         q, k, v, m4, hm, n_heads, scaling == "hf", mask is not None, need_probs, ctx, probs)  # fmt: skip
     return ctx, (probs if need_probs else None)
+
+
+def work_estimate(B, L, Lk, H, n_heads) -> int:
+    """The attention's work as ``settings.run`` weighs it: the products, and (``ROW_FLOPS``) the rest."""
+    work = 4 * B * L * Lk * H
+    if B * n_heads >= PARALLEL_TASKS:
+        work += ROW_FLOPS * B * (L + Lk) * H
+    return work

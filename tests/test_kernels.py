@@ -40,7 +40,7 @@ def linear_flops(M, K, Ns):
     return 2 * M * K * sum(Ns)
 
 
-def attention_flops(B, L, Lk, H):
+def attention_flops(B, L, Lk, H):  # the products; with 8 or more (batch, head) tasks the estimate adds more
     return 4 * B * L * Lk * H
 
 
@@ -660,6 +660,21 @@ def test_attention_non_finite_matches_twin(B, L, P, nh, d, dtype, seed, scaling,
     what = f"attention B={B} L={L} Lk={Lk} nh={nh} d={d} {scaling} {np.dtype(dtype)} q{in_q} k{in_k} v{in_v}"
     _same_non_finite(probs, probs_r, dtype, what + " probs")
     _same_non_finite(ctx, ctx_r, dtype, what + " context")
+
+
+@pytest.mark.parametrize(("B", "L", "nh", "d", "ran"), [
+    (1, 4, 12, 64, "_attention"), (1, 16, 12, 64, "_attention"), (2, 8, 12, 64, "_attention"),
+    (1, 2, 12, 64, "_attention_serial"), (1, 16, 2, 32, "_attention_serial"), (1, 64, 1, 64, "_attention_serial"),
+])  # fmt: skip
+def test_attention_goes_parallel_from_a_few_rows_of_many_heads(B, L, nh, d, ran, kernel_calls):
+    """The attention's work estimate counts each task's rows beyond the products (``attention.ROW_FLOPS``)
+    where there are at least 8 (batch, head) tasks: ErnieM-base's 12 heads take the parallel kernel from 4
+    tokens on (products alone would send them parallel only from about 24), a few heads stay serial."""
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal((B, L, nh * d)).astype(np.float32) for _ in range(3))
+    ctx, _ = attention.attention(q, k, v, nh)
+    assert len(kernel_calls[ran]) == 1 and sum(map(len, kernel_calls.values())) == 1, f"not {ran}"
+    np.testing.assert_allclose(ctx, attention.attention_ref(q, k, v, nh)[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", ["serial", "parallel"])

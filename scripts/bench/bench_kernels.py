@@ -200,10 +200,10 @@ def bench_crossover(np, rng):
     def both(call):  # call(kernel_name_suffix) with the serial twin, then with the parallel kernel
         return median_us(lambda: call(True)), median_us(lambda: call(False))
 
-    print(f"\n{'kernel':<34} {'work estimate':>13}  {'serial us':>9}  {'parallel us':>11}")
+    print(f"\n{'kernel':<42} {'work estimate':>13}  {'serial us':>9}  {'parallel us':>11}")
 
     def show(what, flops, serial_us, parallel_us):
-        print(f"{what:<34} {flops:>13,}  {serial_us:>9.1f}  {parallel_us:>11.1f}")
+        print(f"{what:<42} {flops:>13,}  {serial_us:>9.1f}  {parallel_us:>11.1f}")
 
     for M, K, N in ((1, 768, 3), (1, 768, 768), (4, 768, 768), (1, 768, 3072)):
         x = rng.standard_normal((M, K), dtype=np.float32)
@@ -220,10 +220,14 @@ def bench_crossover(np, rng):
         x = rng.standard_normal((M, 768), dtype=np.float32)
         f = lambda x=x: norm.layer_norm(x, g, z, 1e-5)
         show(f"LayerNorm {M} x 768", 20 * M * 768, *both(lambda serial, f=f: _forced(serial, f)))
-    for L in (8, 16, 32):
-        q = rng.standard_normal((1, L, 768), dtype=np.float32)
-        show(f"attention B1 L{L}", 4 * L * L * 768, *both(lambda serial, q=q: _forced(serial, lambda: attention.attention(
-            q, q, q, 12, None, None, scaling="hf", need_probs=False))))  # fmt: skip
+    products = ("float32", "bf16") if attention.bf16_supported() else ("float32",)
+    for L, H, nh in ((1, 768, 12), (2, 768, 12), (4, 768, 12), (8, 768, 12), (16, 768, 12), (32, 768, 12),
+                     (16, 64, 2), (16, 256, 4)):  # fmt: skip
+        q = rng.standard_normal((1, L, H), dtype=np.float32)
+        for p in products:
+            show(f"attention {p} B1 L{L} H{H} {nh} heads", attention.work_estimate(1, L, L, H, nh),
+                 *both(lambda serial, q=q, nh=nh, p=p: _forced(serial, lambda: attention.attention(
+                     q, q, q, nh, None, None, scaling="hf", need_probs=False, products=p))))  # fmt: skip
 
 
 def _forced(serial, f):
