@@ -509,12 +509,13 @@ _attention_bf16_serial = serial_twin(_attention_bf16, "_attention_bf16_serial")
 
 # What the kernels do beyond the products, per query or key row of a (batch, head) task (converting and packing
 # its q, k and v, the softmax's per-row steps), in the float32 GEMM's flops that ``settings.run`` weighs, per
-# channel: about 0.1 ns a value at ErnieM-base. It is counted where there are at least PARALLEL_TASKS tasks to
-# share: then ErnieM-base's 12 heads run in parallel from 4 tokens. Hot on 2 Zen 4 cores, both kernels were as
-# fast or faster in parallel from there (L=16: 22-31 against 34-36 us in bfloat16, 25-32 against 35-37 in
-# float32; one query on 64 cached keys: 26-30 against 42-51), a toss-up at 1-2 tokens (9-14 against 10 us),
-# and slower or a toss-up with 1-4 heads of 32-64 channels (L=16, 2 heads: 7-11 against 7-8 us), which stay
-# serial (``NUMBA_NUM_THREADS=2 python scripts/bench/bench_kernels.py --only crossover`` shows both).
+# channel: 1-2 ns a value at ErnieM-base (12 heads at L=4 on one thread: 13 us). It is counted where there are
+# at least PARALLEL_TASKS tasks to share: then ErnieM-base's 12 heads run in parallel from 4 tokens. Hot on 2
+# Zen 4 cores, both kernels were as fast or faster in parallel from there (L=16: 22-31 against 34-36 us in
+# bfloat16, 25-32 against 35-37 in float32; one query on 64 cached keys: 26-30 against 42-51), a toss-up at
+# 1-2 tokens (9-14 against 10 us), and slower or a toss-up with 1-4 heads of 32-64 channels (L=16, 2 heads:
+# 7-11 against 7-8 us), which stay serial (``NUMBA_NUM_THREADS=2 python scripts/bench/bench_kernels.py
+# --only crossover`` shows both).
 ROW_FLOPS = 300
 PARALLEL_TASKS = 8
 
